@@ -1,0 +1,163 @@
+//! Immutable per-proxy snapshots of Envoy resources, and the cache that holds the newest one
+//! per node. Kept apart from the gRPC transport (`ads`), as go-control-plane does: the
+//! transport only reads snapshots and is told when one changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+
+/// The order in which a change is pushed, so Envoy never sees a reference to something it
+/// has not received yet (clusters before the endpoints and listeners that use them, ...).
+pub const PUSH_ORDER: [&str; 6] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, EXTENSION_CONFIG];
+
+/// Short name for logs and status: `CDS`, `EDS`, ...
+pub fn short_name(type_url: &str) -> &'static str {
+    match type_url {
+        CLUSTER => "CDS",
+        ENDPOINT => "EDS",
+        LISTENER => "LDS",
+        ROUTE => "RDS",
+        SECRET => "SDS",
+        EXTENSION_CONFIG => "ECDS",
+        _ => "UNKNOWN",
+    }
+}
+
+/// One named, encoded resource with the hash of its bytes (its delta-xDS version).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub body: Any,
+    pub version: String,
+}
+
+impl Resource {
+    pub fn new<M: Message>(type_url: &str, name: impl Into<String>, message: &M) -> Self {
+        let value = message.encode_to_vec();
+        let version = hex::encode(&Sha256::digest(&value)[..8]);
+        Resource {
+            name: name.into(),
+            body: Any {
+                type_url: type_url.to_string(),
+                value,
+            },
+            version,
+        }
+    }
+}
+
+/// All resources of one type for one proxy, with a version derived from their contents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceSet {
+    pub version: String,
+    pub resources: BTreeMap<String, Arc<Resource>>,
+}
+
+impl ResourceSet {
+    pub fn new(resources: impl IntoIterator<Item = Resource>) -> Self {
+        let resources: BTreeMap<String, Arc<Resource>> = resources
+            .into_iter()
+            .map(|r| (r.name.clone(), Arc::new(r)))
+            .collect();
+        let mut hasher = Sha256::new();
+        for (name, r) in &resources {
+            hasher.update(name.as_bytes());
+            hasher.update(r.version.as_bytes());
+        }
+        let version = hex::encode(&hasher.finalize()[..8]);
+        ResourceSet { version, resources }
+    }
+}
+
+/// Everything one proxy should have. Immutable once built.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub sets: BTreeMap<&'static str, ResourceSet>,
+}
+
+impl Snapshot {
+    pub fn set(&self, type_url: &str) -> Option<&ResourceSet> {
+        self.sets.get(type_url)
+    }
+
+    pub fn insert(&mut self, type_url: &'static str, resources: Vec<Resource>) {
+        self.sets.insert(type_url, ResourceSet::new(resources));
+    }
+}
+
+/// Newest snapshot per node id. Setting an identical snapshot notifies nobody, so a config
+/// change reaches only the proxies whose resources changed.
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    nodes: RwLock<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
+}
+
+impl SnapshotCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `snapshot` for `node_id`; returns true if it differs from the previous one.
+    pub fn set(&self, node_id: &str, snapshot: Snapshot) -> bool {
+        let mut nodes = self.nodes.write().expect("snapshot cache poisoned");
+        let sender = nodes
+            .entry(node_id.to_string())
+            .or_insert_with(|| watch::channel(None).0);
+        sender.send_if_modified(|current| {
+            if current.as_deref() == Some(&snapshot) {
+                false
+            } else {
+                *current = Some(Arc::new(snapshot));
+                true
+            }
+        })
+    }
+
+    /// Drops the snapshot of a node that no longer exists in the mesh; connected proxies
+    /// of that node see `None` and keep their last config.
+    pub fn clear(&self, node_id: &str) {
+        if let Some(sender) = self.nodes.read().expect("snapshot cache poisoned").get(node_id) {
+            sender.send_replace(None);
+        }
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<Arc<Snapshot>> {
+        self.nodes
+            .read()
+            .expect("snapshot cache poisoned")
+            .get(node_id)
+            .and_then(|s| s.borrow().clone())
+    }
+
+    /// A receiver that sees every new snapshot for `node_id` (and the current one first).
+    pub fn watch(&self, node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        let mut nodes = self.nodes.write().expect("snapshot cache poisoned");
+        nodes
+            .entry(node_id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    pub fn node_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .nodes
+            .read()
+            .expect("snapshot cache poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+}
