@@ -1,1 +1,233 @@
-//! Helpers for end-to-end tests that drive real xds-server, wardctl and Envoy processes.
+//! Helpers for end-to-end tests that drive the real `wardctl`, `xds-server` and Envoy
+//! processes. A [`LocalMesh`] is one `wardctl up --detach` in a private state directory, on a
+//! private copy of a config directory (so tests can edit it), torn down with `wardctl down`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Meshes of one test binary share loopback addresses derived from their config: one at a time.
+static ONE_MESH_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A built binary of the workspace (`scripts/test.sh` builds them before the tests run).
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh (or cargo build -p xds-server --bins) first",
+        path.display()
+    );
+    path
+}
+
+pub fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = workspace_root().join(".ward-tools/envoy/envoy/_bin/envoy");
+    assert!(path.is_file(), "Envoy missing: run scripts/setup.sh or set ENVOY_BIN");
+    path
+}
+
+pub fn wasm_module() -> PathBuf {
+    let path = target_dir().join("wasm32-wasip1/release/wasm_authz.wasm");
+    assert!(path.is_file(), "wasm-authz module missing: run scripts/setup.sh");
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+pub struct LocalMesh {
+    pub root: PathBuf,
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub xds_admin: String,
+    pub up_output: String,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl LocalMesh {
+    /// `wardctl up --detach` on a copy of `config` (relative to the workspace root).
+    pub fn up(config: &str) -> anyhow::Result<LocalMesh> {
+        Self::up_with(config, &[])
+    }
+
+    pub fn up_with(config: &str, extra_args: &[&str]) -> anyhow::Result<LocalMesh> {
+        let guard = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let root = std::env::temp_dir().join(format!(
+            "ward-e2e-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let config_dir = root.join("config");
+        let state_dir = root.join("state");
+        copy_dir(&workspace_root().join(config), &config_dir)?;
+        let xds_admin = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            config_dir.display().to_string(),
+            "--detach".into(),
+            "--envoy".into(),
+            envoy_binary().display().to_string(),
+            "--wasm".into(),
+            wasm_module().display().to_string(),
+            "--xds-address".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--xds-admin-address".into(),
+            xds_admin.clone(),
+            "--no-mesh-address".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut mesh = LocalMesh {
+            root,
+            config_dir,
+            state_dir,
+            xds_admin,
+            up_output: String::new(),
+            _guard: guard,
+        };
+        let output = mesh.wardctl(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        mesh.up_output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() {
+            bail!("wardctl up failed:\n{}", mesh.up_output);
+        }
+        Ok(mesh)
+    }
+
+    pub fn wardctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(binary("wardctl"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .output()
+            .with_context(|| format!("running wardctl {}", args.join(" ")))
+    }
+
+    /// `wardctl exec WORKLOAD -- curl -s -w '\n%{http_code}' ARGS...`: (status, body).
+    pub fn curl_from(&self, workload: Option<&str>, curl_args: &[&str]) -> anyhow::Result<(u16, String)> {
+        let mut args = vec!["exec"];
+        match workload {
+            Some(w) => args.push(w),
+            None => args.push("--no-mesh"),
+        }
+        args.extend(["--", "curl", "-s", "-m", "10", "-w", "\n%{http_code}"]);
+        args.extend(curl_args);
+        let output = self.wardctl(&args)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+        let code: u16 = code.trim().parse().with_context(|| {
+            format!(
+                "no status from curl (exit {:?}): {stdout}{}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+        Ok((code, body.to_string()))
+    }
+
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let output = Command::new("curl")
+            .args(["-s", "-m", "5", &format!("http://{}/status", self.xds_admin)])
+            .output()?;
+        serde_json::from_slice(&output.stdout).context("xds-server /status is not JSON")
+    }
+
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let output = Command::new("curl")
+            .args(["-s", "-m", "5", &format!("http://{}/metrics", self.xds_admin)])
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Polls `check` until it returns Ok or `limit` passes; returns the last error.
+    pub fn eventually<T>(&self, limit: Duration, mut check: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match check() {
+                Ok(value) => return Ok(value),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    pub fn write_config(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.config_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.config_dir.join(name))?;
+        Ok(())
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state_dir.join("logs").join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        let _ = self.wardctl(&["down"]);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!("mesh state and logs kept in {}", self.root.display());
+        }
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}

@@ -1,7 +1,12 @@
 //! Ward's control plane. Modules follow the data flow: `config` (load and validate YAML) →
 //! `model` (the resolved mesh) → `translate` (Envoy resources) → `snapshot` (per-proxy
-//! snapshots) → `ads` (the gRPC ADS server). `bootstrap` renders Envoy bootstraps;
-//! `runner` is the local mesh runner behind `wardctl up`.
+//! snapshots) → `ads` (the gRPC ADS server), wired together by `server`. Beside them:
+//! `bootstrap` renders Envoy bootstraps, `runner` is the local mesh behind `wardctl up`,
+//! `apps` holds the built-in stand-ins for the seed labs' container images.
 
+pub mod bootstrap;
+pub mod config;
 pub mod model;
 pub mod snapshot;
+pub mod translate;
+pub mod watch;

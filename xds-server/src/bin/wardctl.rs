@@ -1,1 +1,215 @@
-fn main() {}
+//! `wardctl`: run a local mesh on real Envoy (up, exec, status, logs, apply, down) and
+//! benchmark the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ward::bootstrap::AdsProtocol;
+use ward::runner::commands::{self, LogKind};
+use ward::runner::supervisor::SupervisorOptions;
+use ward::runner::{state, tools};
+
+#[derive(Parser)]
+#[command(name = "wardctl", version, about = "Operate a Ward service mesh")]
+struct Cli {
+    /// Where the local runner keeps its state and logs [default: $WARD_STATE_DIR or ~/.ward/run]
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local mesh from a config directory: xds-server, one Envoy per instance, the apps.
+    Up {
+        dir: PathBuf,
+        /// Return once every Envoy has ACKed its config and every app listens.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long)]
+        envoy: Option<PathBuf>,
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_address: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        xds_admin_address: SocketAddr,
+        /// Where clients without a sidecar (`exec --no-mesh`) send their HTTP traffic.
+        #[arg(long, default_value = "127.0.0.1:15080")]
+        no_mesh_address: SocketAddr,
+        #[arg(long, value_enum, default_value_t = AdsProtocol::Delta)]
+        protocol: AdsProtocol,
+        #[arg(long, default_value = "warning")]
+        envoy_log_level: String,
+        /// Internal: run the supervisor in this process (what --detach starts).
+        #[arg(long, hide = true)]
+        supervise: bool,
+    },
+    /// Stop everything `wardctl up` started.
+    Down,
+    /// Run a command as if inside WORKLOAD's pod: its HTTP traffic goes through that sidecar.
+    Exec {
+        /// The workload (Deployment) name; omit with --no-mesh.
+        #[arg(required_unless_present = "no_mesh")]
+        workload: Option<String>,
+        /// Run as a client with no sidecar (Kubernetes' `kubectl run` without injection).
+        #[arg(long, conflicts_with = "workload")]
+        no_mesh: bool,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// Which replica.
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Every proxy and its config state per type (SYNCED, STALE, NACKED).
+    Status,
+    /// Logs of a workload's sidecars and apps (or `xds-server`).
+    Logs {
+        workload: String,
+        #[arg(long, value_enum, default_value_t = LogKind::All)]
+        only: LogKind,
+    },
+    /// Validate a YAML file and write it into the running mesh's config directory.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Internal: run a built-in stand-in for a container image.
+    #[command(hide = true)]
+    App {
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let state_dir = state::state_dir(cli.state_dir.as_deref());
+    match cli.command {
+        Command::Up {
+            dir,
+            detach,
+            envoy,
+            wasm,
+            xds_address,
+            xds_admin_address,
+            no_mesh_address,
+            protocol,
+            envoy_log_level,
+            supervise,
+        } => {
+            let config_dir = std::fs::canonicalize(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            // Validate before starting anything, so errors reach the user's terminal.
+            let loaded = ward::config::load_path(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !supervise {
+                for warning in &loaded.warnings {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            let envoy = tools::find_envoy(envoy.as_deref())?;
+            let wasm = tools::find_wasm(wasm.as_deref())?;
+            if wasm.is_none() && !supervise {
+                eprintln!(
+                    "warning: wasm-authz module not found (build it with scripts/setup.sh or pass \
+                     --wasm); sidecars run without it"
+                );
+            }
+            let options = SupervisorOptions {
+                config_dir: config_dir.clone(),
+                state_dir: state_dir.clone(),
+                envoy: envoy.clone(),
+                wasm: wasm.clone(),
+                xds_address,
+                xds_admin_address,
+                no_mesh_address,
+                protocol,
+                envoy_log_level: envoy_log_level.clone(),
+            };
+            if supervise || !detach {
+                init_tracing();
+                return commands::up_foreground(options).await;
+            }
+            let mut forwarded = vec![
+                config_dir.display().to_string(),
+                "--envoy".to_string(),
+                envoy.display().to_string(),
+                "--xds-address".to_string(),
+                xds_address.to_string(),
+                "--xds-admin-address".to_string(),
+                xds_admin_address.to_string(),
+                "--no-mesh-address".to_string(),
+                no_mesh_address.to_string(),
+                "--protocol".to_string(),
+                match protocol {
+                    AdsProtocol::Delta => "delta".to_string(),
+                    AdsProtocol::Sotw => "sotw".to_string(),
+                },
+                "--envoy-log-level".to_string(),
+                envoy_log_level,
+                "--state-dir".to_string(),
+                state_dir.display().to_string(),
+            ];
+            if let Some(wasm) = &wasm {
+                forwarded.push("--wasm".to_string());
+                forwarded.push(wasm.display().to_string());
+            }
+            let state = commands::up_detached(&options, &forwarded).await?;
+            commands::print_instances(&state);
+            Ok(())
+        }
+        Command::Down => commands::down(&state_dir).await,
+        Command::Exec {
+            workload,
+            no_mesh: _,
+            namespace,
+            instance,
+            command,
+        } => {
+            let code = commands::exec(&state_dir, workload.as_deref(), &namespace, instance, &command)?;
+            std::process::exit(code);
+        }
+        Command::Status => commands::status(&state_dir).await,
+        Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
+        Command::Apply { file } => commands::apply(&state_dir, &file),
+        Command::App {
+            image,
+            listen,
+            env,
+            args,
+        } => {
+            init_tracing();
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            let app = ward::apps::stand_in_for(&image, &[], &args, &env, listen)?
+                .ok_or_else(|| anyhow::anyhow!("no built-in stand-in for image {image}"))?;
+            ward::apps::run_stand_in(app).await
+        }
+    }
+}

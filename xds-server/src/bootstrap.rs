@@ -1,0 +1,114 @@
+//! Envoy bootstrap for one sidecar: who it is (node id and metadata), where its admin listens,
+//! and where to fetch everything else (ADS at xds-server). Used by `xds-server bootstrap`,
+//! by `wardctl up`, and later by Kubernetes injection.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+
+use crate::model::{Instance, Mesh, Workload};
+use crate::translate::ADMIN_PORT;
+
+/// Which variant of the ADS protocol the proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AdsProtocol {
+    /// Incremental xDS: only changed resources travel.
+    #[default]
+    Delta,
+    /// State of the world: every response carries the full set of its type.
+    Sotw,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootstrapParams {
+    pub xds_address: SocketAddr,
+    pub protocol: AdsProtocol,
+}
+
+/// Name of the static cluster that reaches xds-server.
+pub const XDS_CLUSTER: &str = "ward-xds";
+
+pub fn render(mesh: &Mesh, workload: &Workload, instance: &Instance, params: &BootstrapParams) -> Value {
+    let api_type = match params.protocol {
+        AdsProtocol::Delta => "DELTA_GRPC",
+        AdsProtocol::Sotw => "GRPC",
+    };
+    let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
+    json!({
+        "node": {
+            "id": Mesh::node_id(workload, instance),
+            "cluster": format!("{}.{}", workload.name, workload.namespace),
+            "metadata": {
+                "WORKLOAD_NAME": workload.name,
+                "NAMESPACE": workload.namespace,
+                "INSTANCE": instance.name,
+                "SERVICE_ACCOUNT": workload.service_account,
+                "IDENTITY": mesh.identity(workload),
+                "INSTANCE_IPS": instance.address.to_string(),
+            }
+        },
+        "admin": {
+            "address": { "socket_address": { "address": instance.address.to_string(), "port_value": ADMIN_PORT } }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [ { "envoy_grpc": { "cluster_name": XDS_CLUSTER } } ]
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {
+            "clusters": [ {
+                "name": XDS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {
+                            // Notice a dead xDS server within seconds, not at the TCP timeout.
+                            "connection_keepalive": { "interval": "5s", "timeout": "3s" }
+                        } }
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
+                        "address": params.xds_address.ip().to_string(),
+                        "port_value": params.xds_address.port()
+                    } } } } ] } ]
+                }
+            } ]
+        }
+    })
+}
+
+/// Finds `workload` (in `namespace`) and its instance `index` in the mesh.
+pub fn find_instance<'a>(
+    mesh: &'a Mesh,
+    namespace: &str,
+    workload: &str,
+    index: u32,
+) -> anyhow::Result<(&'a Workload, &'a Instance)> {
+    let w = mesh.workload(namespace, workload).ok_or_else(|| {
+        let known: Vec<String> = mesh
+            .workloads
+            .iter()
+            .map(|w| format!("{}/{}", w.namespace, w.name))
+            .collect();
+        anyhow::anyhow!(
+            "no workload {namespace}/{workload} in the mesh (known: {})",
+            known.join(", ")
+        )
+    })?;
+    let i = w.instances.iter().find(|i| i.index == index).ok_or_else(|| {
+        anyhow::anyhow!(
+            "workload {namespace}/{workload} has {} replica(s); instance {index} does not exist",
+            w.instances.len()
+        )
+    })?;
+    Ok((w, i))
+}

@@ -1,0 +1,45 @@
+//! A minimal HTTP/1.0 GET for the local admin endpoints of xds-server and Envoy. Loopback
+//! only, small bodies: not worth a full HTTP client dependency.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Returns (status, body).
+pub async fn get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let fetch = async {
+        let mut stream = TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("malformed HTTP response from {address}{path}"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("malformed status line from {address}{path}"))?;
+        Ok::<_, anyhow::Error>((status, body.to_string()))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), fetch).await {
+        Ok(result) => result,
+        Err(_) => bail!("timed out fetching http://{address}{path}"),
+    }
+}
+
+/// GET that must answer 200, with its body parsed as JSON.
+pub async fn get_json(address: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = get(address, path).await?;
+    if status != 200 {
+        bail!("http://{address}{path} answered {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("invalid JSON from http://{address}{path}"))
+}

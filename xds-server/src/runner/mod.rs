@@ -1,0 +1,7 @@
+//! The local mesh runner behind `wardctl up`: one Envoy per workload instance, the apps
+//! behind them, and xds-server configuring the Envoys, all on loopback addresses.
+
+pub mod admin_client;
+pub mod state;
+pub mod supervisor;
+pub mod tools;

@@ -1,0 +1,238 @@
+//! The xds-server daemon: loads the config, keeps per-proxy snapshots up to date as the
+//! config directory changes (the last good config keeps serving when an edit is invalid), and
+//! serves ADS plus an admin endpoint (`/metrics`, `/status`, `/healthz`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::ads::AdsServer;
+use crate::config;
+use crate::metrics::Metrics;
+use crate::model::Mesh;
+use crate::proxy_status::ProxyStatusRegistry;
+use crate::snapshot::SnapshotCache;
+use crate::translate::{mesh_snapshots, TranslateOptions};
+use crate::watch::{watch_debounced, DebounceWindow};
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub config_path: PathBuf,
+    pub xds_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub translate: TranslateOptions,
+    pub debounce: DebounceWindow,
+}
+
+/// What `/status` reports about the configuration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    pub path: String,
+    /// Incremented on every successful load.
+    pub generation: u64,
+    pub loaded_at_unix: u64,
+    pub warnings: Vec<String>,
+    /// The last reload's error, when the last good config is still serving.
+    pub last_error: Option<String>,
+    /// Node ids the current mesh expects.
+    pub expected_nodes: Vec<String>,
+}
+
+struct ControlPlane {
+    options: ServerOptions,
+    cache: Arc<SnapshotCache>,
+    metrics: Arc<Metrics>,
+    config_status: RwLock<ConfigStatus>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ControlPlane {
+    /// Translates the mesh into snapshots; nodes that left the mesh lose theirs.
+    fn apply(&self, mesh: &Mesh) {
+        let snapshots = mesh_snapshots(mesh, &self.options.translate);
+        let expected: Vec<String> = snapshots.iter().map(|(id, _)| id.clone()).collect();
+        let mut changed = 0;
+        for (node_id, snapshot) in snapshots {
+            if self.cache.set(&node_id, snapshot) {
+                changed += 1;
+            }
+        }
+        for node_id in self.cache.node_ids() {
+            if !expected.contains(&node_id) {
+                self.cache.clear(&node_id);
+            }
+        }
+        info!(proxies = expected.len(), changed, "snapshots updated");
+        let mut status = self.config_status.write().expect("config status lock");
+        status.expected_nodes = expected;
+    }
+
+    fn reload(&self) -> Result<(), config::ConfigError> {
+        let loaded = config::load_path(&self.options.config_path)?;
+        for warning in &loaded.warnings {
+            warn!(%warning, "config");
+        }
+        self.apply(&loaded.mesh);
+        let mut status = self.config_status.write().expect("config status lock");
+        status.generation += 1;
+        status.loaded_at_unix = unix_now();
+        status.warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+        status.last_error = None;
+        Ok(())
+    }
+}
+
+pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
+    let cache = Arc::new(SnapshotCache::new());
+    let metrics = Arc::new(Metrics::new());
+    let status = ProxyStatusRegistry::new();
+    let control = Arc::new(ControlPlane {
+        options: options.clone(),
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        config_status: RwLock::new(ConfigStatus {
+            path: options.config_path.display().to_string(),
+            ..Default::default()
+        }),
+    });
+
+    // The first load must succeed: there is no last good config to fall back to.
+    control.reload().map_err(|e| anyhow::anyhow!("{e}"))?;
+    metrics.record_reload(true);
+
+    let (changes_tx, mut changes) = mpsc::channel(4);
+    let _watcher = watch_debounced(&options.config_path, options.debounce, changes_tx)?;
+    let reloader = control.clone();
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(()) => {
+                    reloader.metrics.record_reload(true);
+                    info!("config reloaded");
+                }
+                Err(e) => {
+                    reloader.metrics.record_reload(false);
+                    error!(error = %e, "invalid config; the last good config keeps serving");
+                    reloader
+                        .config_status
+                        .write()
+                        .expect("config status lock")
+                        .last_error = Some(e.to_string());
+                }
+            }
+        }
+    });
+
+    let admin = tokio::net::TcpListener::bind(options.admin_address)
+        .await
+        .with_context(|| format!("binding the admin endpoint on {}", options.admin_address))?;
+    let admin_control = control.clone();
+    let admin_status = status.clone();
+    tokio::spawn(async move {
+        serve_admin(admin, admin_control, admin_status).await;
+    });
+
+    info!(xds = %options.xds_address, admin = %options.admin_address, "xds-server serving");
+    let ads = AdsServer::new(cache, status, metrics).into_service();
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(ads)
+        .serve_with_shutdown(options.xds_address, shutdown_signal())
+        .await
+        .with_context(|| format!("serving xDS on {}", options.xds_address))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    info!("shutting down");
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    control: Arc<ControlPlane>,
+    status: ProxyStatusRegistry,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let control = control.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = admin_response(&control, &status, request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn admin_response(
+    control: &ControlPlane,
+    status: &ProxyStatusRegistry,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    let (code, content_type, body) = match path {
+        "/healthz" => (200, "text/plain", "ok\n".to_string()),
+        "/metrics" => (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            control.metrics.encode(),
+        ),
+        "/status" => {
+            let config = control.config_status.read().expect("config status lock").clone();
+            let body = serde_json::json!({
+                "config": config,
+                "proxies": status.snapshot_json(&control.cache),
+            });
+            (200, "application/json", body.to_string())
+        }
+        _ => (404, "text/plain", "not found\n".to_string()),
+    };
+    Response::builder()
+        .status(code)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+/// Node ids that `/status` reports as SYNCED on every type.
+pub fn synced_node_ids(status: &serde_json::Value) -> Vec<String> {
+    status["proxies"]
+        .as_array()
+        .map(|proxies| {
+            proxies
+                .iter()
+                .filter(|p| p["synced"].as_bool() == Some(true))
+                .filter_map(|p| p["node_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,556 @@
+//! Translation of the mesh model into the Envoy resources of one sidecar.
+//!
+//! Every sidecar gets:
+//! - an inbound listener on its instance address and each inbound port, routing to the app on
+//!   its private address (`inbound|<port>||` clusters);
+//! - one outbound HTTP listener (`outbound`, port [`OUTBOUND_PORT`]) whose route configuration
+//!   (`outbound`, over RDS) routes by authority to `outbound|<port>||<fqdn>` clusters whose
+//!   endpoints (EDS) are the destination instances' inbound listeners.
+//!
+//! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
+
+use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, data_source, socket_address, substitution_format_string,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
+    SubstitutionFormatString, TrafficDirection,
+};
+use envoy_types::pb::envoy::config::core::v3::{Address, AsyncDataSource};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, DirectResponseAction, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
+use prost::{Message, Name};
+
+use crate::model::{Instance, Mesh, Service, ServicePort, Workload};
+use crate::snapshot::{self, Resource, Snapshot};
+
+/// Port of the outbound listener on every instance address (Istio uses 15001 too).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Envoy admin port on every instance address.
+pub const ADMIN_PORT: u16 = 15000;
+/// Name of the outbound route configuration, fetched over RDS.
+pub const OUTBOUND_ROUTE: &str = "outbound";
+/// Kubernetes cluster DNS domain used for service host names.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// What the translation needs besides the mesh.
+#[derive(Debug, Clone, Default)]
+pub struct TranslateOptions {
+    /// Path of the wasm-authz module on the proxies' file system; no wasm filter when unset.
+    pub wasm_module: Option<String>,
+}
+
+fn any<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn duration_ms(ms: u64) -> Duration {
+    Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn socket_address(ip: impl ToString, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port as u32)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// `<name>.<ns>.svc.cluster.local`
+pub fn service_fqdn(service: &Service) -> String {
+    format!(
+        "{}.{}.svc.{}",
+        service.name, service.namespace, CLUSTER_DOMAIN
+    )
+}
+
+pub fn outbound_cluster_name(service: &Service, port: &ServicePort) -> String {
+    format!("outbound|{}||{}", port.port, service_fqdn(service))
+}
+
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+/// Ports whose traffic is plain TCP rather than HTTP, by Istio's naming conventions.
+fn is_tcp_port(port: &ServicePort) -> bool {
+    let by_app_protocol = port
+        .app_protocol
+        .as_deref()
+        .map(|p| matches!(p.to_ascii_lowercase().as_str(), "tcp" | "tls" | "mongo" | "mysql" | "redis"));
+    let by_name = port.name.as_deref().map(|n| {
+        let prefix = n.split('-').next().unwrap_or(n).to_ascii_lowercase();
+        matches!(prefix.as_str(), "tcp" | "tls" | "mongo" | "mysql" | "redis")
+    });
+    by_app_protocol.or(by_name).unwrap_or(false)
+}
+
+/// Builds the complete snapshot for one sidecar.
+pub fn proxy_snapshot(
+    mesh: &Mesh,
+    workload: &Workload,
+    instance: &Instance,
+    options: &TranslateOptions,
+) -> Snapshot {
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut listeners = Vec::new();
+
+    let tcp_inbound_ports: Vec<u16> = mesh
+        .services_of(workload)
+        .flat_map(|s| s.ports.iter().filter(|p| is_tcp_port(p)).map(|p| p.target_port))
+        .collect();
+    for port in mesh.inbound_ports(workload) {
+        clusters.push(inbound_cluster(instance, port));
+        let tcp = tcp_inbound_ports.contains(&port);
+        listeners.push(inbound_listener(mesh, workload, instance, port, tcp, options));
+    }
+
+    for service in &mesh.services {
+        for port in &service.ports {
+            let name = outbound_cluster_name(service, port);
+            clusters.push(Resource::new(
+                snapshot::CLUSTER,
+                &name,
+                &outbound_cluster(&name),
+            ));
+            endpoints.push(Resource::new(
+                snapshot::ENDPOINT,
+                &name,
+                &load_assignment(mesh, service, port, &name),
+            ));
+        }
+    }
+
+    listeners.push(outbound_listener(instance));
+    let routes = vec![Resource::new(
+        snapshot::ROUTE,
+        OUTBOUND_ROUTE,
+        &outbound_route_config(mesh, workload),
+    )];
+
+    let mut snapshot = Snapshot::default();
+    snapshot.insert(snapshot::CLUSTER, clusters);
+    snapshot.insert(snapshot::ENDPOINT, endpoints);
+    snapshot.insert(snapshot::LISTENER, listeners);
+    snapshot.insert(snapshot::ROUTE, routes);
+    snapshot
+}
+
+fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
+    let name = inbound_cluster_name(port);
+    let cluster = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(duration_ms(1000)),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.clone(),
+            endpoints: vec![locality_endpoints(vec![socket_address(
+                instance.app_address,
+                port,
+            )])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Resource::new(snapshot::CLUSTER, name, &cluster)
+}
+
+fn outbound_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: Some(duration_ms(1000)),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: name.to_string(),
+        }),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        ..Default::default()
+    }
+}
+
+fn locality_endpoints(addresses: Vec<Address>) -> LocalityLbEndpoints {
+    LocalityLbEndpoints {
+        lb_endpoints: addresses
+            .into_iter()
+            .map(|address| LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn load_assignment(
+    mesh: &Mesh,
+    service: &Service,
+    port: &ServicePort,
+    cluster_name: &str,
+) -> ClusterLoadAssignment {
+    let addresses = service
+        .backends
+        .iter()
+        .filter_map(|(ns, name)| mesh.workload(ns, name))
+        .flat_map(|w| w.instances.iter())
+        .map(|i| socket_address(i.address, port.target_port))
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster_name.to_string(),
+        endpoints: vec![locality_endpoints(addresses)],
+        ..Default::default()
+    }
+}
+
+/// Access log on the proxy's stdout: one line per request or connection, with the direction,
+/// so `wardctl logs` shows who talked to whom and why a request failed.
+fn access_log(direction: &str) -> AccessLog {
+    let format = format!(
+        "[%START_TIME%] {direction} \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
+         %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% \
+         %DURATION%ms \"%REQ(:AUTHORITY)%\" src=%DOWNSTREAM_REMOTE_ADDRESS% \
+         upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER%\n"
+    );
+    let file = FileAccessLog {
+        path: "/dev/stdout".to_string(),
+        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(format)),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.file".to_string(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&file))),
+        ..Default::default()
+    }
+}
+
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+        ..Default::default()
+    }
+}
+
+fn wasm_filter(module_path: &str, workload: &Workload, identity: &str) -> HttpFilter {
+    let configuration = serde_json::json!({
+        "workload": workload.name,
+        "namespace": workload.namespace,
+        "identity": identity,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    let wasm = Wasm {
+        config: Some(PluginConfig {
+            name: "ward-authz".to_string(),
+            root_id: "ward-authz".to_string(),
+            vm: Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(
+                VmConfig {
+                    vm_id: "ward-authz".to_string(),
+                    runtime: "envoy.wasm.runtime.v8".to_string(),
+                    code: Some(AsyncDataSource {
+                        specifier: Some(
+                            envoy_types::pb::envoy::config::core::v3::async_data_source::Specifier::Local(
+                                DataSource {
+                                    specifier: Some(data_source::Specifier::Filename(
+                                        module_path.to_string(),
+                                    )),
+                                    ..Default::default()
+                                },
+                            ),
+                        ),
+                    }),
+                    ..Default::default()
+                },
+            )),
+            configuration: Some(any(&StringValue {
+                value: configuration,
+            })),
+            // Fail closed: if the module cannot load, requests are refused, never let through.
+            #[allow(deprecated)]
+            fail_open: false,
+            ..Default::default()
+        }),
+    };
+    HttpFilter {
+        name: "envoy.filters.http.wasm".to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&wasm))),
+        ..Default::default()
+    }
+}
+
+/// Shared settings of every HTTP connection manager: path normalization is security (a policy on
+/// `/admin` must also see `//admin` and `/%61dmin`), so it is on from the start.
+fn http_connection_manager(
+    stat_prefix: &str,
+    route_specifier: http_connection_manager::RouteSpecifier,
+    http_filters: Vec<HttpFilter>,
+    direction: &str,
+) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(route_specifier),
+        http_filters,
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        path_with_escaped_slashes_action:
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndForward as i32,
+        access_log: vec![access_log(direction)],
+        ..Default::default()
+    }
+}
+
+fn network_filter<M: Message + Name>(name: &str, config: &M) -> Filter {
+    Filter {
+        name: name.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(config))),
+    }
+}
+
+fn inbound_listener(
+    mesh: &Mesh,
+    workload: &Workload,
+    instance: &Instance,
+    port: u16,
+    tcp: bool,
+    options: &TranslateOptions,
+) -> Resource {
+    let name = format!("inbound|{}:{}", instance.address, port);
+    let cluster = inbound_cluster_name(port);
+    let filter = if tcp {
+        network_filter(
+            "envoy.filters.network.tcp_proxy",
+            &TcpProxy {
+                stat_prefix: cluster.clone(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.clone())),
+                access_log: vec![access_log("inbound-tcp")],
+                ..Default::default()
+            },
+        )
+    } else {
+        let mut http_filters = Vec::new();
+        if let Some(module) = &options.wasm_module {
+            http_filters.push(wasm_filter(module, workload, &mesh.identity(workload)));
+        }
+        http_filters.push(router_filter());
+        let routes = RouteConfiguration {
+            name: cluster.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: "inbound".to_string(),
+                domains: vec!["*".to_string()],
+                routes: vec![Route {
+                    name: "default".to_string(),
+                    r#match: Some(prefix_match("/")),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            cluster.clone(),
+                        )),
+                        // Like Istio: no route timeout by default, the app decides.
+                        timeout: Some(duration_ms(0)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        network_filter(
+            "envoy.filters.network.http_connection_manager",
+            &http_connection_manager(
+                &format!("inbound_{port}"),
+                http_connection_manager::RouteSpecifier::RouteConfig(routes),
+                http_filters,
+                "inbound",
+            ),
+        )
+    };
+    let listener = Listener {
+        name: name.clone(),
+        address: Some(socket_address(instance.address, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    };
+    Resource::new(snapshot::LISTENER, name, &listener)
+}
+
+fn outbound_listener(instance: &Instance) -> Resource {
+    let hcm = http_connection_manager(
+        "outbound",
+        http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: OUTBOUND_ROUTE.to_string(),
+        }),
+        vec![router_filter()],
+        "outbound",
+    );
+    let listener = Listener {
+        name: "outbound".to_string(),
+        address: Some(socket_address(instance.address, OUTBOUND_PORT)),
+        filter_chains: vec![FilterChain {
+            filters: vec![network_filter(
+                "envoy.filters.network.http_connection_manager",
+                &hcm,
+            )],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    };
+    Resource::new(snapshot::LISTENER, "outbound", &listener)
+}
+
+fn prefix_match(prefix: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
+        ..Default::default()
+    }
+}
+
+/// Host names a client in `client_namespace` may use for a service port, as Kubernetes DNS
+/// resolves them: the short name only from the same namespace; the bare host only for port 80.
+pub fn service_domains(service: &Service, port: u16, client_namespace: &str) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if service.namespace == client_namespace {
+        hosts.push(service.name.clone());
+    }
+    hosts.push(format!("{}.{}", service.name, service.namespace));
+    hosts.push(format!("{}.{}.svc", service.name, service.namespace));
+    hosts.push(service_fqdn(service));
+    let mut domains = Vec::new();
+    for host in hosts {
+        if port == 80 {
+            domains.push(host.clone());
+        }
+        domains.push(format!("{host}:{port}"));
+    }
+    domains
+}
+
+fn outbound_route_config(mesh: &Mesh, client: &Workload) -> RouteConfiguration {
+    let mut virtual_hosts: Vec<VirtualHost> = mesh
+        .services
+        .iter()
+        .flat_map(|service| {
+            service
+                .ports
+                .iter()
+                .filter(|p| !is_tcp_port(p))
+                .map(move |port| (service, port))
+        })
+        .map(|(service, port)| VirtualHost {
+            name: format!("{}:{}", service_fqdn(service), port.port),
+            domains: service_domains(service, port.port, &client.namespace),
+            routes: vec![Route {
+                name: "default".to_string(),
+                r#match: Some(prefix_match("/")),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        outbound_cluster_name(service, port),
+                    )),
+                    timeout: Some(duration_ms(0)),
+                    // Retry only what never reached the app, so a reload or a restarting
+                    // endpoint does not fail requests, and nothing is processed twice.
+                    retry_policy: Some(RetryPolicy {
+                        retry_on: "connect-failure,refused-stream,reset-before-request"
+                            .to_string(),
+                        num_retries: Some(UInt32Value { value: 2 }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    // Anything else: a clear answer rather than a hang, like a DNS failure would be in a pod.
+    virtual_hosts.push(VirtualHost {
+        name: "unknown".to_string(),
+        domains: vec!["*".to_string()],
+        routes: vec![Route {
+            name: "unknown-host".to_string(),
+            r#match: Some(prefix_match("/")),
+            action: Some(route::Action::DirectResponse(DirectResponseAction {
+                status: 404,
+                body: Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(
+                        "ward: no service in the mesh matches this host\n".to_string(),
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    RouteConfiguration {
+        name: OUTBOUND_ROUTE.to_string(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// Snapshots for every instance in the mesh, keyed by node id.
+pub fn mesh_snapshots(mesh: &Mesh, options: &TranslateOptions) -> Vec<(String, Snapshot)> {
+    mesh.workloads
+        .iter()
+        .flat_map(|w| w.instances.iter().map(move |i| (w, i)))
+        .map(|(w, i)| (Mesh::node_id(w, i), proxy_snapshot(mesh, w, i, options)))
+        .collect()
+}
