@@ -1,1 +1,242 @@
+//! Ward's sidecar filter, loaded by every Envoy as `envoy.filters.http.wasm`.
+//!
+//! This crate is split so that everything except the proxy-wasm glue builds and tests natively:
+//! the configuration the control plane sends ([`FilterConfig`]) and the per-request decision
+//! ([`Engine`]) live here; `shim` (wasm32 only) maps them onto proxy-wasm's host calls.
+//!
+//! Today the filter authorizes nothing: it only marks responses with [`MARKER_HEADER`] so
+//! end-to-end tests can prove the module is loaded and configured for the right workload.
 
+use std::fmt;
+
+use serde::Deserialize;
+
+#[cfg(target_arch = "wasm32")]
+mod shim;
+
+/// Response header that names the workload whose sidecar served the request.
+pub const MARKER_HEADER: &str = "x-ward-wasm";
+
+/// The plugin configuration, sent by the control plane as JSON in the Wasm filter's
+/// `configuration` (a `google.protobuf.StringValue`).
+///
+/// Unknown fields are ignored so the control plane can roll out new fields before every
+/// sidecar runs a module that understands them; a config the module cannot use makes the
+/// plugin fail, and with `fail_open: false` that denies every request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FilterConfig {
+    /// Deployment name of the workload this sidecar belongs to.
+    pub workload: String,
+    pub namespace: String,
+    /// SPIFFE id of the workload, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub identity: String,
+    /// Version of the mesh config this filter config was generated from (for logs).
+    pub version: String,
+}
+
+/// Why a plugin configuration was rejected.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Envoy passed no configuration at all.
+    Empty,
+    /// Not JSON, or not the shape of [`FilterConfig`] (missing field, wrong type).
+    Json(serde_json::Error),
+    /// A field that must name something is empty.
+    EmptyField(&'static str),
+    /// `identity` is not a `spiffe://` URI.
+    NotSpiffeId(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Empty => write!(f, "the plugin configuration is empty"),
+            ConfigError::Json(e) => write!(f, "invalid plugin configuration JSON: {e}"),
+            ConfigError::EmptyField(field) => {
+                write!(f, "plugin configuration field `{field}` is empty")
+            }
+            ConfigError::NotSpiffeId(id) => {
+                write!(
+                    f,
+                    "plugin configuration `identity` is not a spiffe:// id: {id:?}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Json(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl FilterConfig {
+    /// Parses and validates the plugin configuration bytes Envoy hands to `on_configure`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::Empty);
+        }
+        let config: FilterConfig = serde_json::from_slice(bytes).map_err(ConfigError::Json)?;
+        for (field, value) in [
+            ("workload", &config.workload),
+            ("namespace", &config.namespace),
+            ("identity", &config.identity),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::EmptyField(field));
+            }
+        }
+        if !config.identity.starts_with("spiffe://") {
+            return Err(ConfigError::NotSpiffeId(config.identity));
+        }
+        Ok(config)
+    }
+}
+
+/// What the filter does with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Headers to add to the response on its way back to the client.
+    pub response_headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the request through unchanged (the only verdict until authorization lands).
+    Allow,
+}
+
+/// Decides per request from the configuration; built once per plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: FilterConfig,
+    marker: String,
+}
+
+impl Engine {
+    pub fn new(config: FilterConfig) -> Self {
+        let marker = format!("{}.{}", config.workload, config.namespace);
+        Engine { config, marker }
+    }
+
+    pub fn config(&self) -> &FilterConfig {
+        &self.config
+    }
+
+    /// Every request is allowed and its response marked with `<workload>.<namespace>`.
+    pub fn decide(&self) -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            response_headers: vec![(MARKER_HEADER.to_string(), self.marker.clone())],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"{
+        "workload": "exam-scheduler",
+        "namespace": "default",
+        "identity": "spiffe://cluster.local/ns/default/sa/exam-scheduler",
+        "version": "v7"
+    }"#;
+
+    #[test]
+    fn parses_a_valid_config() {
+        let config = FilterConfig::from_json(VALID.as_bytes()).unwrap();
+        assert_eq!(
+            config,
+            FilterConfig {
+                workload: "exam-scheduler".into(),
+                namespace: "default".into(),
+                identity: "spiffe://cluster.local/ns/default/sa/exam-scheduler".into(),
+                version: "v7".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn ignores_unknown_fields() {
+        let json = r#"{"workload":"a","namespace":"b","identity":"spiffe://td/ns/b/sa/a",
+                       "version":"1","rules":[]}"#;
+        assert_eq!(
+            FilterConfig::from_json(json.as_bytes()).unwrap().workload,
+            "a"
+        );
+    }
+
+    #[test]
+    fn rejects_empty_configuration() {
+        assert!(matches!(
+            FilterConfig::from_json(b""),
+            Err(ConfigError::Empty)
+        ));
+        assert!(matches!(
+            FilterConfig::from_json(b" \n"),
+            Err(ConfigError::Empty)
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_json() {
+        let err = FilterConfig::from_json(b"{not json").unwrap_err();
+        assert!(matches!(err, ConfigError::Json(_)));
+        assert!(err
+            .to_string()
+            .starts_with("invalid plugin configuration JSON"));
+    }
+
+    #[test]
+    fn rejects_missing_field() {
+        let json = r#"{"workload":"a","namespace":"b","version":"1"}"#;
+        let err = FilterConfig::from_json(json.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `identity`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_type() {
+        let json = r#"{"workload":1,"namespace":"b","identity":"spiffe://x","version":"1"}"#;
+        assert!(matches!(
+            FilterConfig::from_json(json.as_bytes()),
+            Err(ConfigError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_empty_names() {
+        let json = r#"{"workload":"a","namespace":" ","identity":"spiffe://x","version":"1"}"#;
+        assert!(matches!(
+            FilterConfig::from_json(json.as_bytes()),
+            Err(ConfigError::EmptyField("namespace"))
+        ));
+    }
+
+    #[test]
+    fn rejects_identity_that_is_not_spiffe() {
+        let json = r#"{"workload":"a","namespace":"b","identity":"a.b","version":"1"}"#;
+        let err = FilterConfig::from_json(json.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::NotSpiffeId(_)));
+    }
+
+    #[test]
+    fn engine_allows_and_marks_with_workload_and_namespace() {
+        let engine = Engine::new(FilterConfig::from_json(VALID.as_bytes()).unwrap());
+        assert_eq!(
+            engine.decide(),
+            Decision {
+                verdict: Verdict::Allow,
+                response_headers: vec![("x-ward-wasm".into(), "exam-scheduler.default".into())],
+            }
+        );
+    }
+}

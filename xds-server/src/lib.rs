@@ -4,9 +4,15 @@
 //! `bootstrap` renders Envoy bootstraps, `runner` is the local mesh behind `wardctl up`,
 //! `apps` holds the built-in stand-ins for the seed labs' container images.
 
+pub mod ads;
+pub mod apps;
 pub mod bootstrap;
 pub mod config;
+pub mod metrics;
 pub mod model;
+pub mod proxy_status;
+pub mod runner;
+pub mod server;
 pub mod snapshot;
 pub mod translate;
 pub mod watch;

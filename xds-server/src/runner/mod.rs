@@ -5,3 +5,5 @@ pub mod admin_client;
 pub mod state;
 pub mod supervisor;
 pub mod tools;
+pub mod commands;
+pub mod no_mesh_proxy;

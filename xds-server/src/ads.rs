@@ -1,0 +1,519 @@
+//! The ADS gRPC server, state-of-the-world and delta, over the [`SnapshotCache`].
+//!
+//! One task per stream, one `tracing` span per stream (node id, protocol). Per type the
+//! stream keeps what the proxy subscribed to, what was sent and whether it is still waiting
+//! for the ACK. Rules, as Envoy and go-control-plane expect them:
+//! - a change is pushed in [`PUSH_ORDER`] (CDS, EDS, LDS, RDS, SDS, ECDS), and a type is not
+//!   pushed while an earlier type's response is still un-ACKed;
+//! - one response per type in flight: the next waits for the ACK or NACK of the previous;
+//! - a NACK is logged with Envoy's `error_detail`, counted, and that version is never sent
+//!   again to that proxy (Envoy keeps its last good config);
+//! - requests carrying a stale nonce are ignored, as the xDS protocol specifies.
+//!
+//! Use: `AdsServer::new(cache, status, metrics).into_service()` and add it to a tonic server.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::metrics::Metrics;
+use crate::proxy_status::ProxyStatusRegistry;
+use crate::snapshot::{self, Snapshot, SnapshotCache, PUSH_ORDER};
+
+/// Largest xDS message accepted or sent: a 1,000-service mesh makes big CDS responses.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone)]
+pub struct AdsServer {
+    cache: Arc<SnapshotCache>,
+    status: ProxyStatusRegistry,
+    metrics: Arc<Metrics>,
+}
+
+impl AdsServer {
+    pub fn new(cache: Arc<SnapshotCache>, status: ProxyStatusRegistry, metrics: Arc<Metrics>) -> Self {
+        AdsServer { cache, status, metrics }
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Which resources of a type a proxy wants.
+#[derive(Debug, Clone, PartialEq, Default)]
+enum Subscription {
+    #[default]
+    Wildcard,
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(names) => names.contains(name),
+        }
+    }
+}
+
+/// Per-type state of one stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// The proxy asked for this type on this stream.
+    requested: bool,
+    subscription: Subscription,
+    /// Something must be sent even if the version did not change (new stream, new names).
+    must_send: bool,
+    /// Nonce and version of the response waiting for its ACK or NACK.
+    in_flight: Option<(String, String)>,
+    /// Delta: resource versions of the response in flight, applied to `client_has` on ACK.
+    in_flight_resources: HashMap<String, Option<String>>,
+    sent_version: Option<String>,
+    acked_version: Option<String>,
+    nacked_version: Option<String>,
+    /// Delta: the versions the proxy has of each resource.
+    client_has: HashMap<String, String>,
+}
+
+/// The decisions shared by both protocol variants.
+struct StreamState {
+    id: u64,
+    node_id: String,
+    types: BTreeMap<&'static str, TypeState>,
+    nonce_counter: u64,
+}
+
+/// Maps a type URL from the wire to ours, so the map key is `'static`.
+fn known_type(type_url: &str) -> Option<&'static str> {
+    PUSH_ORDER.iter().copied().find(|t| *t == type_url)
+}
+
+impl StreamState {
+    fn new(node_id: String) -> Self {
+        StreamState {
+            id: NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed),
+            node_id,
+            types: BTreeMap::new(),
+            nonce_counter: 0,
+        }
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce_counter += 1;
+        format!("{}-{}", self.id, self.nonce_counter)
+    }
+
+    /// True if an earlier type in push order still waits for its ACK.
+    fn earlier_type_in_flight(&self, type_url: &str) -> bool {
+        PUSH_ORDER
+            .iter()
+            .take_while(|t| **t != type_url)
+            .any(|t| self.types.get(t).is_some_and(|s| s.in_flight.is_some()))
+    }
+
+    /// Handles the ACK/NACK part of a request. Returns false if the nonce is stale.
+    fn settle(
+        &mut self,
+        type_url: &'static str,
+        nonce: &str,
+        error: Option<&str>,
+        ctx: &AdsServer,
+    ) -> bool {
+        let stream_id = self.id;
+        let state = self.types.entry(type_url).or_default();
+        let Some((sent_nonce, sent_version)) = state.in_flight.clone() else {
+            return false;
+        };
+        if sent_nonce != nonce {
+            return false;
+        }
+        state.in_flight = None;
+        let label = Metrics::by_type(snapshot::short_name(type_url));
+        match error {
+            None => {
+                for (name, version) in state.in_flight_resources.drain() {
+                    match version {
+                        Some(v) => state.client_has.insert(name, v),
+                        None => state.client_has.remove(&name),
+                    };
+                }
+                state.acked_version = Some(sent_version.clone());
+                ctx.metrics.acks.get_or_create(&label).inc();
+                ctx.status.acked(stream_id, type_url, &sent_version);
+                debug!(r#type = snapshot::short_name(type_url), version = %sent_version, "ACK");
+            }
+            Some(detail) => {
+                state.in_flight_resources.clear();
+                state.nacked_version = Some(sent_version.clone());
+                ctx.metrics.nacks.get_or_create(&label).inc();
+                ctx.status.nacked(stream_id, type_url, &sent_version, detail);
+                warn!(
+                    node = %self.node_id,
+                    r#type = snapshot::short_name(type_url),
+                    version = %sent_version,
+                    error_detail = %detail,
+                    "NACK: the proxy rejected this config and keeps its last good one; this version will not be sent again"
+                );
+            }
+        }
+        true
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn node_id_of(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Option<String> {
+    node.map(|n| n.id.clone()).filter(|id| !id.is_empty())
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let node_id = node_id_of(first.node.as_ref())
+            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        let (tx, rx) = mpsc::channel(16);
+        let server = self.clone();
+        let span = info_span!("ads", node = %node_id, protocol = "sotw");
+        tokio::spawn(
+            async move {
+                let mut stream = SotwStream { state: StreamState::new(node_id), server, tx };
+                stream.run(first, requests).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
+        let node_id = node_id_of(first.node.as_ref())
+            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        let (tx, rx) = mpsc::channel(16);
+        let server = self.clone();
+        let span = info_span!("ads", node = %node_id, protocol = "delta");
+        tokio::spawn(
+            async move {
+                let mut stream = DeltaStream { state: StreamState::new(node_id), server, tx };
+                stream.run(first, requests).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Common life cycle of a stream: register, follow the node's snapshot, unregister.
+struct Connection {
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+}
+
+impl Connection {
+    fn open(server: &AdsServer, state: &StreamState, protocol: &'static str) -> Self {
+        server.status.connect(state.id, &state.node_id, protocol);
+        server.metrics.connected_proxies.inc();
+        let snapshots = server.cache.watch(&state.node_id);
+        if snapshots.borrow().is_none() {
+            info!("node is not part of the mesh (yet): waiting for a snapshot for it");
+        } else {
+            info!("proxy connected");
+        }
+        Connection { snapshots }
+    }
+
+    fn close(server: &AdsServer, state: &StreamState) {
+        server.status.disconnect(state.id);
+        server.metrics.connected_proxies.dec();
+        info!("proxy disconnected");
+    }
+
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+struct SotwStream {
+    state: StreamState,
+    server: AdsServer,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+}
+
+impl SotwStream {
+    async fn run(&mut self, first: DiscoveryRequest, mut requests: Streaming<DiscoveryRequest>) {
+        let mut connection = Connection::open(&self.server, &self.state, "sotw");
+        self.on_request(first);
+        loop {
+            if self.push(connection.current()).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.on_request(request),
+                    Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
+                    None => break,
+                },
+                changed = connection.snapshots.changed() => {
+                    if changed.is_err() { break; }
+                }
+            }
+        }
+        Connection::close(&self.server, &self.state);
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest) {
+        let Some(type_url) = known_type(&request.type_url) else {
+            debug!(type_url = %request.type_url, "ignoring a request for an unknown type");
+            return;
+        };
+        let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+        if !request.response_nonce.is_empty()
+            && !self.state.settle(type_url, &request.response_nonce, error, &self.server)
+        {
+            // A stale nonce: the proxy has not seen our latest response yet.
+            let latest = self.state.types.get(type_url).and_then(|t| t.in_flight.clone());
+            if latest.is_some() {
+                return;
+            }
+        }
+        let subscription = if request.resource_names.is_empty()
+            && matches!(type_url, snapshot::CLUSTER | snapshot::LISTENER)
+            || request.resource_names.iter().any(|n| n == "*")
+        {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(request.resource_names.iter().cloned().collect())
+        };
+        let state = self.state.types.entry(type_url).or_default();
+        if !state.requested || request.response_nonce.is_empty() || state.subscription != subscription {
+            state.must_send = true;
+        }
+        state.requested = true;
+        state.subscription = subscription;
+    }
+
+    async fn push(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), ()> {
+        let Some(snapshot) = snapshot else { return Ok(()) };
+        for type_url in PUSH_ORDER {
+            if self.state.earlier_type_in_flight(type_url) {
+                break;
+            }
+            let nonce = self.state.next_nonce();
+            let Some(state) = self.state.types.get_mut(type_url) else { continue };
+            if !state.requested || state.in_flight.is_some() {
+                continue;
+            }
+            let empty = snapshot::ResourceSet::default();
+            let set = snapshot.set(type_url).unwrap_or(&empty);
+            let changed = state.sent_version.as_deref() != Some(set.version.as_str());
+            let nacked = state.nacked_version.as_deref() == Some(set.version.as_str());
+            if !(state.must_send || changed) || (nacked && !state.must_send) {
+                continue;
+            }
+            let resources: Vec<_> = set
+                .resources
+                .values()
+                .filter(|r| state.subscription.wants(&r.name))
+                .map(|r| r.body.clone())
+                .collect();
+            let response = DiscoveryResponse {
+                version_info: set.version.clone(),
+                resources,
+                type_url: type_url.to_string(),
+                nonce: nonce.clone(),
+                ..Default::default()
+            };
+            state.must_send = false;
+            state.in_flight = Some((nonce.clone(), set.version.clone()));
+            state.sent_version = Some(set.version.clone());
+            record_push(&self.server, &self.state.node_id, self.state.id, type_url, &set.version, &nonce, response.encoded_len());
+            if self.tx.send(Ok(response)).await.is_err() {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_push(server: &AdsServer, node: &str, stream_id: u64, type_url: &str, version: &str, nonce: &str, bytes: usize) {
+    let label = Metrics::by_type(snapshot::short_name(type_url));
+    server.metrics.pushes.get_or_create(&label).inc();
+    server.metrics.push_bytes.get_or_create(&label).inc_by(bytes as u64);
+    server.status.sent(stream_id, type_url, version, nonce);
+    debug!(%node, r#type = snapshot::short_name(type_url), %version, %nonce, bytes, "push");
+}
+
+struct DeltaStream {
+    state: StreamState,
+    server: AdsServer,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+impl DeltaStream {
+    async fn run(&mut self, first: DeltaDiscoveryRequest, mut requests: Streaming<DeltaDiscoveryRequest>) {
+        let mut connection = Connection::open(&self.server, &self.state, "delta");
+        self.on_request(first);
+        loop {
+            if self.push(connection.current()).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.on_request(request),
+                    Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
+                    None => break,
+                },
+                changed = connection.snapshots.changed() => {
+                    if changed.is_err() { break; }
+                }
+            }
+        }
+        Connection::close(&self.server, &self.state);
+    }
+
+    fn on_request(&mut self, request: DeltaDiscoveryRequest) {
+        let Some(type_url) = known_type(&request.type_url) else {
+            debug!(type_url = %request.type_url, "ignoring a request for an unknown type");
+            return;
+        };
+        let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+        if !request.response_nonce.is_empty() {
+            // A stale nonce settles nothing; its subscription changes still count.
+            self.state.settle(type_url, &request.response_nonce, error, &self.server);
+        }
+        let state = self.state.types.entry(type_url).or_default();
+        if !state.requested {
+            state.requested = true;
+            state.must_send = true;
+            // A reconnecting proxy says what it has, so unchanged resources are not re-sent.
+            state.client_has = request.initial_resource_versions.clone().into_iter().collect();
+            let legacy_wildcard = request.resource_names_subscribe.is_empty()
+                && matches!(type_url, snapshot::CLUSTER | snapshot::LISTENER);
+            state.subscription = if legacy_wildcard {
+                Subscription::Wildcard
+            } else {
+                Subscription::Names(BTreeSet::new())
+            };
+        }
+        for name in &request.resource_names_subscribe {
+            if name == "*" {
+                state.subscription = Subscription::Wildcard;
+            } else if let Subscription::Names(names) = &mut state.subscription {
+                if names.insert(name.clone()) {
+                    state.must_send = true;
+                }
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if let Subscription::Names(names) = &mut state.subscription {
+                names.remove(name);
+            }
+            state.client_has.remove(name);
+        }
+    }
+
+    async fn push(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), ()> {
+        let Some(snapshot) = snapshot else { return Ok(()) };
+        for type_url in PUSH_ORDER {
+            if self.state.earlier_type_in_flight(type_url) {
+                break;
+            }
+            let nonce = self.state.next_nonce();
+            let Some(state) = self.state.types.get_mut(type_url) else { continue };
+            if !state.requested || state.in_flight.is_some() {
+                continue;
+            }
+            let empty = snapshot::ResourceSet::default();
+            let set = snapshot.set(type_url).unwrap_or(&empty);
+            if state.nacked_version.as_deref() == Some(set.version.as_str()) && !state.must_send {
+                continue;
+            }
+            let mut resources = Vec::new();
+            let mut in_flight = HashMap::new();
+            for (name, resource) in &set.resources {
+                if state.subscription.wants(name) && state.client_has.get(name) != Some(&resource.version) {
+                    resources.push(DeltaResource {
+                        name: name.clone(),
+                        version: resource.version.clone(),
+                        resource: Some(resource.body.clone()),
+                        ..Default::default()
+                    });
+                    in_flight.insert(name.clone(), Some(resource.version.clone()));
+                }
+            }
+            let removed: Vec<String> = state
+                .client_has
+                .keys()
+                .filter(|name| state.subscription.wants(name) && !set.resources.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in &removed {
+                in_flight.insert(name.clone(), None);
+            }
+            state.must_send = false;
+            if resources.is_empty() && removed.is_empty() {
+                // Nothing new for this proxy; it already has this version.
+                if state.acked_version.is_none() || state.sent_version.as_deref() != Some(set.version.as_str()) {
+                    state.acked_version = Some(set.version.clone());
+                    state.sent_version = Some(set.version.clone());
+                    self.server.status.sent(self.state.id, type_url, &set.version, "");
+                    self.server.status.acked(self.state.id, type_url, &set.version);
+                }
+                continue;
+            }
+            let response = DeltaDiscoveryResponse {
+                system_version_info: set.version.clone(),
+                resources,
+                type_url: type_url.to_string(),
+                removed_resources: removed,
+                nonce: nonce.clone(),
+                ..Default::default()
+            };
+            state.in_flight = Some((nonce.clone(), set.version.clone()));
+            state.in_flight_resources = in_flight;
+            state.sent_version = Some(set.version.clone());
+            record_push(&self.server, &self.state.node_id, self.state.id, type_url, &set.version, &nonce, response.encoded_len());
+            if self.tx.send(Ok(response)).await.is_err() {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! What each connected proxy has: per type, what was sent, what it ACKed, what it NACKed.
+//! Backs `/status` and `wardctl status` (like `istioctl proxy-status`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::snapshot::{self, SnapshotCache};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+    pub at_unix: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    pub acked_version: Option<String>,
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyConnection {
+    pub node_id: String,
+    /// `sotw` or `delta`.
+    pub protocol: &'static str,
+    pub connected_at_unix: u64,
+    /// By short type name (`CDS`, `EDS`, ...).
+    pub types: BTreeMap<&'static str, TypeStatus>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Shared registry of connected proxies, keyed by stream id (a node may briefly have two
+/// streams while it reconnects).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyStatusRegistry {
+    streams: Arc<Mutex<BTreeMap<u64, ProxyConnection>>>,
+}
+
+impl ProxyStatusRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn connect(&self, stream_id: u64, node_id: &str, protocol: &'static str) {
+        self.streams.lock().expect("status lock").insert(
+            stream_id,
+            ProxyConnection {
+                node_id: node_id.to_string(),
+                protocol,
+                connected_at_unix: unix_now(),
+                types: BTreeMap::new(),
+            },
+        );
+    }
+
+    pub fn disconnect(&self, stream_id: u64) {
+        self.streams.lock().expect("status lock").remove(&stream_id);
+    }
+
+    fn update(&self, stream_id: u64, type_url: &str, change: impl FnOnce(&mut TypeStatus)) {
+        if let Some(connection) = self.streams.lock().expect("status lock").get_mut(&stream_id) {
+            change(connection.types.entry(snapshot::short_name(type_url)).or_default());
+        }
+    }
+
+    pub fn sent(&self, stream_id: u64, type_url: &str, version: &str, nonce: &str) {
+        self.update(stream_id, type_url, |t| {
+            t.sent_version = Some(version.to_string());
+            t.sent_nonce = Some(nonce.to_string());
+        });
+    }
+
+    pub fn acked(&self, stream_id: u64, type_url: &str, version: &str) {
+        self.update(stream_id, type_url, |t| t.acked_version = Some(version.to_string()));
+    }
+
+    pub fn nacked(&self, stream_id: u64, type_url: &str, version: &str, error: &str) {
+        self.update(stream_id, type_url, |t| {
+            t.last_nack = Some(Nack {
+                version: version.to_string(),
+                error: error.to_string(),
+                at_unix: unix_now(),
+            })
+        });
+    }
+
+    /// JSON for `/status`: every connection with a per-type state against the node's current
+    /// snapshot: SYNCED (ACKed the current version), NACKED (rejected it), STALE (not there
+    /// yet), plus `synced` for the whole proxy.
+    pub fn snapshot_json(&self, cache: &SnapshotCache) -> serde_json::Value {
+        let streams = self.streams.lock().expect("status lock").clone();
+        let proxies: Vec<serde_json::Value> = streams
+            .values()
+            .map(|connection| {
+                let current = cache.get(&connection.node_id);
+                let mut all_synced = current.is_some();
+                let mut types = serde_json::Map::new();
+                for type_url in snapshot::PUSH_ORDER {
+                    let Some(set) = current.as_ref().and_then(|s| s.set(type_url).cloned()) else {
+                        continue;
+                    };
+                    let short = snapshot::short_name(type_url);
+                    let status = connection.types.get(short).cloned().unwrap_or_default();
+                    let state = if status.acked_version.as_deref() == Some(set.version.as_str()) {
+                        "SYNCED"
+                    } else if status.last_nack.as_ref().is_some_and(|n| n.version == set.version) {
+                        "NACKED"
+                    } else if status.sent_version.is_none() && status.acked_version.is_none() {
+                        "NOT SENT"
+                    } else {
+                        "STALE"
+                    };
+                    all_synced &= state == "SYNCED";
+                    types.insert(
+                        short.to_string(),
+                        serde_json::json!({
+                            "state": state,
+                            "current_version": set.version,
+                            "resources": set.resources.len(),
+                            "sent_version": status.sent_version,
+                            "acked_version": status.acked_version,
+                            "last_nack": status.last_nack,
+                        }),
+                    );
+                }
+                serde_json::json!({
+                    "node_id": connection.node_id,
+                    "protocol": connection.protocol,
+                    "connected_at_unix": connection.connected_at_unix,
+                    "synced": all_synced,
+                    "types": types,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(proxies)
+    }
+}
+
+/// `wardctl status`'s table, from `/status` JSON.
+pub fn render_table(status: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9}\n",
+        "NAME", "XDS", "CDS", "EDS", "LDS", "RDS"
+    );
+    let mut nacks = Vec::new();
+    for proxy in status["proxies"].as_array().into_iter().flatten() {
+        let node = proxy["node_id"].as_str().unwrap_or("?");
+        let state = |t: &str| proxy["types"][t]["state"].as_str().unwrap_or("-").to_string();
+        out.push_str(&format!(
+            "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9}\n",
+            node,
+            proxy["protocol"].as_str().unwrap_or("?"),
+            state("CDS"),
+            state("EDS"),
+            state("LDS"),
+            state("RDS")
+        ));
+        if let Some(types) = proxy["types"].as_object() {
+            for (t, v) in types {
+                if v["state"] == "NACKED" {
+                    nacks.push(format!(
+                        "{node} {t}: {}",
+                        v["last_nack"]["error"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    let expected: Vec<&str> = status["config"]["expected_nodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    for node in expected {
+        let connected = status["proxies"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["node_id"] == node));
+        if !connected {
+            out.push_str(&format!("{node:<34} NOT CONNECTED\n"));
+        }
+    }
+    for nack in nacks {
+        out.push_str(&format!("NACK {nack}\n"));
+    }
+    out
+}
