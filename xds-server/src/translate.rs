@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, socket_address, substitution_format_string,
-    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
+    AggregatedConfigSource, ApiVersion, BindConfig, ConfigSource, DataSource, SocketAddress,
     SubstitutionFormatString, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::core::v3::{Address, AsyncDataSource};
@@ -146,7 +146,7 @@ pub fn proxy_snapshot(
             clusters.push(Resource::new(
                 snapshot::CLUSTER,
                 &name,
-                &outbound_cluster(&name),
+                &outbound_cluster(&name, instance),
             ));
             endpoints.push(Resource::new(
                 snapshot::ENDPOINT,
@@ -192,8 +192,18 @@ fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
     Resource::new(snapshot::CLUSTER, name, &cluster)
 }
 
-fn outbound_cluster(name: &str) -> Cluster {
+fn outbound_cluster(name: &str, instance: &Instance) -> Cluster {
     Cluster {
+        // Connections leave from the instance's own address, as from a pod IP, so the
+        // destination sees (and later authorizes) the real source.
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(SocketAddress {
+                address: instance.address.to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         name: name.to_string(),
         connect_timeout: Some(duration_ms(1000)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(

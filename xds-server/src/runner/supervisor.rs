@@ -149,6 +149,27 @@ struct Supervisor {
     last_error: Option<String>,
 }
 
+/// How every sidecar Envoy is started.
+fn envoy_argv(options: &SupervisorOptions, bootstrap: &Path) -> Vec<String> {
+    [
+        options.envoy.display().to_string(),
+        "-c".to_string(),
+        bootstrap.display().to_string(),
+        // Several Envoys on one host: no shared-memory hot restart between them.
+        "--disable-hot-restart".to_string(),
+        "--concurrency".to_string(),
+        "1".to_string(),
+        "--log-level".to_string(),
+        options.envoy_log_level.clone(),
+        "--drain-time-s".to_string(),
+        "2".to_string(),
+        // Access logs reach `wardctl logs` within a fraction of a second.
+        "--file-flush-interval-msec".to_string(),
+        "200".to_string(),
+    ]
+    .to_vec()
+}
+
 /// Makes a child die with the supervisor even if the supervisor is killed with SIGKILL.
 fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe and only affects the child being spawned.
@@ -426,19 +447,7 @@ impl Supervisor {
             .join("bootstrap")
             .join(format!("{node_id}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
-        let argv = vec![
-            self.options.envoy.display().to_string(),
-            "-c".to_string(),
-            path.display().to_string(),
-            // Several Envoys on one host: no shared-memory hot restart between them.
-            "--disable-hot-restart".to_string(),
-            "--concurrency".to_string(),
-            "1".to_string(),
-            "--log-level".to_string(),
-            self.options.envoy_log_level.clone(),
-            "--drain-time-s".to_string(),
-            "2".to_string(),
-        ];
+        let argv = envoy_argv(&self.options, &path);
         let log = state::logs_dir(&self.options.state_dir).join(format!("{node_id}.envoy.log"));
         let child = spawn_logged(&argv, &[], &log)?;
         let running = self.instances.get_mut(&node_id).expect("instance registered");
@@ -482,16 +491,7 @@ impl Supervisor {
                 if let Some(status) = envoy.try_wait()? {
                     warn!(%node_id, %status, "envoy exited; restarting it");
                     let bootstrap = self.options.state_dir.join("bootstrap").join(format!("{node_id}.json"));
-                    let argv = vec![
-                        self.options.envoy.display().to_string(),
-                        "-c".to_string(),
-                        bootstrap.display().to_string(),
-                        "--disable-hot-restart".to_string(),
-                        "--concurrency".to_string(),
-                        "1".to_string(),
-                        "--log-level".to_string(),
-                        self.options.envoy_log_level.clone(),
-                    ];
+                    let argv = envoy_argv(&self.options, &bootstrap);
                     let child = spawn_logged(&argv, &[], &log_dir.join(format!("{node_id}.envoy.log")))?;
                     running.spec.envoy_pid = child.id();
                     running.envoy = Some(child);
