@@ -17,11 +17,11 @@ const POST_EXAM: &[&str] = &[
     r#"{"matricola": "s123456", "exam": "NCS"}"#,
 ];
 
-fn proxy_states(mesh: &LocalMesh) -> Vec<(String, bool)> {
-    let status = mesh.status_json().expect("status");
-    status["proxies"]
+fn proxy_states(mesh: &LocalMesh) -> anyhow::Result<Vec<(String, bool)>> {
+    let status = mesh.status_json()?;
+    Ok(status["proxies"]
         .as_array()
-        .expect("proxies array")
+        .ok_or_else(|| anyhow::anyhow!("no proxies in {status}"))?
         .iter()
         .map(|p| {
             (
@@ -29,7 +29,7 @@ fn proxy_states(mesh: &LocalMesh) -> Vec<(String, bool)> {
                 p["synced"].as_bool().unwrap_or(false),
             )
         })
-        .collect()
+        .collect())
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn exam_lab_post_then_get_through_both_sidecars() {
         .status;
     assert_eq!(status.code(), Some(7));
 
-    let states = proxy_states(&mesh);
+    let states = proxy_states(&mesh).unwrap();
     assert_eq!(states.len(), 3, "{states:?}");
     assert!(states.iter().all(|(_, synced)| *synced), "{states:?}");
     let status_table = mesh.wardctl(&["status"]).unwrap();
@@ -183,8 +183,8 @@ impl BackgroundLoad {
                 let output = std::process::Command::new(&wardctl)
                     .arg("--state-dir")
                     .arg(&state_dir)
-                    .args(["exec", "professor-tools", "--", "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}\\n"])
-                    .args(std::iter::repeat_n("http://exam-scheduler", 20))
+                    .args(["exec", "professor-tools", "--", "curl", "-s", "-m", "5", "-w", "%{http_code}\\n"])
+                    .args(std::iter::repeat_n(["-o", "/dev/null", "http://exam-scheduler"], 20).flatten())
                     .output()
                     .expect("curl");
                 for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -227,7 +227,7 @@ fn hot_reload_adds_and_removes_services_without_failing_other_traffic() {
     mesh.eventually(Duration::from_secs(20), || {
         let (code, _) = mesh.curl_from(Some("professor-tools"), &["http://student-portal"])?;
         anyhow::ensure!(code == 404, "student-portal still routed ({code})");
-        let states = proxy_states(&mesh);
+        let states = proxy_states(&mesh)?;
         anyhow::ensure!(
             !states.iter().any(|(n, _)| n.starts_with("student-portal")),
             "student-portal proxy still connected: {states:?}"
@@ -360,7 +360,7 @@ fn envoys_survive_an_xds_server_crash_and_resync() {
 
     // The supervisor restarts it; every Envoy reconnects and is SYNCED again.
     mesh.eventually(Duration::from_secs(30), || {
-        let states = proxy_states(&mesh);
+        let states = proxy_states(&mesh)?;
         anyhow::ensure!(states.len() == 3 && states.iter().all(|(_, s)| *s), "{states:?}");
         Ok(())
     })

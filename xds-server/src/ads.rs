@@ -3,8 +3,8 @@
 //! One task per stream, one `tracing` span per stream (node id, protocol). Per type the
 //! stream keeps what the proxy subscribed to, what was sent and whether it is still waiting
 //! for the ACK. Rules, as Envoy and go-control-plane expect them:
-//! - a change is pushed in [`PUSH_ORDER`] (CDS, EDS, LDS, RDS, SDS, ECDS), and a type is not
-//!   pushed while an earlier type's response is still un-ACKed;
+//! - a change is pushed in [`PUSH_ORDER`] (CDS, EDS, LDS, RDS, SDS, ECDS); listeners and
+//!   routes also wait for the ACK of the clusters and endpoints they may name;
 //! - one response per type in flight: the next waits for the ACK or NACK of the previous;
 //! - a NACK is logged with Envoy's `error_detail`, counted, and that version is never sent
 //!   again to that proxy (Envoy keeps its last good config);
@@ -124,11 +124,18 @@ impl StreamState {
         format!("{}-{}", self.id, self.nonce_counter)
     }
 
-    /// True if an earlier type in push order still waits for its ACK.
-    fn earlier_type_in_flight(&self, type_url: &str) -> bool {
-        PUSH_ORDER
+    /// True if a type this one depends on still waits for its ACK. Listeners and routes wait
+    /// for the clusters (and their endpoints) they name, so Envoy never routes to a cluster it
+    /// does not know yet. Endpoints do not wait for clusters: Envoy ACKs a CDS update only
+    /// once its new clusters are warm, which needs their endpoints first.
+    fn dependency_in_flight(&self, type_url: &str) -> bool {
+        let depends_on: &[&str] = match type_url {
+            snapshot::LISTENER => &[snapshot::CLUSTER, snapshot::ENDPOINT],
+            snapshot::ROUTE => &[snapshot::CLUSTER, snapshot::ENDPOINT, snapshot::LISTENER],
+            _ => &[],
+        };
+        depends_on
             .iter()
-            .take_while(|t| **t != type_url)
             .any(|t| self.types.get(t).is_some_and(|s| s.in_flight.is_some()))
     }
 
@@ -332,8 +339,8 @@ impl SotwStream {
     async fn push(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), ()> {
         let Some(snapshot) = snapshot else { return Ok(()) };
         for type_url in PUSH_ORDER {
-            if self.state.earlier_type_in_flight(type_url) {
-                break;
+            if self.state.dependency_in_flight(type_url) {
+                continue;
             }
             let nonce = self.state.next_nonce();
             let Some(state) = self.state.types.get_mut(type_url) else { continue };
@@ -452,8 +459,8 @@ impl DeltaStream {
     async fn push(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), ()> {
         let Some(snapshot) = snapshot else { return Ok(()) };
         for type_url in PUSH_ORDER {
-            if self.state.earlier_type_in_flight(type_url) {
-                break;
+            if self.state.dependency_in_flight(type_url) {
+                continue;
             }
             let nonce = self.state.next_nonce();
             let Some(state) = self.state.types.get_mut(type_url) else { continue };

@@ -102,9 +102,17 @@ fn init_tracing() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    // Errors reach users as one readable message with its causes, not a backtrace.
+    if let Err(error) = runtime.block_on(run(cli)) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let state_dir = state::state_dir(cli.state_dir.as_deref());
     match cli.command {
         Command::Up {
