@@ -42,13 +42,19 @@ pub fn envoy_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let path = workspace_root().join(".ward-tools/envoy/envoy/_bin/envoy");
-    assert!(path.is_file(), "Envoy missing: run scripts/setup.sh or set ENVOY_BIN");
+    assert!(
+        path.is_file(),
+        "Envoy missing: run scripts/setup.sh or set ENVOY_BIN"
+    );
     path
 }
 
 pub fn wasm_module() -> PathBuf {
     let path = target_dir().join("wasm32-wasip1/release/wasm_authz.wasm");
-    assert!(path.is_file(), "wasm-authz module missing: run scripts/setup.sh");
+    assert!(
+        path.is_file(),
+        "wasm-authz module missing: run scripts/setup.sh"
+    );
     path
 }
 
@@ -87,11 +93,8 @@ impl LocalMesh {
 
     pub fn up_with(config: &str, extra_args: &[&str]) -> anyhow::Result<LocalMesh> {
         let guard = ONE_MESH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let root = std::env::temp_dir().join(format!(
-            "ward-e2e-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let root =
+            std::env::temp_dir().join(format!("ward-e2e-{}-{}", std::process::id(), free_port()));
         let config_dir = root.join("config");
         let state_dir = root.join("state");
         copy_dir(&workspace_root().join(config), &config_dir)?;
@@ -142,7 +145,11 @@ impl LocalMesh {
     }
 
     /// `wardctl exec WORKLOAD -- curl -s -w '\n%{http_code}' ARGS...`: (status, body).
-    pub fn curl_from(&self, workload: Option<&str>, curl_args: &[&str]) -> anyhow::Result<(u16, String)> {
+    pub fn curl_from(
+        &self,
+        workload: Option<&str>,
+        curl_args: &[&str],
+    ) -> anyhow::Result<(u16, String)> {
         let mut args = vec!["exec"];
         match workload {
             Some(w) => args.push(w),
@@ -165,20 +172,34 @@ impl LocalMesh {
 
     pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
         let output = Command::new("curl")
-            .args(["-s", "-m", "5", &format!("http://{}/status", self.xds_admin)])
+            .args([
+                "-s",
+                "-m",
+                "5",
+                &format!("http://{}/status", self.xds_admin),
+            ])
             .output()?;
         serde_json::from_slice(&output.stdout).context("xds-server /status is not JSON")
     }
 
     pub fn metrics(&self) -> anyhow::Result<String> {
         let output = Command::new("curl")
-            .args(["-s", "-m", "5", &format!("http://{}/metrics", self.xds_admin)])
+            .args([
+                "-s",
+                "-m",
+                "5",
+                &format!("http://{}/metrics", self.xds_admin),
+            ])
             .output()?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Polls `check` until it returns Ok or `limit` passes; returns the last error.
-    pub fn eventually<T>(&self, limit: Duration, mut check: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn eventually<T>(
+        &self,
+        limit: Duration,
+        mut check: impl FnMut() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + limit;
         loop {
             match check() {

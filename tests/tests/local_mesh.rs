@@ -35,11 +35,16 @@ fn proxy_states(mesh: &LocalMesh) -> anyhow::Result<Vec<(String, bool)>> {
 #[test]
 fn exam_lab_post_then_get_through_both_sidecars() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
-    assert!(mesh.up_output.contains("spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"));
+    assert!(mesh
+        .up_output
+        .contains("spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"));
 
     let (code, body) = mesh.curl_from(Some("student-portal"), POST_EXAM).unwrap();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body, "✅ Exam received: {'matricola': 's123456', 'exam': 'NCS'}");
+    assert_eq!(
+        body,
+        "✅ Exam received: {'matricola': 's123456', 'exam': 'NCS'}"
+    );
 
     let (code, body) = mesh
         .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
@@ -60,16 +65,33 @@ fn exam_lab_post_then_get_through_both_sidecars() {
     // The request crossed the client's sidecar (outbound) and the server's sidecar (inbound),
     // and the server's sidecar ran the wasm-authz module.
     let (code, headers) = mesh
-        .curl_from(Some("professor-tools"), &["-D", "-", "-o", "/dev/null", "exam-scheduler"])
+        .curl_from(
+            Some("professor-tools"),
+            &["-D", "-", "-o", "/dev/null", "exam-scheduler"],
+        )
         .unwrap();
     assert_eq!(code, 200);
-    assert!(headers.to_ascii_lowercase().contains("x-ward-wasm: exam-scheduler.default"), "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("x-ward-wasm: exam-scheduler.default"),
+        "{headers}"
+    );
     mesh.eventually(Duration::from_secs(5), || {
         let client = mesh.log("professor-tools-0.default.envoy.log");
         let server = mesh.log("exam-scheduler-0.default.envoy.log");
-        anyhow::ensure!(client.contains("outbound \"GET / HTTP/1.1\" 200"), "client log: {client}");
-        anyhow::ensure!(server.contains("inbound \"GET / HTTP/1.1\" 200"), "server log: {server}");
-        anyhow::ensure!(server.contains("cluster=inbound|8080||"), "server log: {server}");
+        anyhow::ensure!(
+            client.contains("outbound \"GET / HTTP/1.1\" 200"),
+            "client log: {client}"
+        );
+        anyhow::ensure!(
+            server.contains("inbound \"GET / HTTP/1.1\" 200"),
+            "server log: {server}"
+        );
+        anyhow::ensure!(
+            server.contains("cluster=inbound|8080||"),
+            "server log: {server}"
+        );
         Ok(())
     })
     .unwrap();
@@ -80,7 +102,9 @@ fn exam_lab_post_then_get_through_both_sidecars() {
     assert!(body.contains("s123456"));
 
     // A host no Service answers to is refused by the client's sidecar, not hung.
-    let (code, body) = mesh.curl_from(Some("student-portal"), &["http://payroll"]).unwrap();
+    let (code, body) = mesh
+        .curl_from(Some("student-portal"), &["http://payroll"])
+        .unwrap();
     assert_eq!(code, 404);
     assert!(body.contains("no service in the mesh"), "{body}");
 
@@ -96,7 +120,10 @@ fn exam_lab_post_then_get_through_both_sidecars() {
     assert!(states.iter().all(|(_, synced)| *synced), "{states:?}");
     let status_table = mesh.wardctl(&["status"]).unwrap();
     let table = String::from_utf8_lossy(&status_table.stdout);
-    assert!(table.contains("exam-scheduler-0.default") && table.contains("SYNCED"), "{table}");
+    assert!(
+        table.contains("exam-scheduler-0.default") && table.contains("SYNCED"),
+        "{table}"
+    );
 
     // `down` leaves no process behind.
     let state_dir = mesh.state_dir.display().to_string();
@@ -117,7 +144,10 @@ fn replicas_are_load_balanced() {
     let mut served_by = std::collections::BTreeSet::new();
     for _ in 0..30 {
         let (code, headers) = mesh
-            .curl_from(Some("web-frontend"), &["-D", "-", "-o", "/dev/null", "http://aura-api/healthz"])
+            .curl_from(
+                Some("web-frontend"),
+                &["-D", "-", "-o", "/dev/null", "http://aura-api/healthz"],
+            )
             .unwrap();
         assert_eq!(code, 200);
         let line = headers
@@ -183,8 +213,21 @@ impl BackgroundLoad {
                 let output = std::process::Command::new(&wardctl)
                     .arg("--state-dir")
                     .arg(&state_dir)
-                    .args(["exec", "professor-tools", "--", "curl", "-s", "-m", "5", "-w", "%{http_code}\\n"])
-                    .args(std::iter::repeat_n(["-o", "/dev/null", "http://exam-scheduler"], 20).flatten())
+                    .args([
+                        "exec",
+                        "professor-tools",
+                        "--",
+                        "curl",
+                        "-s",
+                        "-m",
+                        "5",
+                        "-w",
+                        "%{http_code}\\n",
+                    ])
+                    .args(
+                        std::iter::repeat_n(["-o", "/dev/null", "http://exam-scheduler"], 20)
+                            .flatten(),
+                    )
                     .output()
                     .expect("curl");
                 for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -195,13 +238,21 @@ impl BackgroundLoad {
                 }
             }
         });
-        BackgroundLoad { stop, failures, total, thread: Some(thread) }
+        BackgroundLoad {
+            stop,
+            failures,
+            total,
+            thread: Some(thread),
+        }
     }
 
     fn finish(mut self) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
-        (self.total.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+        (
+            self.total.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -239,14 +290,20 @@ fn hot_reload_adds_and_removes_services_without_failing_other_traffic() {
 
     let (total, failures) = load.finish();
     assert!(total > 20, "too little background traffic: {total}");
-    assert_eq!(failures, 0, "{failures} of {total} unaffected requests failed during reloads");
+    assert_eq!(
+        failures, 0,
+        "{failures} of {total} unaffected requests failed during reloads"
+    );
 }
 
 #[test]
 fn invalid_edit_is_reported_and_last_good_config_keeps_serving() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
-    mesh.write_config("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n  name: y\n")
-        .unwrap();
+    mesh.write_config(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n  name: y\n",
+    )
+    .unwrap();
     let error = mesh
         .eventually(Duration::from_secs(10), || {
             let status = mesh.status_json()?;
@@ -259,16 +316,26 @@ fn invalid_edit_is_reported_and_last_good_config_keeps_serving() {
     assert!(error.contains("broken.yaml:5"), "{error}");
     assert!(error.contains("duplicate key"), "{error}");
 
-    let (code, _) = mesh.curl_from(Some("professor-tools"), &["exam-scheduler"]).unwrap();
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["exam-scheduler"])
+        .unwrap();
     assert_eq!(code, 200);
     let status = String::from_utf8_lossy(&mesh.wardctl(&["status"]).unwrap().stdout).into_owned();
-    assert!(status.contains("FAILED") && status.contains("broken.yaml:5"), "{status}");
-    assert!(mesh.metrics().unwrap().contains("ward_config_reloads_total{result=\"error\"}"));
+    assert!(
+        status.contains("FAILED") && status.contains("broken.yaml:5"),
+        "{status}"
+    );
+    assert!(mesh
+        .metrics()
+        .unwrap()
+        .contains("ward_config_reloads_total{result=\"error\"}"));
 
     // `wardctl apply` refuses an invalid file outright and names its line.
     let bad = mesh.root.join("bad-service.yaml");
     std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata:\n  name: z\nspec:\n  selector: {app: nobody}\n  ports:\n  - port: 80\n").unwrap();
-    let applied = mesh.wardctl(&["apply", "-f", bad.to_str().unwrap()]).unwrap();
+    let applied = mesh
+        .wardctl(&["apply", "-f", bad.to_str().unwrap()])
+        .unwrap();
     assert!(!applied.status.success());
     let stderr = String::from_utf8_lossy(&applied.stderr);
     assert!(stderr.contains("bad-service.yaml:6"), "{stderr}");
@@ -294,7 +361,13 @@ fn bad_config_at_startup_names_file_line_and_field() {
     )
     .unwrap();
     let output = std::process::Command::new(ward_e2e::binary("wardctl"))
-        .args(["--state-dir", dir.join("state").to_str().unwrap(), "up", dir.to_str().unwrap(), "--detach"])
+        .args([
+            "--state-dir",
+            dir.join("state").to_str().unwrap(),
+            "up",
+            dir.to_str().unwrap(),
+            "--detach",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -319,7 +392,10 @@ fn nacked_config_is_recorded_and_previous_config_keeps_serving() {
             let status = mesh.status_json()?;
             let proxy = status["proxies"]
                 .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["node_id"] == "exam-scheduler-0.default"))
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p["node_id"] == "exam-scheduler-0.default")
+                })
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("no exam-scheduler proxy"))?;
             let text = proxy.to_string();
@@ -327,16 +403,26 @@ fn nacked_config_is_recorded_and_previous_config_keeps_serving() {
             Ok(text)
         })
         .unwrap();
-    assert!(nack.contains("15001"), "NACK should carry Envoy's error detail: {nack}");
+    assert!(
+        nack.contains("15001"),
+        "NACK should carry Envoy's error detail: {nack}"
+    );
     assert!(mesh.metrics().unwrap().contains("ward_xds_nacks_total"));
     let log = mesh.log("xds-server.log");
     assert!(log.contains("NACK") || log.contains("nack"), "{log}");
 
     // The proxy kept its last good config.
-    let (code, _) = mesh.curl_from(Some("professor-tools"), &["exam-scheduler"]).unwrap();
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["exam-scheduler"])
+        .unwrap();
     assert_eq!(code, 200);
-    let (code, _) = mesh.curl_from(Some("exam-scheduler"), &["http://student-portal"]).unwrap();
-    assert_eq!(code, 503, "student-portal has no listening app: the sidecar answers 503");
+    let (code, _) = mesh
+        .curl_from(Some("exam-scheduler"), &["http://student-portal"])
+        .unwrap();
+    assert_eq!(
+        code, 503,
+        "student-portal has no listening app: the sidecar answers 503"
+    );
 }
 
 #[test]
@@ -351,17 +437,25 @@ fn envoys_survive_an_xds_server_crash_and_resync() {
         .filter(|pid| processes_mentioning(&config_dir).contains(pid))
         .collect();
     assert_eq!(xds.len(), 1, "{xds:?}");
-    std::process::Command::new("kill").args(["-9", &xds[0].to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &xds[0].to_string()])
+        .status()
+        .unwrap();
 
     // Envoys keep serving on their last config while xds-server is away.
-    let (code, body) = mesh.curl_from(Some("professor-tools"), &["exam-scheduler"]).unwrap();
+    let (code, body) = mesh
+        .curl_from(Some("professor-tools"), &["exam-scheduler"])
+        .unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("s123456"));
 
     // The supervisor restarts it; every Envoy reconnects and is SYNCED again.
     mesh.eventually(Duration::from_secs(30), || {
         let states = proxy_states(&mesh)?;
-        anyhow::ensure!(states.len() == 3 && states.iter().all(|(_, s)| *s), "{states:?}");
+        anyhow::ensure!(
+            states.len() == 3 && states.iter().all(|(_, s)| *s),
+            "{states:?}"
+        );
         Ok(())
     })
     .unwrap();

@@ -49,8 +49,16 @@ pub struct AdsServer {
 }
 
 impl AdsServer {
-    pub fn new(cache: Arc<SnapshotCache>, status: ProxyStatusRegistry, metrics: Arc<Metrics>) -> Self {
-        AdsServer { cache, status, metrics }
+    pub fn new(
+        cache: Arc<SnapshotCache>,
+        status: ProxyStatusRegistry,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AdsServer {
+            cache,
+            status,
+            metrics,
+        }
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -174,7 +182,8 @@ impl StreamState {
                 state.in_flight_resources.clear();
                 state.nacked_version = Some(sent_version.clone());
                 ctx.metrics.nacks.get_or_create(&label).inc();
-                ctx.status.nacked(stream_id, type_url, &sent_version, detail);
+                ctx.status
+                    .nacked(stream_id, type_url, &sent_version, detail);
                 warn!(
                     node = %self.node_id,
                     r#type = snapshot::short_name(type_url),
@@ -215,7 +224,11 @@ impl AggregatedDiscoveryService for AdsServer {
         let span = info_span!("ads", node = %node_id, protocol = "sotw");
         tokio::spawn(
             async move {
-                let mut stream = SotwStream { state: StreamState::new(node_id), server, tx };
+                let mut stream = SotwStream {
+                    state: StreamState::new(node_id),
+                    server,
+                    tx,
+                };
                 stream.run(first, requests).await;
             }
             .instrument(span),
@@ -239,7 +252,11 @@ impl AggregatedDiscoveryService for AdsServer {
         let span = info_span!("ads", node = %node_id, protocol = "delta");
         tokio::spawn(
             async move {
-                let mut stream = DeltaStream { state: StreamState::new(node_id), server, tx };
+                let mut stream = DeltaStream {
+                    state: StreamState::new(node_id),
+                    server,
+                    tx,
+                };
                 stream.run(first, requests).await;
             }
             .instrument(span),
@@ -312,10 +329,16 @@ impl SotwStream {
         };
         let error = request.error_detail.as_ref().map(|s| s.message.as_str());
         if !request.response_nonce.is_empty()
-            && !self.state.settle(type_url, &request.response_nonce, error, &self.server)
+            && !self
+                .state
+                .settle(type_url, &request.response_nonce, error, &self.server)
         {
             // A stale nonce: the proxy has not seen our latest response yet.
-            let latest = self.state.types.get(type_url).and_then(|t| t.in_flight.clone());
+            let latest = self
+                .state
+                .types
+                .get(type_url)
+                .and_then(|t| t.in_flight.clone());
             if latest.is_some() {
                 return;
             }
@@ -329,7 +352,10 @@ impl SotwStream {
             Subscription::Names(request.resource_names.iter().cloned().collect())
         };
         let state = self.state.types.entry(type_url).or_default();
-        if !state.requested || request.response_nonce.is_empty() || state.subscription != subscription {
+        if !state.requested
+            || request.response_nonce.is_empty()
+            || state.subscription != subscription
+        {
             state.must_send = true;
         }
         state.requested = true;
@@ -337,13 +363,17 @@ impl SotwStream {
     }
 
     async fn push(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), ()> {
-        let Some(snapshot) = snapshot else { return Ok(()) };
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
         for type_url in PUSH_ORDER {
             if self.state.dependency_in_flight(type_url) {
                 continue;
             }
             let nonce = self.state.next_nonce();
-            let Some(state) = self.state.types.get_mut(type_url) else { continue };
+            let Some(state) = self.state.types.get_mut(type_url) else {
+                continue;
+            };
             if !state.requested || state.in_flight.is_some() {
                 continue;
             }
@@ -351,7 +381,10 @@ impl SotwStream {
             let set = snapshot.set(type_url).unwrap_or(&empty);
             let changed = state.sent_version.as_deref() != Some(set.version.as_str());
             let nacked = state.nacked_version.as_deref() == Some(set.version.as_str());
-            if !(state.must_send || changed) || (nacked && !state.must_send) {
+            // Send when the proxy needs an answer, or when there is a version it has not
+            // seen and did not reject.
+            let send = state.must_send || (changed && !nacked);
+            if !send {
                 continue;
             }
             let resources: Vec<_> = set
@@ -370,7 +403,15 @@ impl SotwStream {
             state.must_send = false;
             state.in_flight = Some((nonce.clone(), set.version.clone()));
             state.sent_version = Some(set.version.clone());
-            record_push(&self.server, &self.state.node_id, self.state.id, type_url, &set.version, &nonce, response.encoded_len());
+            record_push(
+                &self.server,
+                &self.state.node_id,
+                self.state.id,
+                type_url,
+                &set.version,
+                &nonce,
+                response.encoded_len(),
+            );
             if self.tx.send(Ok(response)).await.is_err() {
                 return Err(());
             }
@@ -379,10 +420,22 @@ impl SotwStream {
     }
 }
 
-fn record_push(server: &AdsServer, node: &str, stream_id: u64, type_url: &str, version: &str, nonce: &str, bytes: usize) {
+fn record_push(
+    server: &AdsServer,
+    node: &str,
+    stream_id: u64,
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    bytes: usize,
+) {
     let label = Metrics::by_type(snapshot::short_name(type_url));
     server.metrics.pushes.get_or_create(&label).inc();
-    server.metrics.push_bytes.get_or_create(&label).inc_by(bytes as u64);
+    server
+        .metrics
+        .push_bytes
+        .get_or_create(&label)
+        .inc_by(bytes as u64);
     server.status.sent(stream_id, type_url, version, nonce);
     debug!(%node, r#type = snapshot::short_name(type_url), %version, %nonce, bytes, "push");
 }
@@ -394,7 +447,11 @@ struct DeltaStream {
 }
 
 impl DeltaStream {
-    async fn run(&mut self, first: DeltaDiscoveryRequest, mut requests: Streaming<DeltaDiscoveryRequest>) {
+    async fn run(
+        &mut self,
+        first: DeltaDiscoveryRequest,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+    ) {
         let mut connection = Connection::open(&self.server, &self.state, "delta");
         self.on_request(first);
         loop {
@@ -423,14 +480,19 @@ impl DeltaStream {
         let error = request.error_detail.as_ref().map(|s| s.message.as_str());
         if !request.response_nonce.is_empty() {
             // A stale nonce settles nothing; its subscription changes still count.
-            self.state.settle(type_url, &request.response_nonce, error, &self.server);
+            self.state
+                .settle(type_url, &request.response_nonce, error, &self.server);
         }
         let state = self.state.types.entry(type_url).or_default();
         if !state.requested {
             state.requested = true;
             state.must_send = true;
             // A reconnecting proxy says what it has, so unchanged resources are not re-sent.
-            state.client_has = request.initial_resource_versions.clone().into_iter().collect();
+            state.client_has = request
+                .initial_resource_versions
+                .clone()
+                .into_iter()
+                .collect();
             let legacy_wildcard = request.resource_names_subscribe.is_empty()
                 && matches!(type_url, snapshot::CLUSTER | snapshot::LISTENER);
             state.subscription = if legacy_wildcard {
@@ -457,13 +519,17 @@ impl DeltaStream {
     }
 
     async fn push(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), ()> {
-        let Some(snapshot) = snapshot else { return Ok(()) };
+        let Some(snapshot) = snapshot else {
+            return Ok(());
+        };
         for type_url in PUSH_ORDER {
             if self.state.dependency_in_flight(type_url) {
                 continue;
             }
             let nonce = self.state.next_nonce();
-            let Some(state) = self.state.types.get_mut(type_url) else { continue };
+            let Some(state) = self.state.types.get_mut(type_url) else {
+                continue;
+            };
             if !state.requested || state.in_flight.is_some() {
                 continue;
             }
@@ -475,7 +541,9 @@ impl DeltaStream {
             let mut resources = Vec::new();
             let mut in_flight = HashMap::new();
             for (name, resource) in &set.resources {
-                if state.subscription.wants(name) && state.client_has.get(name) != Some(&resource.version) {
+                if state.subscription.wants(name)
+                    && state.client_has.get(name) != Some(&resource.version)
+                {
                     resources.push(DeltaResource {
                         name: name.clone(),
                         version: resource.version.clone(),
@@ -497,11 +565,17 @@ impl DeltaStream {
             state.must_send = false;
             if resources.is_empty() && removed.is_empty() {
                 // Nothing new for this proxy; it already has this version.
-                if state.acked_version.is_none() || state.sent_version.as_deref() != Some(set.version.as_str()) {
+                if state.acked_version.is_none()
+                    || state.sent_version.as_deref() != Some(set.version.as_str())
+                {
                     state.acked_version = Some(set.version.clone());
                     state.sent_version = Some(set.version.clone());
-                    self.server.status.sent(self.state.id, type_url, &set.version, "");
-                    self.server.status.acked(self.state.id, type_url, &set.version);
+                    self.server
+                        .status
+                        .sent(self.state.id, type_url, &set.version, "");
+                    self.server
+                        .status
+                        .acked(self.state.id, type_url, &set.version);
                 }
                 continue;
             }
@@ -516,7 +590,15 @@ impl DeltaStream {
             state.in_flight = Some((nonce.clone(), set.version.clone()));
             state.in_flight_resources = in_flight;
             state.sent_version = Some(set.version.clone());
-            record_push(&self.server, &self.state.node_id, self.state.id, type_url, &set.version, &nonce, response.encoded_len());
+            record_push(
+                &self.server,
+                &self.state.node_id,
+                self.state.id,
+                type_url,
+                &set.version,
+                &nonce,
+                response.encoded_len(),
+            );
             if self.tx.send(Ok(response)).await.is_err() {
                 return Err(());
             }

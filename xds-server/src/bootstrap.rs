@@ -28,7 +28,12 @@ pub struct BootstrapParams {
 /// Name of the static cluster that reaches xds-server.
 pub const XDS_CLUSTER: &str = "ward-xds";
 
-pub fn render(mesh: &Mesh, workload: &Workload, instance: &Instance, params: &BootstrapParams) -> Value {
+pub fn render(
+    mesh: &Mesh,
+    workload: &Workload,
+    instance: &Instance,
+    params: &BootstrapParams,
+) -> Value {
     let api_type = match params.protocol {
         AdsProtocol::Delta => "DELTA_GRPC",
         AdsProtocol::Sotw => "GRPC",
@@ -104,11 +109,15 @@ pub fn find_instance<'a>(
             known.join(", ")
         )
     })?;
-    let i = w.instances.iter().find(|i| i.index == index).ok_or_else(|| {
-        anyhow::anyhow!(
+    let i = w
+        .instances
+        .iter()
+        .find(|i| i.index == index)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
             "workload {namespace}/{workload} has {} replica(s); instance {index} does not exist",
             w.instances.len()
         )
-    })?;
+        })?;
     Ok((w, i))
 }

@@ -70,8 +70,18 @@ impl ProxyStatusRegistry {
     }
 
     fn update(&self, stream_id: u64, type_url: &str, change: impl FnOnce(&mut TypeStatus)) {
-        if let Some(connection) = self.streams.lock().expect("status lock").get_mut(&stream_id) {
-            change(connection.types.entry(snapshot::short_name(type_url)).or_default());
+        if let Some(connection) = self
+            .streams
+            .lock()
+            .expect("status lock")
+            .get_mut(&stream_id)
+        {
+            change(
+                connection
+                    .types
+                    .entry(snapshot::short_name(type_url))
+                    .or_default(),
+            );
         }
     }
 
@@ -83,7 +93,9 @@ impl ProxyStatusRegistry {
     }
 
     pub fn acked(&self, stream_id: u64, type_url: &str, version: &str) {
-        self.update(stream_id, type_url, |t| t.acked_version = Some(version.to_string()));
+        self.update(stream_id, type_url, |t| {
+            t.acked_version = Some(version.to_string())
+        });
     }
 
     pub fn nacked(&self, stream_id: u64, type_url: &str, version: &str, error: &str) {
@@ -115,7 +127,11 @@ impl ProxyStatusRegistry {
                     let status = connection.types.get(short).cloned().unwrap_or_default();
                     let state = if status.acked_version.as_deref() == Some(set.version.as_str()) {
                         "SYNCED"
-                    } else if status.last_nack.as_ref().is_some_and(|n| n.version == set.version) {
+                    } else if status
+                        .last_nack
+                        .as_ref()
+                        .is_some_and(|n| n.version == set.version)
+                    {
                         "NACKED"
                     } else if status.sent_version.is_none() && status.acked_version.is_none() {
                         "NOT SENT"
@@ -157,7 +173,12 @@ pub fn render_table(status: &serde_json::Value) -> String {
     let mut nacks = Vec::new();
     for proxy in status["proxies"].as_array().into_iter().flatten() {
         let node = proxy["node_id"].as_str().unwrap_or("?");
-        let state = |t: &str| proxy["types"][t]["state"].as_str().unwrap_or("-").to_string();
+        let state = |t: &str| {
+            proxy["types"][t]["state"]
+                .as_str()
+                .unwrap_or("-")
+                .to_string()
+        };
         out.push_str(&format!(
             "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9}\n",
             node,

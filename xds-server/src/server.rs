@@ -207,7 +207,11 @@ fn admin_response(
             control.metrics.encode(),
         ),
         "/status" => {
-            let config = control.config_status.read().expect("config status lock").clone();
+            let config = control
+                .config_status
+                .read()
+                .expect("config status lock")
+                .clone();
             let body = serde_json::json!({
                 "config": config,
                 "proxies": status.snapshot_json(&control.cache),

@@ -127,7 +127,12 @@ impl SnapshotCache {
     /// Drops the snapshot of a node that no longer exists in the mesh; connected proxies
     /// of that node see `None` and keep their last config.
     pub fn clear(&self, node_id: &str) {
-        if let Some(sender) = self.nodes.read().expect("snapshot cache poisoned").get(node_id) {
+        if let Some(sender) = self
+            .nodes
+            .read()
+            .expect("snapshot cache poisoned")
+            .get(node_id)
+        {
             sender.send_replace(None);
         }
     }

@@ -21,19 +21,21 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, DirectResponseAction, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
-};
 use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
-use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, DirectResponseAction, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+    file_access_log, FileAccessLog,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig};
+use envoy_types::pb::envoy::extensions::wasm::v3::{FailurePolicy, PluginConfig, VmConfig};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 
@@ -108,10 +110,12 @@ pub fn inbound_cluster_name(port: u16) -> String {
 
 /// Ports whose traffic is plain TCP rather than HTTP, by Istio's naming conventions.
 fn is_tcp_port(port: &ServicePort) -> bool {
-    let by_app_protocol = port
-        .app_protocol
-        .as_deref()
-        .map(|p| matches!(p.to_ascii_lowercase().as_str(), "tcp" | "tls" | "mongo" | "mysql" | "redis"));
+    let by_app_protocol = port.app_protocol.as_deref().map(|p| {
+        matches!(
+            p.to_ascii_lowercase().as_str(),
+            "tcp" | "tls" | "mongo" | "mysql" | "redis"
+        )
+    });
     let by_name = port.name.as_deref().map(|n| {
         let prefix = n.split('-').next().unwrap_or(n).to_ascii_lowercase();
         matches!(prefix.as_str(), "tcp" | "tls" | "mongo" | "mysql" | "redis")
@@ -132,12 +136,19 @@ pub fn proxy_snapshot(
 
     let tcp_inbound_ports: Vec<u16> = mesh
         .services_of(workload)
-        .flat_map(|s| s.ports.iter().filter(|p| is_tcp_port(p)).map(|p| p.target_port))
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .filter(|p| is_tcp_port(p))
+                .map(|p| p.target_port)
+        })
         .collect();
     for port in mesh.inbound_ports(workload) {
         clusters.push(inbound_cluster(instance, port));
         let tcp = tcp_inbound_ports.contains(&port);
-        listeners.push(inbound_listener(mesh, workload, instance, port, tcp, options));
+        listeners.push(inbound_listener(
+            mesh, workload, instance, port, tcp, options,
+        ));
     }
 
     for service in &mesh.services {
@@ -287,7 +298,9 @@ fn access_log(direction: &str) -> AccessLog {
 fn router_filter() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.router".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
         ..Default::default()
     }
 }
@@ -326,9 +339,8 @@ fn wasm_filter(module_path: &str, workload: &Workload, identity: &str) -> HttpFi
             configuration: Some(any(&StringValue {
                 value: configuration,
             })),
-            // Fail closed: if the module cannot load, requests are refused, never let through.
-            #[allow(deprecated)]
-            fail_open: false,
+            // Fail closed: if the module fails, requests are refused, never let through.
+            failure_policy: FailurePolicy::FailClosed as i32,
             ..Default::default()
         }),
     };
@@ -516,8 +528,7 @@ fn outbound_route_config(mesh: &Mesh, client: &Workload) -> RouteConfiguration {
                     // Retry only what never reached the app, so a reload or a restarting
                     // endpoint does not fail requests, and nothing is processed twice.
                     retry_policy: Some(RetryPolicy {
-                        retry_on: "connect-failure,refused-stream,reset-before-request"
-                            .to_string(),
+                        retry_on: "connect-failure,refused-stream,reset-before-request".to_string(),
                         num_retries: Some(UInt32Value { value: 2 }),
                         ..Default::default()
                     }),

@@ -130,7 +130,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config_dir = std::fs::canonicalize(&dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             // Validate before starting anything, so errors reach the user's terminal.
-            let loaded = ward::config::load_path(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded =
+                ward::config::load_path(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             if !supervise {
                 for warning in &loaded.warnings {
                     eprintln!("warning: {warning}");
@@ -195,7 +196,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             instance,
             command,
         } => {
-            let code = commands::exec(&state_dir, workload.as_deref(), &namespace, instance, &command)?;
+            let code = commands::exec(
+                &state_dir,
+                workload.as_deref(),
+                &namespace,
+                instance,
+                &command,
+            )?;
             std::process::exit(code);
         }
         Command::Status => commands::status(&state_dir).await,

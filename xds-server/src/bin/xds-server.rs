@@ -11,7 +11,11 @@ use ward::translate::TranslateOptions;
 use ward::watch::DebounceWindow;
 
 #[derive(Parser)]
-#[command(name = "xds-server", version, about = "Ward's xDS control plane for Envoy sidecars")]
+#[command(
+    name = "xds-server",
+    version,
+    about = "Ward's xDS control plane for Envoy sidecars"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,7 +118,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("warning: {warning}");
             }
             let (w, i) = bootstrap::find_instance(&loaded.mesh, &namespace, &workload, instance)?;
-            let params = BootstrapParams { xds_address, protocol };
+            let params = BootstrapParams {
+                xds_address,
+                protocol,
+            };
             let rendered = bootstrap::render(&loaded.mesh, w, i, &params);
             println!("{}", serde_json::to_string_pretty(&rendered)?);
             Ok(())

@@ -16,7 +16,11 @@ pub struct Report<'f> {
 
 impl<'f> Report<'f> {
     pub fn new(file: &'f str) -> Self {
-        Report { file, errors: Vec::new(), warnings: Vec::new() }
+        Report {
+            file,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     fn diagnostic(&self, at: Position, field: &str, message: String) -> Diagnostic {
@@ -73,7 +77,11 @@ impl<'n> Object<'n> {
                 taken: RefCell::new(BTreeSet::new()),
             }),
             _ => {
-                report.error(node.position, path, format!("expected a mapping, found {}", node.kind_name()));
+                report.error(
+                    node.position,
+                    path,
+                    format!("expected a mapping, found {}", node.kind_name()),
+                );
                 None
             }
         }
@@ -109,13 +117,19 @@ impl<'n> Object<'n> {
     pub fn required_string(&self, key: &str, report: &mut Report) -> Option<String> {
         let value = self.string(key, report);
         if value.is_none() && !self.has(key) {
-            report.error(self.position, &self.field_path(key), "required field is missing");
+            report.error(
+                self.position,
+                &self.field_path(key),
+                "required field is missing",
+            );
         }
         value.filter(|v| !v.is_empty())
     }
 
     pub fn has(&self, key: &str) -> bool {
-        self.entries.iter().any(|(k, _, n)| k == key && !n.is_null())
+        self.entries
+            .iter()
+            .any(|(k, _, n)| k == key && !n.is_null())
     }
 
     pub fn object(&self, key: &str, report: &mut Report) -> Option<Object<'n>> {
@@ -124,7 +138,9 @@ impl<'n> Object<'n> {
     }
 
     pub fn list(&self, key: &str, report: &mut Report) -> Vec<(String, &'n Node)> {
-        let Some(node) = self.get(key) else { return Vec::new() };
+        let Some(node) = self.get(key) else {
+            return Vec::new();
+        };
         let path = self.field_path(key);
         match &node.value {
             Value::Sequence(items) => items
@@ -133,7 +149,11 @@ impl<'n> Object<'n> {
                 .map(|(i, n)| (format!("{path}[{i}]"), n))
                 .collect(),
             _ => {
-                report.error(node.position, &path, format!("expected a list, found {}", node.kind_name()));
+                report.error(
+                    node.position,
+                    &path,
+                    format!("expected a list, found {}", node.kind_name()),
+                );
                 Vec::new()
             }
         }
@@ -147,7 +167,9 @@ impl<'n> Object<'n> {
     }
 
     pub fn string_map(&self, key: &str, report: &mut Report) -> BTreeMap<String, String> {
-        let Some(object) = self.object(key, report) else { return BTreeMap::new() };
+        let Some(object) = self.object(key, report) else {
+            return BTreeMap::new();
+        };
         let mut map = BTreeMap::new();
         for (k, _, n) in object.entries {
             if let Some(v) = scalar_string(n, &object.field_path(k), report) {
@@ -178,7 +200,11 @@ impl<'n> Object<'n> {
         let taken = self.taken.borrow();
         for (key, at, _) in self.entries {
             if !taken.contains(key) {
-                report.warn(*at, &join(&self.path, key), "ignored: not supported by Ward");
+                report.warn(
+                    *at,
+                    &join(&self.path, key),
+                    "ignored: not supported by Ward",
+                );
             }
         }
     }
@@ -188,7 +214,11 @@ pub fn scalar_string(node: &Node, path: &str, report: &mut Report) -> Option<Str
     match &node.value {
         Value::Scalar { text, .. } => Some(text.clone()),
         _ => {
-            report.error(node.position, path, format!("expected a string, found {}", node.kind_name()));
+            report.error(
+                node.position,
+                path,
+                format!("expected a string, found {}", node.kind_name()),
+            );
             None
         }
     }
@@ -196,13 +226,20 @@ pub fn scalar_string(node: &Node, path: &str, report: &mut Report) -> Option<Str
 
 pub fn integer(node: &Node, path: &str, min: i64, max: i64, report: &mut Report) -> Option<i64> {
     let parsed = match &node.value {
-        Value::Scalar { text, quoted: false } => text.parse::<i64>().ok(),
+        Value::Scalar {
+            text,
+            quoted: false,
+        } => text.parse::<i64>().ok(),
         _ => None,
     };
     match parsed {
         Some(v) if (min..=max).contains(&v) => Some(v),
         Some(v) => {
-            report.error(node.position, path, format!("{v} is out of range ({min}..={max})"));
+            report.error(
+                node.position,
+                path,
+                format!("{v} is out of range ({min}..={max})"),
+            );
             None
         }
         None => {
@@ -210,7 +247,11 @@ pub fn integer(node: &Node, path: &str, min: i64, max: i64, report: &mut Report)
                 Value::Scalar { text, .. } => format!("`{text}`"),
                 _ => node.kind_name().to_string(),
             };
-            report.error(node.position, path, format!("expected an integer, found {shown}"));
+            report.error(
+                node.position,
+                path,
+                format!("expected an integer, found {shown}"),
+            );
             None
         }
     }

@@ -70,7 +70,9 @@ impl Document {
             Document::Namespace(m) => ("Namespace", String::new(), m.name.clone()),
             Document::ServiceAccount(m) => ("ServiceAccount", m.namespace.clone(), m.name.clone()),
             Document::Service(s) => ("Service", s.meta.namespace.clone(), s.meta.name.clone()),
-            Document::Deployment(d) => ("Deployment", d.meta.namespace.clone(), d.meta.name.clone()),
+            Document::Deployment(d) => {
+                ("Deployment", d.meta.namespace.clone(), d.meta.name.clone())
+            }
             Document::MeshConfig(_) => ("MeshConfig", String::new(), String::new()),
         }
     }
@@ -106,7 +108,8 @@ fn decode_meta(doc: &Object, report: &mut Report, namespaced: bool) -> Option<Me
     meta.skip(METADATA_BOOKKEEPING);
     let name = meta.required_string("name", report);
     let namespace = if namespaced {
-        meta.string("namespace", report).unwrap_or_else(|| "default".to_string())
+        meta.string("namespace", report)
+            .unwrap_or_else(|| "default".to_string())
     } else {
         String::new()
     };
@@ -115,7 +118,11 @@ fn decode_meta(doc: &Object, report: &mut Report, namespaced: bool) -> Option<Me
     meta.string_map("annotations", report);
     let position = doc.position;
     meta.finish(report);
-    Some(Meta { name: name?, namespace, position })
+    Some(Meta {
+        name: name?,
+        namespace,
+        position,
+    })
 }
 
 /// Decodes one document; None when it is empty, unsupported (warned) or invalid (errors).
@@ -131,12 +138,18 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Option<Document> {
     let decoded = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => decode_meta(&doc, report, false).map(Document::Namespace),
         ("v1", "ServiceAccount") => {
-            doc.skip(&["secrets", "imagePullSecrets", "automountServiceAccountToken"]);
+            doc.skip(&[
+                "secrets",
+                "imagePullSecrets",
+                "automountServiceAccountToken",
+            ]);
             decode_meta(&doc, report, true).map(Document::ServiceAccount)
         }
         ("v1", "Service") => decode_service(&doc, report).map(Document::Service),
         ("apps/v1", "Deployment") => decode_deployment(&doc, report).map(Document::Deployment),
-        ("ward.dev/v1alpha1", "MeshConfig") => decode_mesh_config(&doc, report).map(Document::MeshConfig),
+        ("ward.dev/v1alpha1", "MeshConfig") => {
+            decode_mesh_config(&doc, report).map(Document::MeshConfig)
+        }
         _ => {
             report.warn(
                 doc.position_of("kind"),
@@ -158,7 +171,10 @@ fn decode_mesh_config(doc: &Object, report: &mut Report) -> Option<MeshConfigSpe
     }
     let spec = doc.object("spec", report);
     let (trust_domain, root_namespace) = match &spec {
-        Some(spec) => (spec.string("trustDomain", report), spec.string("rootNamespace", report)),
+        Some(spec) => (
+            spec.string("trustDomain", report),
+            spec.string("rootNamespace", report),
+        ),
         None => (None, None),
     };
     if let Some(spec) = spec {
@@ -167,7 +183,11 @@ fn decode_mesh_config(doc: &Object, report: &mut Report) -> Option<MeshConfigSpe
         }
         spec.finish(report);
     }
-    Some(MeshConfigSpec { trust_domain, root_namespace, position: doc.position })
+    Some(MeshConfigSpec {
+        trust_domain,
+        root_namespace,
+        position: doc.position,
+    })
 }
 
 fn port_number(node: &Node, path: &str, report: &mut Report) -> Option<u16> {
@@ -206,12 +226,18 @@ fn decode_service(doc: &Object, report: &mut Report) -> Option<ServiceSpec> {
         report.error(spec.position, "spec.ports", "required field is missing");
     }
     for (path, node) in port_items {
-        let Some(item) = Object::of(node, &path, report) else { continue };
+        let Some(item) = Object::of(node, &path, report) else {
+            continue;
+        };
         let name = item.string("name", report);
         let port = match item.get("port") {
             Some(n) => port_number(n, &item.field_path("port"), report),
             None => {
-                report.error(item.position, &item.field_path("port"), "required field is missing");
+                report.error(
+                    item.position,
+                    &item.field_path("port"),
+                    "required field is missing",
+                );
                 None
             }
         };
@@ -220,32 +246,62 @@ fn decode_service(doc: &Object, report: &mut Report) -> Option<ServiceSpec> {
         let target_port = match item.get("targetPort") {
             None => port.map(TargetPort::Number),
             Some(n) => match &n.value {
-                Value::Scalar { text, quoted: false } if text.chars().all(|c| c.is_ascii_digit()) => {
+                Value::Scalar {
+                    text,
+                    quoted: false,
+                } if text.chars().all(|c| c.is_ascii_digit()) => {
                     port_number(n, &target_path, report).map(TargetPort::Number)
                 }
                 Value::Scalar { text, .. } => Some(TargetPort::Name(text.clone())),
                 _ => {
-                    report.error(n.position, &target_path, format!("expected a port number or name, found {}", n.kind_name()));
+                    report.error(
+                        n.position,
+                        &target_path,
+                        format!("expected a port number or name, found {}", n.kind_name()),
+                    );
                     None
                 }
             },
         };
-        let protocol = item.string("protocol", report).unwrap_or_else(|| "TCP".to_string());
+        let protocol = item
+            .string("protocol", report)
+            .unwrap_or_else(|| "TCP".to_string());
         if protocol != "TCP" {
-            report.warn(item.position_of("protocol"), &item.field_path("protocol"), format!("protocol {protocol} is not supported by Ward; only TCP is proxied"));
+            report.warn(
+                item.position_of("protocol"),
+                &item.field_path("protocol"),
+                format!("protocol {protocol} is not supported by Ward; only TCP is proxied"),
+            );
         }
         let app_protocol = item.string("appProtocol", report);
         if item.has("nodePort") {
             let _ = item.get("nodePort");
-            report.warn(item.position_of("nodePort"), &item.field_path("nodePort"), "ignored: not supported by Ward");
+            report.warn(
+                item.position_of("nodePort"),
+                &item.field_path("nodePort"),
+                "ignored: not supported by Ward",
+            );
         }
         item.finish(report);
         if let (Some(port), Some(target_port)) = (port, target_port) {
-            ports.push(ServicePortSpec { name, port, target_port, target_position, target_path, protocol, app_protocol });
+            ports.push(ServicePortSpec {
+                name,
+                port,
+                target_port,
+                target_position,
+                target_path,
+                protocol,
+                app_protocol,
+            });
         }
     }
     spec.finish(report);
-    Some(ServiceSpec { meta: meta?, selector, selector_position, ports })
+    Some(ServiceSpec {
+        meta: meta?,
+        selector,
+        selector_position,
+        ports,
+    })
 }
 
 fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
@@ -258,7 +314,13 @@ fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec
         Some(n) => integer(n, "spec.replicas", 0, 100, report).map(|r| r as u32),
         None => Some(1),
     };
-    spec.skip(&["strategy", "revisionHistoryLimit", "progressDeadlineSeconds", "minReadySeconds", "paused"]);
+    spec.skip(&[
+        "strategy",
+        "revisionHistoryLimit",
+        "progressDeadlineSeconds",
+        "minReadySeconds",
+        "paused",
+    ]);
     let match_labels = spec
         .object("selector", report)
         .map(|selector| {
@@ -302,18 +364,31 @@ fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec
         } else if let Some(sa) = pod.string("serviceAccount", report) {
             service_account = sa;
         }
-        pod.skip(&["restartPolicy", "terminationGracePeriodSeconds", "dnsPolicy", "schedulerName"]);
+        pod.skip(&[
+            "restartPolicy",
+            "terminationGracePeriodSeconds",
+            "dnsPolicy",
+            "schedulerName",
+        ]);
         for (path, node) in pod.list("containers", report) {
             if let Some(c) = decode_container(node, &path, report) {
                 containers.push(c);
             }
         }
         if containers.is_empty() && !pod.has("containers") {
-            report.error(pod.position, "spec.template.spec.containers", "required field is missing");
+            report.error(
+                pod.position,
+                "spec.template.spec.containers",
+                "required field is missing",
+            );
         }
         pod.finish(report);
     } else {
-        report.error(template.position, "spec.template.spec", "required field is missing");
+        report.error(
+            template.position,
+            "spec.template.spec",
+            "required field is missing",
+        );
     }
     template.finish(report);
     spec.finish(report);
@@ -327,16 +402,26 @@ fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec
     })
 }
 
-fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<crate::model::Container> {
+fn decode_container(
+    node: &Node,
+    path: &str,
+    report: &mut Report,
+) -> Option<crate::model::Container> {
     let c = Object::of(node, path, report)?;
     let name = c.required_string("name", report);
     let image = c.required_string("image", report);
     let command = c.string_list("command", report);
     let args = c.string_list("args", report);
-    c.skip(&["imagePullPolicy", "terminationMessagePath", "terminationMessagePolicy"]);
+    c.skip(&[
+        "imagePullPolicy",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+    ]);
     let mut env = Vec::new();
     for (epath, enode) in c.list("env", report) {
-        let Some(e) = Object::of(enode, &epath, report) else { continue };
+        let Some(e) = Object::of(enode, &epath, report) else {
+            continue;
+        };
         let name = e.required_string("name", report);
         let value = e.string("value", report).unwrap_or_default();
         if e.has("valueFrom") {
@@ -354,16 +439,24 @@ fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<crat
     }
     let mut ports = Vec::new();
     for (ppath, pnode) in c.list("ports", report) {
-        let Some(p) = Object::of(pnode, &ppath, report) else { continue };
+        let Some(p) = Object::of(pnode, &ppath, report) else {
+            continue;
+        };
         let name = p.string("name", report);
         let number = match p.get("containerPort") {
             Some(n) => port_number(n, &p.field_path("containerPort"), report),
             None => {
-                report.error(p.position, &p.field_path("containerPort"), "required field is missing");
+                report.error(
+                    p.position,
+                    &p.field_path("containerPort"),
+                    "required field is missing",
+                );
                 None
             }
         };
-        let protocol = p.string("protocol", report).unwrap_or_else(|| "TCP".to_string());
+        let protocol = p
+            .string("protocol", report)
+            .unwrap_or_else(|| "TCP".to_string());
         if let Some(n) = number {
             if n == crate::translate::OUTBOUND_PORT || n == crate::translate::ADMIN_PORT {
                 report.warn(
@@ -375,7 +468,11 @@ fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<crat
         }
         p.finish(report);
         if let Some(container_port) = number {
-            ports.push(crate::model::ContainerPort { name, container_port, protocol });
+            ports.push(crate::model::ContainerPort {
+                name,
+                container_port,
+                protocol,
+            });
         }
     }
     c.finish(report);

@@ -56,12 +56,18 @@ pub struct LoadedConfig {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (sorted, not recursive).
 pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let metadata = std::fs::metadata(path).map_err(io)?;
     let mut sources = Vec::new();
     if metadata.is_dir() {
@@ -70,7 +76,10 @@ pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| {
-                let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+                let hidden = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'));
                 let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
                 yaml && !hidden && p.is_file()
             })
@@ -105,7 +114,10 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<LoadedConfig, Config
                 }
                 for node in &nodes {
                     if let Some(document) = kinds::decode_document(node, &mut report) {
-                        documents.push(resolve::Located { file: file.clone(), document });
+                        documents.push(resolve::Located {
+                            file: file.clone(),
+                            document,
+                        });
                     }
                 }
             }

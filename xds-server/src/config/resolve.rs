@@ -42,14 +42,29 @@ fn assign_slots(keys: &[(String, String)]) -> BTreeMap<(String, String), u64> {
 }
 
 fn slot_address(slot: u64, last_octet: u32) -> Ipv4Addr {
-    Ipv4Addr::new(127, (10 + slot / 254) as u8, (1 + slot % 254) as u8, last_octet as u8)
+    Ipv4Addr::new(
+        127,
+        (10 + slot / 254) as u8,
+        (1 + slot % 254) as u8,
+        last_octet as u8,
+    )
 }
 
 fn error(file: &str, line: usize, column: usize, field: &str, message: String) -> Diagnostic {
-    Diagnostic { file: file.to_string(), line, column, field: field.to_string(), message }
+    Diagnostic {
+        file: file.to_string(),
+        line,
+        column,
+        field: field.to_string(),
+        message,
+    }
 }
 
-pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: &mut Vec<Diagnostic>) -> Mesh {
+pub fn resolve(
+    documents: Vec<Located>,
+    errors: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
+) -> Mesh {
     let mut trust_domain = "cluster.local".to_string();
     let mut root_namespace = "istio-system".to_string();
     let mut namespaces = BTreeSet::new();
@@ -67,7 +82,9 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
                 position.line,
                 position.column,
                 "metadata.name",
-                format!("duplicate {kind} {ns}/{name} (first defined at {first_file}:{first_line})"),
+                format!(
+                    "duplicate {kind} {ns}/{name} (first defined at {first_file}:{first_line})"
+                ),
             ));
             continue;
         }
@@ -78,7 +95,10 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
             }
             Document::ServiceAccount(meta) => {
                 namespaces.insert(meta.namespace.clone());
-                service_accounts.push(ServiceAccount { name: meta.name, namespace: meta.namespace });
+                service_accounts.push(ServiceAccount {
+                    name: meta.name,
+                    namespace: meta.namespace,
+                });
             }
             Document::MeshConfig(config) => {
                 if let Some(td) = config.trust_domain {
@@ -98,11 +118,18 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
             }
         }
     }
-    if seen.keys().filter(|(kind, _, _)| *kind == "MeshConfig").count() > 1 {
+    if seen
+        .keys()
+        .filter(|(kind, _, _)| *kind == "MeshConfig")
+        .count()
+        > 1
+    {
         // Already reported as a duplicate above.
     }
 
-    deployments.sort_by(|a, b| (&a.1.meta.namespace, &a.1.meta.name).cmp(&(&b.1.meta.namespace, &b.1.meta.name)));
+    deployments.sort_by(|a, b| {
+        (&a.1.meta.namespace, &a.1.meta.name).cmp(&(&b.1.meta.namespace, &b.1.meta.name))
+    });
     let keys: Vec<(String, String)> = deployments
         .iter()
         .map(|(_, d)| (d.meta.namespace.clone(), d.meta.name.clone()))
@@ -145,7 +172,10 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
             annotations: d.template_annotations.clone(),
             containers: d.containers.clone(),
             instances,
-            source: SourceRef { file: file.clone(), line: d.meta.position.line },
+            source: SourceRef {
+                file: file.clone(),
+                line: d.meta.position.line,
+            },
         });
     }
 
@@ -160,7 +190,8 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
             })
             .collect();
         if backends.is_empty() {
-            let selector: Vec<String> = s.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let selector: Vec<String> =
+                s.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
             errors.push(error(
                 file,
                 s.selector_position.line,
@@ -183,19 +214,24 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
                 .flat_map(|w| w.containers.iter().flat_map(|c| c.ports.iter()))
                 .collect();
             let target = match &p.target_port {
-                TargetPort::Name(name) => match declared.iter().find(|cp| cp.name.as_deref() == Some(name.as_str())) {
-                    Some(cp) => cp.container_port,
-                    None => {
-                        errors.push(error(
+                TargetPort::Name(name) => {
+                    match declared
+                        .iter()
+                        .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                    {
+                        Some(cp) => cp.container_port,
+                        None => {
+                            errors.push(error(
                             file,
                             p.target_position.line,
                             p.target_position.column,
                             &p.target_path,
                             format!("no container of the selected workloads has a port named `{name}`"),
                         ));
-                        continue;
+                            continue;
+                        }
                     }
-                },
+                }
                 TargetPort::Number(n) => {
                     if declared.is_empty() {
                         warnings.push(error(
@@ -206,7 +242,10 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
                             format!("targetPort {n}: no container declares it; the sidecar will accept on it and the app must listen there"),
                         ));
                     } else if !declared.iter().any(|cp| cp.container_port == *n) {
-                        let known: Vec<String> = declared.iter().map(|cp| cp.container_port.to_string()).collect();
+                        let known: Vec<String> = declared
+                            .iter()
+                            .map(|cp| cp.container_port.to_string())
+                            .collect();
                         errors.push(error(
                             file,
                             p.target_position.line,
@@ -232,8 +271,14 @@ pub fn resolve(documents: Vec<Located>, errors: &mut Vec<Diagnostic>, warnings: 
             namespace: s.meta.namespace.clone(),
             selector: s.selector.clone(),
             ports,
-            backends: backends.iter().map(|w| (w.namespace.clone(), w.name.clone())).collect(),
-            source: SourceRef { file: file.clone(), line: s.meta.position.line },
+            backends: backends
+                .iter()
+                .map(|w| (w.namespace.clone(), w.name.clone()))
+                .collect(),
+            source: SourceRef {
+                file: file.clone(),
+                line: s.meta.position.line,
+            },
         });
     }
     resolved_services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -14,7 +14,10 @@ pub struct Position {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// A scalar; `quoted` scalars are always strings, plain ones follow the YAML 1.2 core schema.
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Sequence(Vec<Node>),
     /// Keys in document order, with their own positions.
     Mapping(Vec<(String, Position, Node)>),
@@ -82,7 +85,10 @@ impl TreeBuilder {
         for frame in &self.stack {
             match frame {
                 Frame::Sequence(_, items) => path.push_str(&format!("[{}]", items.len())),
-                Frame::Mapping { pending_key: Some((k, _)), .. } => {
+                Frame::Mapping {
+                    pending_key: Some((k, _)),
+                    ..
+                } => {
                     if !path.is_empty() {
                         path.push('.');
                     }
@@ -101,7 +107,12 @@ impl TreeBuilder {
                 self.document_had_root = true;
             }
             Some(Frame::Sequence(_, items)) => items.push(node),
-            Some(Frame::Mapping { entries, pending_key, path, .. }) => match pending_key.take() {
+            Some(Frame::Mapping {
+                entries,
+                pending_key,
+                path,
+                ..
+            }) => match pending_key.take() {
                 None => {
                     let key = match &node.value {
                         Value::Scalar { text, .. } => text.clone(),
@@ -115,7 +126,11 @@ impl TreeBuilder {
                         }
                     };
                     if let Some((_, first, _)) = entries.iter().find(|(k, _, _)| *k == key) {
-                        let field = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                        let field = if path.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{path}.{key}")
+                        };
                         self.problems.push(ParseProblem {
                             position: node.position,
                             field,
@@ -144,7 +159,10 @@ impl MarkedEventReceiver for TreeBuilder {
             Event::DocumentEnd => {
                 if self.in_document && !self.document_had_root {
                     self.documents.push(Node {
-                        value: Value::Scalar { text: String::new(), quoted: false },
+                        value: Value::Scalar {
+                            text: String::new(),
+                            quoted: false,
+                        },
                         position: at,
                     });
                 }
@@ -160,7 +178,10 @@ impl MarkedEventReceiver for TreeBuilder {
             Event::SequenceStart(..) => self.stack.push(Frame::Sequence(at, Vec::new())),
             Event::SequenceEnd => {
                 if let Some(Frame::Sequence(position, items)) = self.stack.pop() {
-                    self.push_node(Node { value: Value::Sequence(items), position });
+                    self.push_node(Node {
+                        value: Value::Sequence(items),
+                        position,
+                    });
                 }
             }
             Event::MappingStart(..) => {
@@ -173,21 +194,31 @@ impl MarkedEventReceiver for TreeBuilder {
                 })
             }
             Event::MappingEnd => {
-                if let Some(Frame::Mapping { position, entries, .. }) = self.stack.pop() {
+                if let Some(Frame::Mapping {
+                    position, entries, ..
+                }) = self.stack.pop()
+                {
                     // The parser marks a block mapping's start after its first key; the first
                     // key is where a user sees the mapping begin.
                     let position = entries.first().map(|(_, p, _)| *p).unwrap_or(position);
-                    self.push_node(Node { value: Value::Mapping(entries), position });
+                    self.push_node(Node {
+                        value: Value::Mapping(entries),
+                        position,
+                    });
                 }
             }
             Event::Alias(_) => {
                 self.problems.push(ParseProblem {
                     position: at,
                     field: self.current_path(),
-                    message: "YAML aliases are not supported by Ward; write the value out".to_string(),
+                    message: "YAML aliases are not supported by Ward; write the value out"
+                        .to_string(),
                 });
                 self.push_node(Node {
-                    value: Value::Scalar { text: String::new(), quoted: false },
+                    value: Value::Scalar {
+                        text: String::new(),
+                        quoted: false,
+                    },
                     position: at,
                 });
             }
@@ -217,9 +248,13 @@ mod tests {
     fn positions_are_one_based() {
         let (docs, problems) = parse_documents("a: 1\nb:\n  c: x\n").unwrap();
         assert!(problems.is_empty());
-        let Value::Mapping(entries) = &docs[0].value else { panic!() };
+        let Value::Mapping(entries) = &docs[0].value else {
+            panic!()
+        };
         assert_eq!(entries[1].1, Position { line: 2, column: 1 });
-        let Value::Mapping(inner) = &entries[1].2.value else { panic!() };
+        let Value::Mapping(inner) = &entries[1].2.value else {
+            panic!()
+        };
         assert_eq!(inner[0].1, Position { line: 3, column: 3 });
         assert_eq!(inner[0].2.position, Position { line: 3, column: 6 });
     }
@@ -230,7 +265,11 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].position.line, 4);
         assert_eq!(problems[0].field, "spec.x");
-        assert!(problems[0].message.contains("first at line 2"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("first at line 2"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub async fn get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String
         let mut stream = TcpStream::connect(address)
             .await
             .with_context(|| format!("connecting to {address}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;

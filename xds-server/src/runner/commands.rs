@@ -13,7 +13,10 @@ use crate::runner::state::{self, RunnerState};
 use crate::runner::supervisor::{self, proxy_env, SupervisorOptions};
 
 /// Starts the supervisor in the background and waits until the mesh is ready.
-pub async fn up_detached(options: &SupervisorOptions, forwarded_args: &[String]) -> anyhow::Result<RunnerState> {
+pub async fn up_detached(
+    options: &SupervisorOptions,
+    forwarded_args: &[String],
+) -> anyhow::Result<RunnerState> {
     refuse_if_running(&options.state_dir)?;
     std::fs::create_dir_all(state::logs_dir(&options.state_dir))?;
     let log_path = state::logs_dir(&options.state_dir).join("supervisor.log");
@@ -40,7 +43,10 @@ pub async fn up_detached(options: &SupervisorOptions, forwarded_args: &[String])
     loop {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!("the local mesh failed to start ({status}):\n{}", tail(&log, 40));
+            bail!(
+                "the local mesh failed to start ({status}):\n{}",
+                tail(&log, 40)
+            );
         }
         if let Ok(state) = state::read_state(&options.state_dir) {
             if state.ready {
@@ -67,7 +73,8 @@ pub async fn up_foreground(options: SupervisorOptions) -> anyhow::Result<()> {
 
 fn refuse_if_running(state_dir: &Path) -> anyhow::Result<()> {
     if let Ok(state) = state::read_state(state_dir) {
-        if state.supervisor_pid != std::process::id() && state::process_alive(state.supervisor_pid) {
+        if state.supervisor_pid != std::process::id() && state::process_alive(state.supervisor_pid)
+        {
             bail!(
                 "a local mesh is already running (supervisor pid {}, config {}); `wardctl down` first",
                 state.supervisor_pid,
@@ -171,7 +178,9 @@ pub fn exec(
                     )
                 })?;
             let mut env = target.env.clone();
-            env.retain(|(k, _)| !k.eq_ignore_ascii_case("http_proxy") && !k.eq_ignore_ascii_case("no_proxy"));
+            env.retain(|(k, _)| {
+                !k.eq_ignore_ascii_case("http_proxy") && !k.eq_ignore_ascii_case("no_proxy")
+            });
             env.extend(proxy_env(target.address));
             env
         }
@@ -197,7 +206,10 @@ pub async fn status(state_dir: &Path) -> anyhow::Result<()> {
             "\nconfig: generation {} from {} ({} warnings)",
             status["config"]["generation"],
             status["config"]["path"].as_str().unwrap_or("?"),
-            status["config"]["warnings"].as_array().map(Vec::len).unwrap_or(0)
+            status["config"]["warnings"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0)
         );
     }
     Ok(())
@@ -209,7 +221,11 @@ pub fn logs(state_dir: &Path, workload: &str, kind: LogKind) -> anyhow::Result<(
         vec![dir.join("xds-server.log")]
     } else {
         let state = state::read_state(state_dir)?;
-        let instances: Vec<_> = state.instances.iter().filter(|i| i.workload == workload).collect();
+        let instances: Vec<_> = state
+            .instances
+            .iter()
+            .filter(|i| i.workload == workload)
+            .collect();
         if instances.is_empty() {
             bail!("no workload named {workload} is running");
         }
@@ -248,12 +264,16 @@ pub fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let name = file
         .file_name()
         .with_context(|| format!("{} is not a file", file.display()))?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let target = state.config_dir.join(name);
     let mut sources = Vec::new();
     for entry in std::fs::read_dir(&state.config_dir)? {
         let path = entry?.path();
-        let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        let is_yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
         if is_yaml && path != target {
             sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
         }
@@ -263,7 +283,9 @@ pub fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     if let Err(e) = config::load_sources(&sources) {
         bail!("{} not applied:\n{e}", file.display());
     }
-    let tmp = state.config_dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = state
+        .config_dir
+        .join(format!(".{}.tmp", name.to_string_lossy()));
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &target)?;
     println!("{} applied to {}", file.display(), target.display());
@@ -278,7 +300,11 @@ pub async fn wait_synced(admin: SocketAddr, limit: Duration) -> anyhow::Result<(
         let synced = crate::server::synced_node_ids(&status);
         let expected: Vec<String> = status["config"]["expected_nodes"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if expected.iter().all(|n| synced.contains(n)) {
             return Ok(());

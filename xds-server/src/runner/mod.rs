@@ -2,8 +2,8 @@
 //! behind them, and xds-server configuring the Envoys, all on loopback addresses.
 
 pub mod admin_client;
+pub mod commands;
+pub mod no_mesh_proxy;
 pub mod state;
 pub mod supervisor;
 pub mod tools;
-pub mod commands;
-pub mod no_mesh_proxy;

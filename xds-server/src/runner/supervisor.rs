@@ -114,7 +114,10 @@ pub async fn run(options: SupervisorOptions) -> anyhow::Result<()> {
                             supervisor.last_error = None;
                             *supervisor.directory.write().expect("directory lock") =
                                 ServiceDirectory::from_mesh(&mesh);
-                            supervisor.reconcile(&mesh).await?;
+                            if let Err(e) = supervisor.reconcile(&mesh).await {
+                                warn!(error = %e, "could not start every instance of the new config");
+                                supervisor.last_error = Some(format!("{e:#}"));
+                            }
                             supervisor.write_state(false)?;
                             let ready = supervisor.wait_ready(&mesh, Duration::from_secs(30)).await;
                             if let Err(e) = &ready {
@@ -214,6 +217,18 @@ async fn terminate(child: &mut Child) {
     }
 }
 
+/// A second mesh with the same workloads would get the same addresses: say so plainly.
+fn address_free(address: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    std::net::TcpListener::bind((address, port))
+        .map(drop)
+        .with_context(|| {
+            format!(
+            "{address}:{port} is already in use: is another local mesh with the same workloads \
+             running? (`wardctl down`, with its --state-dir)"
+        )
+        })
+}
+
 async fn port_open(address: SocketAddr) -> bool {
     matches!(
         tokio::time::timeout(
@@ -246,7 +261,9 @@ impl Supervisor {
         let mut child = spawn_logged(&argv, &[], &log)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = admin_client::get(self.options.xds_admin_address, "/healthz").await {
+            if let Ok((200, _)) =
+                admin_client::get(self.options.xds_admin_address, "/healthz").await
+            {
                 break;
             }
             if let Some(status) = child.try_wait()? {
@@ -256,7 +273,10 @@ impl Supervisor {
                 );
             }
             if Instant::now() > deadline {
-                bail!("xds-server did not become healthy in 20 s; see {}", log.display());
+                bail!(
+                    "xds-server did not become healthy in 20 s; see {}",
+                    log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -308,6 +328,7 @@ impl Supervisor {
                     self.start_app(&node_id, plan)?;
                 }
                 None => {
+                    address_free(instance.address, OUTBOUND_PORT)?;
                     self.instances.insert(
                         node_id.clone(),
                         RunningInstance {
@@ -361,7 +382,10 @@ impl Supervisor {
         instance: &Instance,
     ) -> anyhow::Result<(AppPlan, String)> {
         let container = workload.containers.first().with_context(|| {
-            format!("workload {}/{} has no containers", workload.namespace, workload.name)
+            format!(
+                "workload {}/{} has no containers",
+                workload.namespace, workload.name
+            )
         })?;
         let port = container
             .ports
@@ -387,7 +411,8 @@ impl Supervisor {
                 fingerprint,
             ));
         }
-        let listen_or_default = listen.unwrap_or(SocketAddr::new(instance.app_address.into(), 8080));
+        let listen_or_default =
+            listen.unwrap_or(SocketAddr::new(instance.app_address.into(), 8080));
         let stand_in = stand_in_for(
             &container.image,
             &container.command,
@@ -434,7 +459,12 @@ impl Supervisor {
         }
     }
 
-    fn start_envoy(&mut self, mesh: &Mesh, workload: &Workload, instance: &Instance) -> anyhow::Result<()> {
+    fn start_envoy(
+        &mut self,
+        mesh: &Mesh,
+        workload: &Workload,
+        instance: &Instance,
+    ) -> anyhow::Result<()> {
         let node_id = Mesh::node_id(workload, instance);
         let params = BootstrapParams {
             xds_address: self.options.xds_address,
@@ -450,7 +480,10 @@ impl Supervisor {
         let argv = envoy_argv(&self.options, &path);
         let log = state::logs_dir(&self.options.state_dir).join(format!("{node_id}.envoy.log"));
         let child = spawn_logged(&argv, &[], &log)?;
-        let running = self.instances.get_mut(&node_id).expect("instance registered");
+        let running = self
+            .instances
+            .get_mut(&node_id)
+            .expect("instance registered");
         running.spec.envoy_pid = child.id();
         running.envoy = Some(child);
         info!(%node_id, address = %instance.address, "started envoy");
@@ -461,7 +494,10 @@ impl Supervisor {
         let AppPlan::Process { argv, listen, .. } = plan else {
             return Ok(());
         };
-        let running = self.instances.get_mut(node_id).expect("instance registered");
+        let running = self
+            .instances
+            .get_mut(node_id)
+            .expect("instance registered");
         let mut env = running.spec.env.clone();
         if let Some(listen) = listen {
             env.push(("HOST".to_string(), listen.ip().to_string()));
@@ -490,9 +526,14 @@ impl Supervisor {
             if let Some(envoy) = running.envoy.as_mut() {
                 if let Some(status) = envoy.try_wait()? {
                     warn!(%node_id, %status, "envoy exited; restarting it");
-                    let bootstrap = self.options.state_dir.join("bootstrap").join(format!("{node_id}.json"));
+                    let bootstrap = self
+                        .options
+                        .state_dir
+                        .join("bootstrap")
+                        .join(format!("{node_id}.json"));
                     let argv = envoy_argv(&self.options, &bootstrap);
-                    let child = spawn_logged(&argv, &[], &log_dir.join(format!("{node_id}.envoy.log")))?;
+                    let child =
+                        spawn_logged(&argv, &[], &log_dir.join(format!("{node_id}.envoy.log")))?;
                     running.spec.envoy_pid = child.id();
                     running.envoy = Some(child);
                     changed = true;
@@ -506,7 +547,8 @@ impl Supervisor {
                         env.push(("HOST".to_string(), running.spec.app_address.to_string()));
                         env.push(("PORT".to_string(), port.to_string()));
                     }
-                    let child = spawn_logged(&argv, &env, &log_dir.join(format!("{node_id}.app.log")))?;
+                    let child =
+                        spawn_logged(&argv, &env, &log_dir.join(format!("{node_id}.app.log")))?;
                     running.spec.app_pid = child.id();
                     running.app = Some(child);
                     changed = true;
@@ -541,13 +583,14 @@ impl Supervisor {
 
     async fn not_ready(&self, mesh: &Mesh) -> Vec<String> {
         let mut pending = Vec::new();
-        let synced: Vec<String> = match admin_client::get_json(self.options.xds_admin_address, "/status").await {
-            Ok(status) => crate::server::synced_node_ids(&status),
-            Err(e) => {
-                pending.push(format!("xds-server status: {e}"));
-                return pending;
-            }
-        };
+        let synced: Vec<String> =
+            match admin_client::get_json(self.options.xds_admin_address, "/status").await {
+                Ok(status) => crate::server::synced_node_ids(&status),
+                Err(e) => {
+                    pending.push(format!("xds-server status: {e}"));
+                    return pending;
+                }
+            };
         for workload in &mesh.workloads {
             for instance in &workload.instances {
                 let node_id = Mesh::node_id(workload, instance);
@@ -555,10 +598,16 @@ impl Supervisor {
                     pending.push(format!("{node_id}: envoy has not ACKed its config"));
                     continue;
                 }
-                let Some(running) = self.instances.get(&node_id) else { continue };
-                for port in std::iter::once(OUTBOUND_PORT).chain(running.spec.ports.iter().copied()) {
+                let Some(running) = self.instances.get(&node_id) else {
+                    continue;
+                };
+                for port in std::iter::once(OUTBOUND_PORT).chain(running.spec.ports.iter().copied())
+                {
                     if !port_open(SocketAddr::new(instance.address.into(), port)).await {
-                        pending.push(format!("{node_id}: envoy not listening on {}:{port}", instance.address));
+                        pending.push(format!(
+                            "{node_id}: envoy not listening on {}:{port}",
+                            instance.address
+                        ));
                     }
                 }
                 if let Some(argv) = &running.app_command {

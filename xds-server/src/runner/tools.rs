@@ -6,7 +6,10 @@ use anyhow::bail;
 
 /// The directory the running executable lives in (`target/debug` in a checkout).
 fn exe_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok()?.parent().map(Path::to_path_buf)
+    std::env::current_exe()
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
 }
 
 /// The checkout's root, when running from `target/<profile>/`.
