@@ -6,6 +6,7 @@
 
 pub mod ads;
 pub mod apps;
+pub mod bench;
 pub mod bootstrap;
 pub mod config;
 pub mod metrics;

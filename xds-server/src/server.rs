@@ -100,6 +100,7 @@ impl ControlPlane {
 }
 
 pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
+    raise_fd_limit();
     let cache = Arc::new(SnapshotCache::new());
     let metrics = Arc::new(Metrics::new());
     let status = ProxyStatusRegistry::new();
@@ -240,3 +241,16 @@ pub fn synced_node_ids(status: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// One socket per connected proxy: lift the soft file limit to the hard one.
+pub fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on this process.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+

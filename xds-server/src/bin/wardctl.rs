@@ -78,6 +78,9 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Internal: run a built-in stand-in for a container image.
     #[command(hide = true)]
     App {
@@ -89,6 +92,21 @@ enum Command {
         env: Vec<String>,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// N simulated delta-ADS proxies on a generated mesh against a real xds-server: time from
+    /// a config change until every proxy ACKed, server CPU, memory and bytes per proxy.
+    Xds {
+        #[arg(long, default_value_t = 1000)]
+        proxies: usize,
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Also print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -208,6 +226,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => commands::status(&state_dir).await,
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
         Command::Apply { file } => commands::apply(&state_dir, &file),
+        Command::Bench(BenchCommand::Xds { proxies, services, json }) => {
+            init_tracing();
+            let work_dir = std::env::temp_dir().join(format!("ward-bench-{}", std::process::id()));
+            let options = ward::bench::BenchOptions {
+                proxies,
+                services,
+                xds_server: tools::sibling_binary("xds-server")?,
+                work_dir: work_dir.clone(),
+            };
+            let report = ward::bench::run_xds_bench(&options).await;
+            let _ = std::fs::remove_dir_all(&work_dir);
+            let report = report?;
+            print!("{}", report.render());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
         Command::App {
             image,
             listen,

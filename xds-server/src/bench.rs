@@ -1,0 +1,355 @@
+//! `wardctl bench xds`: how fast a config change reaches every proxy, and what each connected
+//! proxy costs the server. The real `xds-server` binary runs as a child process on a
+//! generated config (so its CPU and memory are its own), and N simulated delta-ADS clients
+//! subscribe as Envoy does (CDS and LDS wildcard, EDS by cluster name, RDS by name) and ACK
+//! every response.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::runner::admin_client;
+use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub proxies: usize,
+    pub services: usize,
+    pub xds_server: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub proxies: usize,
+    pub services: usize,
+    /// All proxies connected and SYNCED on CDS, EDS, LDS and RDS, from the first connect.
+    pub initial_sync_ms: f64,
+    /// From the config file write until each proxy ACKed the changed endpoints.
+    pub change_to_ack: Percentiles,
+    pub server_cpu_seconds_initial_sync: f64,
+    pub server_cpu_seconds_change: f64,
+    pub server_rss_before_clients_mib: f64,
+    pub server_rss_synced_mib: f64,
+    pub server_peak_rss_mib: f64,
+    pub server_kib_per_proxy: f64,
+    pub bytes_received_per_proxy_initial: u64,
+    pub bytes_received_per_proxy_change: u64,
+}
+
+/// One Deployment (with `proxies / services` replicas, at least 1) and one Service per
+/// service index; the last Deployment takes the remainder so that there are `proxies`
+/// instances in all.
+fn write_mesh(dir: &Path, proxies: usize, services: usize, extra_replica: bool) -> anyhow::Result<()> {
+    let base = (proxies / services).max(1);
+    let mut text = String::new();
+    let mut instances = 0;
+    for i in 0..services {
+        let mut replicas = if i + 1 == services {
+            proxies.saturating_sub(instances).max(1)
+        } else {
+            base.min(proxies.saturating_sub(instances)).max(1)
+        };
+        if i == 0 && extra_replica {
+            replicas += 1;
+        }
+        instances += replicas;
+        text.push_str(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc-{i}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: svc-{i}}}\n  template:\n    metadata:\n      labels: {{app: svc-{i}}}\n    spec:\n      containers:\n      - name: app\n        image: hashicorp/http-echo\n        args: [\"-text=svc-{i}\"]\n        ports:\n        - containerPort: 8080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  selector: {{app: svc-{i}}}\n  ports:\n  - port: 80\n    targetPort: 8080\n---\n"
+        ));
+    }
+    let tmp = dir.join(".mesh.yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join("mesh.yaml"))?;
+    Ok(())
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// User + system CPU seconds of a process, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or(&stat);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// What a simulated proxy reports to the bench.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClientProgress {
+    synced: bool,
+    /// When it ACKed endpoints of the watched cluster with a version other than the first.
+    changed_at: Option<Instant>,
+}
+
+struct ClientCounters {
+    bytes: AtomicU64,
+}
+
+fn request(type_url: &str, node: Option<Node>, subscribe: Vec<String>, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node,
+        type_url: type_url.to_string(),
+        resource_names_subscribe: subscribe,
+        response_nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+/// One simulated Envoy: subscribes like Envoy does and ACKs everything.
+async fn simulated_proxy(
+    xds: SocketAddr,
+    node_id: String,
+    watched_cluster: String,
+    counters: Arc<ClientCounters>,
+    progress: watch::Sender<ClientProgress>,
+) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?
+        .connect()
+        .await?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(16);
+    let node = Node { id: node_id, ..Default::default() };
+    tx.send(request(CLUSTER, Some(node), vec![], "")).await?;
+    tx.send(request(LISTENER, None, vec![], "")).await?;
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut acked: BTreeSet<&'static str> = BTreeSet::new();
+    let mut eds_subscribed = false;
+    let mut rds_subscribed = false;
+    let mut first_watched_version: Option<String> = None;
+    while let Some(response) = responses.message().await? {
+        counters.bytes.fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
+        let type_url = response.type_url.clone();
+        if type_url == ENDPOINT {
+            if let Some(r) = response.resources.iter().find(|r| r.name == watched_cluster) {
+                match &first_watched_version {
+                    None => first_watched_version = Some(r.version.clone()),
+                    Some(first) if *first != r.version => {
+                        progress.send_modify(|p| p.changed_at = Some(Instant::now()));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        tx.send(request(&type_url, None, vec![], &response.nonce)).await?;
+        subscribe_children(&response, &tx, &mut eds_subscribed, &mut rds_subscribed).await?;
+        for t in [CLUSTER, ENDPOINT, LISTENER, ROUTE] {
+            if t == type_url {
+                acked.insert(t);
+            }
+        }
+        if acked.len() == 4 {
+            progress.send_modify(|p| p.synced = true);
+        }
+    }
+    Ok(())
+}
+
+/// Envoy asks for the endpoints of the EDS clusters it learns, and for the route
+/// configuration its listeners name.
+async fn subscribe_children(
+    response: &DeltaDiscoveryResponse,
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    eds_subscribed: &mut bool,
+    rds_subscribed: &mut bool,
+) -> anyhow::Result<()> {
+    if response.type_url == CLUSTER && !*eds_subscribed {
+        let names: Vec<String> = response
+            .resources
+            .iter()
+            .map(|r| r.name.clone())
+            .filter(|n| n.starts_with("outbound|"))
+            .collect();
+        tx.send(request(ENDPOINT, None, names, "")).await?;
+        *eds_subscribed = true;
+    }
+    if response.type_url == LISTENER && !*rds_subscribed {
+        tx.send(request(ROUTE, None, vec![crate::translate::OUTBOUND_ROUTE.to_string()], ""))
+            .await?;
+        *rds_subscribed = true;
+    }
+    Ok(())
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Percentiles {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        samples.get(index).copied().unwrap_or(f64::NAN)
+    };
+    Percentiles { p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) }
+}
+
+async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {} s waiting for {what}", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    crate::server::raise_fd_limit();
+    let config_dir = options.work_dir.join("config");
+    std::fs::create_dir_all(&config_dir)?;
+    write_mesh(&config_dir, options.proxies, options.services, false)?;
+    let mesh = crate::config::load_path(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?.mesh;
+    let node_ids: Vec<String> = mesh
+        .workloads
+        .iter()
+        .flat_map(|w| w.instances.iter().map(move |i| crate::model::Mesh::node_id(w, i)))
+        .collect();
+
+    let xds_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let log = std::fs::File::create(options.work_dir.join("xds-server.log"))?;
+    let mut server = tokio::process::Command::new(&options.xds_server)
+        .args(["serve", "--config"])
+        .arg(&config_dir)
+        .args(["--xds-address", &xds_address.to_string()])
+        .args(["--admin-address", &admin_address.to_string()])
+        .env("WARD_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", options.xds_server.display()))?;
+    let pid = server.id().context("xds-server pid")?;
+    let started = Instant::now();
+    while admin_client::get(admin_address, "/healthz").await.is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("xds-server did not start; see {}", options.work_dir.join("xds-server.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_before = proc_status_kib(pid, "VmRSS:")?;
+    let cpu_before = cpu_seconds(pid)?;
+
+    let watched_cluster = "outbound|80||svc-0.default.svc.cluster.local".to_string();
+    let counters = Arc::new(ClientCounters { bytes: AtomicU64::new(0) });
+    let mut progress = Vec::new();
+    let connect_start = Instant::now();
+    for node_id in &node_ids {
+        let (sender, receiver) = watch::channel(ClientProgress::default());
+        progress.push(receiver);
+        let counters = counters.clone();
+        let node_id = node_id.clone();
+        let watched = watched_cluster.clone();
+        tokio::spawn(async move {
+            if let Err(e) = simulated_proxy(xds_address, node_id.clone(), watched, counters, sender).await {
+                tracing::debug!(%node_id, error = %e, "simulated proxy ended");
+            }
+        });
+    }
+    wait_until(Duration::from_secs(600), "every proxy to sync", || {
+        progress.iter().all(|p| p.borrow().synced)
+    })
+    .await?;
+    let initial_sync_ms = connect_start.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_synced = proc_status_kib(pid, "VmRSS:")?;
+    let cpu_synced = cpu_seconds(pid)?;
+    let bytes_initial = counters.bytes.load(Ordering::Relaxed);
+
+    // One config change: svc-0 gets one more replica, so every proxy's endpoints change.
+    let change_start = Instant::now();
+    write_mesh(&config_dir, options.proxies, options.services, true)?;
+    wait_until(Duration::from_secs(300), "every proxy to ACK the change", || {
+        progress.iter().all(|p| p.borrow().changed_at.is_some())
+    })
+    .await?;
+    let samples: Vec<f64> = progress
+        .iter()
+        .filter_map(|p| p.borrow().changed_at)
+        .map(|t| (t - change_start).as_secs_f64() * 1000.0)
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu_changed = cpu_seconds(pid)?;
+    let bytes_change = counters.bytes.load(Ordering::Relaxed) - bytes_initial;
+    let peak = proc_status_kib(pid, "VmHWM:")?;
+    let _ = server.kill().await;
+
+    let n = node_ids.len().max(1) as f64;
+    Ok(BenchReport {
+        proxies: node_ids.len(),
+        services: options.services,
+        initial_sync_ms,
+        change_to_ack: percentiles(samples),
+        server_cpu_seconds_initial_sync: cpu_synced - cpu_before,
+        server_cpu_seconds_change: cpu_changed - cpu_synced,
+        server_rss_before_clients_mib: rss_before as f64 / 1024.0,
+        server_rss_synced_mib: rss_synced as f64 / 1024.0,
+        server_peak_rss_mib: peak as f64 / 1024.0,
+        server_kib_per_proxy: (rss_synced.saturating_sub(rss_before)) as f64 / n,
+        bytes_received_per_proxy_initial: (bytes_initial as f64 / n) as u64,
+        bytes_received_per_proxy_change: (bytes_change as f64 / n) as u64,
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl BenchReport {
+    pub fn render(&self) -> String {
+        format!(
+            "proxies {} services {}\n\
+             initial sync (all proxies SYNCED on CDS/EDS/LDS/RDS): {:.0} ms\n\
+             config change -> ACK: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the 100 ms debounce)\n\
+             server CPU: {:.2} s initial sync, {:.2} s for the change\n\
+             server RSS: {:.1} MiB before clients, {:.1} MiB synced, peak {:.1} MiB; {:.1} KiB per proxy\n\
+             bytes per proxy: {} initial, {} for the change\n",
+            self.proxies,
+            self.services,
+            self.initial_sync_ms,
+            self.change_to_ack.p50_ms,
+            self.change_to_ack.p99_ms,
+            self.change_to_ack.max_ms,
+            self.server_cpu_seconds_initial_sync,
+            self.server_cpu_seconds_change,
+            self.server_rss_before_clients_mib,
+            self.server_rss_synced_mib,
+            self.server_peak_rss_mib,
+            self.server_kib_per_proxy,
+            self.bytes_received_per_proxy_initial,
+            self.bytes_received_per_proxy_change,
+        )
+    }
+}
