@@ -34,7 +34,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
 use crate::proxy_status::ProxyStatusRegistry;
-use crate::snapshot::{self, Snapshot, SnapshotCache, PUSH_ORDER};
+use crate::snapshot::{self, Resource, ResourceSet, Snapshot, SnapshotCache, PUSH_ORDER};
 
 /// Largest xDS message accepted or sent: a 1,000-service mesh makes big CDS responses.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -73,7 +73,7 @@ impl AdsServer {
 enum Subscription {
     #[default]
     Wildcard,
-    Names(BTreeSet<String>),
+    Names(BTreeSet<Arc<str>>),
 }
 
 impl Subscription {
@@ -85,7 +85,8 @@ impl Subscription {
     }
 }
 
-/// Per-type state of one stream.
+/// Per-type state of one stream. Per-resource state is kept by reference to shared sets,
+/// so a connected proxy costs the server little more than its subscription.
 #[derive(Debug, Default)]
 struct TypeState {
     /// The proxy asked for this type on this stream.
@@ -95,13 +96,17 @@ struct TypeState {
     must_send: bool,
     /// Nonce and version of the response waiting for its ACK or NACK.
     in_flight: Option<(String, String)>,
-    /// Delta: resource versions of the response in flight, applied to `client_has` on ACK.
-    in_flight_resources: HashMap<String, Option<String>>,
     sent_version: Option<String>,
     acked_version: Option<String>,
     nacked_version: Option<String>,
-    /// Delta: the versions the proxy has of each resource.
-    client_has: HashMap<String, String>,
+    /// Delta: the set the proxy ACKed last; it has every resource of it that it wanted.
+    acked_set: Option<ResourceSet>,
+    /// Delta: the set of the response in flight, and the names first sent with it.
+    in_flight_set: Option<(ResourceSet, BTreeSet<Arc<str>>)>,
+    /// Delta: what a reconnecting proxy says it has, until its first ACK on this stream.
+    initial_versions: HashMap<String, String>,
+    /// Delta: names subscribed since the last response, sent even if unchanged.
+    newly_subscribed: BTreeSet<Arc<str>>,
 }
 
 /// The decisions shared by both protocol variants.
@@ -167,11 +172,9 @@ impl StreamState {
         let label = Metrics::by_type(snapshot::short_name(type_url));
         match error {
             None => {
-                for (name, version) in state.in_flight_resources.drain() {
-                    match version {
-                        Some(v) => state.client_has.insert(name, v),
-                        None => state.client_has.remove(&name),
-                    };
+                if let Some((set, _)) = state.in_flight_set.take() {
+                    state.acked_set = Some(set);
+                    state.initial_versions.clear();
                 }
                 state.acked_version = Some(sent_version.clone());
                 ctx.metrics.acks.get_or_create(&label).inc();
@@ -179,7 +182,10 @@ impl StreamState {
                 debug!(r#type = snapshot::short_name(type_url), version = %sent_version, "ACK");
             }
             Some(detail) => {
-                state.in_flight_resources.clear();
+                if let Some((_, first_sent)) = state.in_flight_set.take() {
+                    // They never arrived: send them again with the next response.
+                    state.newly_subscribed.extend(first_sent);
+                }
                 state.nacked_version = Some(sent_version.clone());
                 ctx.metrics.nacks.get_or_create(&label).inc();
                 ctx.status
@@ -195,6 +201,15 @@ impl StreamState {
         }
         true
     }
+}
+
+/// The name as the snapshot holds it (shared), or a new one if the snapshot has no such name.
+fn intern(snapshot: Option<&Snapshot>, type_url: &str, name: &str) -> Arc<str> {
+    snapshot
+        .and_then(|s| s.set(type_url))
+        .and_then(|set| set.get(name))
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| Arc::from(name))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -303,14 +318,14 @@ struct SotwStream {
 impl SotwStream {
     async fn run(&mut self, first: DiscoveryRequest, mut requests: Streaming<DiscoveryRequest>) {
         let mut connection = Connection::open(&self.server, &self.state, "sotw");
-        self.on_request(first);
+        self.on_request(first, connection.current().as_deref());
         loop {
             if self.push(connection.current()).await.is_err() {
                 break;
             }
             tokio::select! {
                 request = requests.next() => match request {
-                    Some(Ok(request)) => self.on_request(request),
+                    Some(Ok(request)) => self.on_request(request, connection.current().as_deref()),
                     Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
                     None => break,
                 },
@@ -322,7 +337,7 @@ impl SotwStream {
         Connection::close(&self.server, &self.state);
     }
 
-    fn on_request(&mut self, request: DiscoveryRequest) {
+    fn on_request(&mut self, request: DiscoveryRequest, snapshot: Option<&Snapshot>) {
         let Some(type_url) = known_type(&request.type_url) else {
             debug!(type_url = %request.type_url, "ignoring a request for an unknown type");
             return;
@@ -349,7 +364,13 @@ impl SotwStream {
         {
             Subscription::Wildcard
         } else {
-            Subscription::Names(request.resource_names.iter().cloned().collect())
+            Subscription::Names(
+                request
+                    .resource_names
+                    .iter()
+                    .map(|n| intern(snapshot, type_url, n))
+                    .collect(),
+            )
         };
         let state = self.state.types.entry(type_url).or_default();
         if !state.requested
@@ -388,8 +409,7 @@ impl SotwStream {
                 continue;
             }
             let resources: Vec<_> = set
-                .resources
-                .values()
+                .iter()
                 .filter(|r| state.subscription.wants(&r.name))
                 .map(|r| r.body.clone())
                 .collect();
@@ -453,14 +473,14 @@ impl DeltaStream {
         mut requests: Streaming<DeltaDiscoveryRequest>,
     ) {
         let mut connection = Connection::open(&self.server, &self.state, "delta");
-        self.on_request(first);
+        self.on_request(first, connection.current().as_deref());
         loop {
             if self.push(connection.current()).await.is_err() {
                 break;
             }
             tokio::select! {
                 request = requests.next() => match request {
-                    Some(Ok(request)) => self.on_request(request),
+                    Some(Ok(request)) => self.on_request(request, connection.current().as_deref()),
                     Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
                     None => break,
                 },
@@ -472,7 +492,7 @@ impl DeltaStream {
         Connection::close(&self.server, &self.state);
     }
 
-    fn on_request(&mut self, request: DeltaDiscoveryRequest) {
+    fn on_request(&mut self, request: DeltaDiscoveryRequest, snapshot: Option<&Snapshot>) {
         let Some(type_url) = known_type(&request.type_url) else {
             debug!(type_url = %request.type_url, "ignoring a request for an unknown type");
             return;
@@ -488,7 +508,7 @@ impl DeltaStream {
             state.requested = true;
             state.must_send = true;
             // A reconnecting proxy says what it has, so unchanged resources are not re-sent.
-            state.client_has = request
+            state.initial_versions = request
                 .initial_resource_versions
                 .clone()
                 .into_iter()
@@ -504,17 +524,20 @@ impl DeltaStream {
         for name in &request.resource_names_subscribe {
             if name == "*" {
                 state.subscription = Subscription::Wildcard;
+                state.must_send = true;
             } else if let Subscription::Names(names) = &mut state.subscription {
+                let name = intern(snapshot, type_url, name);
                 if names.insert(name.clone()) {
+                    state.newly_subscribed.insert(name);
                     state.must_send = true;
                 }
             }
         }
         for name in &request.resource_names_unsubscribe {
             if let Subscription::Names(names) = &mut state.subscription {
-                names.remove(name);
+                names.remove(name.as_str());
             }
-            state.client_has.remove(name);
+            state.newly_subscribed.remove(name.as_str());
         }
     }
 
@@ -533,41 +556,22 @@ impl DeltaStream {
             if !state.requested || state.in_flight.is_some() {
                 continue;
             }
-            let empty = snapshot::ResourceSet::default();
+            let empty = ResourceSet::default();
             let set = snapshot.set(type_url).unwrap_or(&empty);
-            if state.nacked_version.as_deref() == Some(set.version.as_str()) && !state.must_send {
+            let nacked = state.nacked_version.as_deref() == Some(set.version.as_str());
+            if !state.must_send
+                && (nacked || state.acked_version.as_deref() == Some(set.version.as_str()))
+            {
                 continue;
             }
-            let mut resources = Vec::new();
-            let mut in_flight = HashMap::new();
-            for (name, resource) in &set.resources {
-                if state.subscription.wants(name)
-                    && state.client_has.get(name) != Some(&resource.version)
-                {
-                    resources.push(DeltaResource {
-                        name: name.clone(),
-                        version: resource.version.clone(),
-                        resource: Some(resource.body.clone()),
-                        ..Default::default()
-                    });
-                    in_flight.insert(name.clone(), Some(resource.version.clone()));
-                }
-            }
-            let removed: Vec<String> = state
-                .client_has
-                .keys()
-                .filter(|name| state.subscription.wants(name) && !set.resources.contains_key(*name))
-                .cloned()
-                .collect();
-            for name in &removed {
-                in_flight.insert(name.clone(), None);
-            }
+            let (changed, removed) = delta(state, set);
             state.must_send = false;
-            if resources.is_empty() && removed.is_empty() {
-                // Nothing new for this proxy; it already has this version.
-                if state.acked_version.is_none()
-                    || state.sent_version.as_deref() != Some(set.version.as_str())
-                {
+            let first_sent = std::mem::take(&mut state.newly_subscribed);
+            if changed.is_empty() && removed.is_empty() {
+                // Nothing new for this proxy: it already has everything it wants of this set.
+                state.acked_set = Some(set.clone());
+                state.initial_versions.clear();
+                if state.acked_version.as_deref() != Some(set.version.as_str()) {
                     state.acked_version = Some(set.version.clone());
                     state.sent_version = Some(set.version.clone());
                     self.server
@@ -581,14 +585,22 @@ impl DeltaStream {
             }
             let response = DeltaDiscoveryResponse {
                 system_version_info: set.version.clone(),
-                resources,
+                resources: changed
+                    .into_iter()
+                    .map(|r| DeltaResource {
+                        name: r.name.to_string(),
+                        version: r.version.clone(),
+                        resource: Some(r.body.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
                 type_url: type_url.to_string(),
                 removed_resources: removed,
                 nonce: nonce.clone(),
                 ..Default::default()
             };
             state.in_flight = Some((nonce.clone(), set.version.clone()));
-            state.in_flight_resources = in_flight;
+            state.in_flight_set = Some((set.clone(), first_sent));
             state.sent_version = Some(set.version.clone());
             record_push(
                 &self.server,
@@ -605,4 +617,62 @@ impl DeltaStream {
         }
         Ok(())
     }
+}
+
+/// What a delta proxy lacks of `set` (new or changed resources it wants) and what it has that
+/// `set` no longer holds. Layers shared with the last ACKed set are skipped whole.
+fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>, Vec<String>) {
+    let mut changed = Vec::new();
+    for layer in &set.layers {
+        let unchanged = state
+            .acked_set
+            .as_ref()
+            .is_some_and(|acked| acked.shares(layer));
+        if unchanged {
+            changed.extend(
+                state
+                    .newly_subscribed
+                    .iter()
+                    .filter_map(|name| layer.resources.get(name)),
+            );
+            continue;
+        }
+        for resource in layer.resources.values() {
+            if !state.subscription.wants(&resource.name) {
+                continue;
+            }
+            let has = match &state.acked_set {
+                Some(acked) => {
+                    !state.newly_subscribed.contains(&resource.name)
+                        && acked
+                            .get(&resource.name)
+                            .is_some_and(|r| r.version == resource.version)
+                }
+                None => state.initial_versions.get(&*resource.name) == Some(&resource.version),
+            };
+            if !has {
+                changed.push(resource);
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    match &state.acked_set {
+        Some(acked) => {
+            for layer in acked.layers.iter().filter(|l| !set.shares(l)) {
+                for name in layer.resources.keys() {
+                    if state.subscription.wants(name) && set.get(name).is_none() {
+                        removed.push(name.to_string());
+                    }
+                }
+            }
+        }
+        None => {
+            for name in state.initial_versions.keys() {
+                if state.subscription.wants(name) && set.get(name).is_none() {
+                    removed.push(name.clone());
+                }
+            }
+        }
+    }
+    (changed, removed)
 }

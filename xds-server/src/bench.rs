@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
 use prost::Message;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -59,7 +61,12 @@ pub struct BenchReport {
 /// One Deployment (with `proxies / services` replicas, at least 1) and one Service per
 /// service index; the last Deployment takes the remainder so that there are `proxies`
 /// instances in all.
-fn write_mesh(dir: &Path, proxies: usize, services: usize, extra_replica: bool) -> anyhow::Result<()> {
+fn write_mesh(
+    dir: &Path,
+    proxies: usize,
+    services: usize,
+    extra_replica: bool,
+) -> anyhow::Result<()> {
     let base = (proxies / services).max(1);
     let mut text = String::new();
     let mut instances = 0;
@@ -116,7 +123,12 @@ struct ClientCounters {
     bytes: AtomicU64,
 }
 
-fn request(type_url: &str, node: Option<Node>, subscribe: Vec<String>, nonce: &str) -> DeltaDiscoveryRequest {
+fn request(
+    type_url: &str,
+    node: Option<Node>,
+    subscribe: Vec<String>,
+    nonce: &str,
+) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         node,
         type_url: type_url.to_string(),
@@ -137,10 +149,13 @@ async fn simulated_proxy(
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?
         .connect()
         .await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(16);
-    let node = Node { id: node_id, ..Default::default() };
+    let node = Node {
+        id: node_id,
+        ..Default::default()
+    };
     tx.send(request(CLUSTER, Some(node), vec![], "")).await?;
     tx.send(request(LISTENER, None, vec![], "")).await?;
     let mut responses = client
@@ -152,10 +167,16 @@ async fn simulated_proxy(
     let mut rds_subscribed = false;
     let mut first_watched_version: Option<String> = None;
     while let Some(response) = responses.message().await? {
-        counters.bytes.fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
+        counters
+            .bytes
+            .fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
         let type_url = response.type_url.clone();
         if type_url == ENDPOINT {
-            if let Some(r) = response.resources.iter().find(|r| r.name == watched_cluster) {
+            if let Some(r) = response
+                .resources
+                .iter()
+                .find(|r| r.name == watched_cluster)
+            {
                 match &first_watched_version {
                     None => first_watched_version = Some(r.version.clone()),
                     Some(first) if *first != r.version => {
@@ -165,7 +186,8 @@ async fn simulated_proxy(
                 }
             }
         }
-        tx.send(request(&type_url, None, vec![], &response.nonce)).await?;
+        tx.send(request(&type_url, None, vec![], &response.nonce))
+            .await?;
         subscribe_children(&response, &tx, &mut eds_subscribed, &mut rds_subscribed).await?;
         for t in [CLUSTER, ENDPOINT, LISTENER, ROUTE] {
             if t == type_url {
@@ -198,8 +220,13 @@ async fn subscribe_children(
         *eds_subscribed = true;
     }
     if response.type_url == LISTENER && !*rds_subscribed {
-        tx.send(request(ROUTE, None, vec![crate::translate::OUTBOUND_ROUTE.to_string()], ""))
-            .await?;
+        tx.send(request(
+            ROUTE,
+            None,
+            vec![crate::translate::OUTBOUND_ROUTE.to_string()],
+            "",
+        ))
+        .await?;
         *rds_subscribed = true;
     }
     Ok(())
@@ -211,10 +238,18 @@ fn percentiles(mut samples: Vec<f64>) -> Percentiles {
         let index = ((samples.len() as f64 * q).ceil() as usize).saturating_sub(1);
         samples.get(index).copied().unwrap_or(f64::NAN)
     };
-    Percentiles { p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) }
+    Percentiles {
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
 }
 
-async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+async fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while !done() {
         if Instant::now() > deadline {
@@ -230,11 +265,17 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let config_dir = options.work_dir.join("config");
     std::fs::create_dir_all(&config_dir)?;
     write_mesh(&config_dir, options.proxies, options.services, false)?;
-    let mesh = crate::config::load_path(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?.mesh;
+    let mesh = crate::config::load_path(&config_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .mesh;
     let node_ids: Vec<String> = mesh
         .workloads
         .iter()
-        .flat_map(|w| w.instances.iter().map(move |i| crate::model::Mesh::node_id(w, i)))
+        .flat_map(|w| {
+            w.instances
+                .iter()
+                .map(move |i| crate::model::Mesh::node_id(w, i))
+        })
         .collect();
 
     let xds_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -255,7 +296,10 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let started = Instant::now();
     while admin_client::get(admin_address, "/healthz").await.is_err() {
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("xds-server did not start; see {}", options.work_dir.join("xds-server.log").display());
+            bail!(
+                "xds-server did not start; see {}",
+                options.work_dir.join("xds-server.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -263,7 +307,9 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let cpu_before = cpu_seconds(pid)?;
 
     let watched_cluster = "outbound|80||svc-0.default.svc.cluster.local".to_string();
-    let counters = Arc::new(ClientCounters { bytes: AtomicU64::new(0) });
+    let counters = Arc::new(ClientCounters {
+        bytes: AtomicU64::new(0),
+    });
     let mut progress = Vec::new();
     let connect_start = Instant::now();
     for node_id in &node_ids {
@@ -273,7 +319,9 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         let node_id = node_id.clone();
         let watched = watched_cluster.clone();
         tokio::spawn(async move {
-            if let Err(e) = simulated_proxy(xds_address, node_id.clone(), watched, counters, sender).await {
+            if let Err(e) =
+                simulated_proxy(xds_address, node_id.clone(), watched, counters, sender).await
+            {
                 tracing::debug!(%node_id, error = %e, "simulated proxy ended");
             }
         });
@@ -291,9 +339,11 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     // One config change: svc-0 gets one more replica, so every proxy's endpoints change.
     let change_start = Instant::now();
     write_mesh(&config_dir, options.proxies, options.services, true)?;
-    wait_until(Duration::from_secs(300), "every proxy to ACK the change", || {
-        progress.iter().all(|p| p.borrow().changed_at.is_some())
-    })
+    wait_until(
+        Duration::from_secs(300),
+        "every proxy to ACK the change",
+        || progress.iter().all(|p| p.borrow().changed_at.is_some()),
+    )
     .await?;
     let samples: Vec<f64> = progress
         .iter()
@@ -324,7 +374,9 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl BenchReport {

@@ -52,6 +52,13 @@ pub fn render(
                 "INSTANCE_IPS": instance.address.to_string(),
             }
         },
+        // Connections leave from the instance's own address, as from a pod IP, so destinations
+        // see the real source. Set here, not per cluster, so clusters stay shared by all proxies.
+        "cluster_manager": {
+            "upstream_bind_config": {
+                "source_address": { "address": instance.address.to_string(), "port_value": 0 }
+            }
+        },
         "admin": {
             "address": { "socket_address": { "address": instance.address.to_string(), "port_value": ADMIN_PORT } }
         },

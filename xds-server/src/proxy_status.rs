@@ -144,7 +144,7 @@ impl ProxyStatusRegistry {
                         serde_json::json!({
                             "state": state,
                             "current_version": set.version,
-                            "resources": set.resources.len(),
+                            "resources": set.len(),
                             "sent_version": status.sent_version,
                             "acked_version": status.acked_version,
                             "last_nack": status.last_nack,

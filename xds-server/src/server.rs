@@ -246,11 +246,13 @@ pub fn synced_node_ids(status: &serde_json::Value) -> Vec<String> {
 pub fn raise_fd_limit() {
     // SAFETY: plain getrlimit/setrlimit on this process.
     unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }
-

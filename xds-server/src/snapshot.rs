@@ -37,17 +37,19 @@ pub fn short_name(type_url: &str) -> &'static str {
 /// One named, encoded resource with the hash of its bytes (its delta-xDS version).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
-    pub name: String,
+    /// Shared with subscriptions that name it, so a thousand proxies asking for the same
+    /// thousand clusters do not hold a thousand copies of each name.
+    pub name: Arc<str>,
     pub body: Any,
     pub version: String,
 }
 
 impl Resource {
-    pub fn new<M: Message>(type_url: &str, name: impl Into<String>, message: &M) -> Self {
+    pub fn new<M: Message>(type_url: &str, name: impl AsRef<str>, message: &M) -> Self {
         let value = message.encode_to_vec();
         let version = hex::encode(&Sha256::digest(&value)[..8]);
         Resource {
-            name: name.into(),
+            name: Arc::from(name.as_ref()),
             body: Any {
                 type_url: type_url.to_string(),
                 value,
@@ -57,16 +59,17 @@ impl Resource {
     }
 }
 
-/// All resources of one type for one proxy, with a version derived from their contents.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ResourceSet {
+/// Resources built once and shared by every proxy that has them (the outbound clusters and
+/// endpoints of a mesh are the same for all its proxies).
+#[derive(Debug, Default, PartialEq)]
+pub struct ResourceLayer {
     pub version: String,
-    pub resources: BTreeMap<String, Arc<Resource>>,
+    pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
 }
 
-impl ResourceSet {
-    pub fn new(resources: impl IntoIterator<Item = Resource>) -> Self {
-        let resources: BTreeMap<String, Arc<Resource>> = resources
+impl ResourceLayer {
+    pub fn new(resources: impl IntoIterator<Item = Resource>) -> Arc<Self> {
+        let resources: BTreeMap<Arc<str>, Arc<Resource>> = resources
             .into_iter()
             .map(|r| (r.name.clone(), Arc::new(r)))
             .collect();
@@ -76,14 +79,68 @@ impl ResourceSet {
             hasher.update(r.version.as_bytes());
         }
         let version = hex::encode(&hasher.finalize()[..8]);
-        ResourceSet { version, resources }
+        Arc::new(ResourceLayer { version, resources })
+    }
+}
+
+/// All resources of one type for one proxy: shared layers plus its own, with a version
+/// derived from theirs. Names are unique across layers.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceSet {
+    pub version: String,
+    pub layers: Vec<Arc<ResourceLayer>>,
+}
+
+impl ResourceSet {
+    pub fn new(layers: Vec<Arc<ResourceLayer>>) -> Self {
+        let mut hasher = Sha256::new();
+        for layer in &layers {
+            hasher.update(layer.version.as_bytes());
+        }
+        ResourceSet {
+            version: hex::encode(&hasher.finalize()[..8]),
+            layers,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.layers.iter().find_map(|l| l.resources.get(name))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.layers.iter().flat_map(|l| l.resources.values())
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.iter().map(|l| l.resources.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True if `layer` (the very same allocation) is part of this set.
+    pub fn shares(&self, layer: &Arc<ResourceLayer>) -> bool {
+        self.layers.iter().any(|l| Arc::ptr_eq(l, layer))
     }
 }
 
 /// Everything one proxy should have. Immutable once built.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub sets: BTreeMap<&'static str, ResourceSet>,
+}
+
+/// Versions are content hashes: equal versions, equal snapshots.
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.sets.len() == other.sets.len()
+            && self
+                .sets
+                .iter()
+                .zip(&other.sets)
+                .all(|((t1, s1), (t2, s2))| t1 == t2 && s1.version == s2.version)
+    }
 }
 
 impl Snapshot {
@@ -91,8 +148,8 @@ impl Snapshot {
         self.sets.get(type_url)
     }
 
-    pub fn insert(&mut self, type_url: &'static str, resources: Vec<Resource>) {
-        self.sets.insert(type_url, ResourceSet::new(resources));
+    pub fn insert(&mut self, type_url: &'static str, layers: Vec<Arc<ResourceLayer>>) {
+        self.sets.insert(type_url, ResourceSet::new(layers));
     }
 }
 

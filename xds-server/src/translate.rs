@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, socket_address, substitution_format_string,
-    AggregatedConfigSource, ApiVersion, BindConfig, ConfigSource, DataSource, SocketAddress,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
     SubstitutionFormatString, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::core::v3::{Address, AsyncDataSource};
@@ -40,7 +40,10 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, U
 use prost::{Message, Name};
 
 use crate::model::{Instance, Mesh, Service, ServicePort, Workload};
-use crate::snapshot::{self, Resource, Snapshot};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::snapshot::{self, Resource, ResourceLayer, Snapshot};
 
 /// Port of the outbound listener on every instance address (Istio uses 15001 too).
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -123,17 +126,67 @@ fn is_tcp_port(port: &ServicePort) -> bool {
     by_app_protocol.or(by_name).unwrap_or(false)
 }
 
+/// Resources every sidecar of the mesh shares, built once per config change: translation
+/// cost and server memory grow with services plus proxies, not services times proxies.
+pub struct SharedLayers {
+    clusters: Arc<ResourceLayer>,
+    endpoints: Arc<ResourceLayer>,
+    /// Short service names resolve within the client's namespace: one route table each.
+    routes_by_namespace: BTreeMap<String, Arc<ResourceLayer>>,
+}
+
+impl SharedLayers {
+    pub fn new(mesh: &Mesh) -> Self {
+        let mut clusters = Vec::new();
+        let mut endpoints = Vec::new();
+        for service in &mesh.services {
+            for port in &service.ports {
+                let name = outbound_cluster_name(service, port);
+                clusters.push(Resource::new(
+                    snapshot::CLUSTER,
+                    &name,
+                    &outbound_cluster(&name),
+                ));
+                endpoints.push(Resource::new(
+                    snapshot::ENDPOINT,
+                    &name,
+                    &load_assignment(mesh, service, port, &name),
+                ));
+            }
+        }
+        let routes_by_namespace = mesh
+            .workloads
+            .iter()
+            .map(|w| w.namespace.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|ns| {
+                let routes = Resource::new(
+                    snapshot::ROUTE,
+                    OUTBOUND_ROUTE,
+                    &outbound_route_config(mesh, &ns),
+                );
+                (ns, ResourceLayer::new([routes]))
+            })
+            .collect();
+        SharedLayers {
+            clusters: ResourceLayer::new(clusters),
+            endpoints: ResourceLayer::new(endpoints),
+            routes_by_namespace,
+        }
+    }
+}
+
 /// Builds the complete snapshot for one sidecar.
 pub fn proxy_snapshot(
     mesh: &Mesh,
+    shared: &SharedLayers,
     workload: &Workload,
     instance: &Instance,
     options: &TranslateOptions,
 ) -> Snapshot {
     let mut clusters = Vec::new();
-    let mut endpoints = Vec::new();
     let mut listeners = Vec::new();
-
     let tcp_inbound_ports: Vec<u16> = mesh
         .services_of(workload)
         .flat_map(|s| {
@@ -150,35 +203,17 @@ pub fn proxy_snapshot(
             mesh, workload, instance, port, tcp, options,
         ));
     }
-
-    for service in &mesh.services {
-        for port in &service.ports {
-            let name = outbound_cluster_name(service, port);
-            clusters.push(Resource::new(
-                snapshot::CLUSTER,
-                &name,
-                &outbound_cluster(&name, instance),
-            ));
-            endpoints.push(Resource::new(
-                snapshot::ENDPOINT,
-                &name,
-                &load_assignment(mesh, service, port, &name),
-            ));
-        }
-    }
-
     listeners.push(outbound_listener(instance));
-    let routes = vec![Resource::new(
-        snapshot::ROUTE,
-        OUTBOUND_ROUTE,
-        &outbound_route_config(mesh, workload),
-    )];
 
     let mut snapshot = Snapshot::default();
-    snapshot.insert(snapshot::CLUSTER, clusters);
-    snapshot.insert(snapshot::ENDPOINT, endpoints);
-    snapshot.insert(snapshot::LISTENER, listeners);
-    snapshot.insert(snapshot::ROUTE, routes);
+    snapshot.insert(
+        snapshot::CLUSTER,
+        vec![shared.clusters.clone(), ResourceLayer::new(clusters)],
+    );
+    snapshot.insert(snapshot::ENDPOINT, vec![shared.endpoints.clone()]);
+    snapshot.insert(snapshot::LISTENER, vec![ResourceLayer::new(listeners)]);
+    let routes = shared.routes_by_namespace.get(&workload.namespace).cloned();
+    snapshot.insert(snapshot::ROUTE, routes.into_iter().collect());
     snapshot
 }
 
@@ -203,18 +238,8 @@ fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
     Resource::new(snapshot::CLUSTER, name, &cluster)
 }
 
-fn outbound_cluster(name: &str, instance: &Instance) -> Cluster {
+fn outbound_cluster(name: &str) -> Cluster {
     Cluster {
-        // Connections leave from the instance's own address, as from a pod IP, so the
-        // destination sees (and later authorizes) the real source.
-        upstream_bind_config: Some(BindConfig {
-            source_address: Some(SocketAddress {
-                address: instance.address.to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
         name: name.to_string(),
         connect_timeout: Some(duration_ms(1000)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -503,7 +528,7 @@ pub fn service_domains(service: &Service, port: u16, client_namespace: &str) -> 
     domains
 }
 
-fn outbound_route_config(mesh: &Mesh, client: &Workload) -> RouteConfiguration {
+fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfiguration {
     let mut virtual_hosts: Vec<VirtualHost> = mesh
         .services
         .iter()
@@ -516,7 +541,7 @@ fn outbound_route_config(mesh: &Mesh, client: &Workload) -> RouteConfiguration {
         })
         .map(|(service, port)| VirtualHost {
             name: format!("{}:{}", service_fqdn(service), port.port),
-            domains: service_domains(service, port.port, &client.namespace),
+            domains: service_domains(service, port.port, client_namespace),
             routes: vec![Route {
                 name: "default".to_string(),
                 r#match: Some(prefix_match("/")),
@@ -569,9 +594,15 @@ fn outbound_route_config(mesh: &Mesh, client: &Workload) -> RouteConfiguration {
 
 /// Snapshots for every instance in the mesh, keyed by node id.
 pub fn mesh_snapshots(mesh: &Mesh, options: &TranslateOptions) -> Vec<(String, Snapshot)> {
+    let shared = SharedLayers::new(mesh);
     mesh.workloads
         .iter()
         .flat_map(|w| w.instances.iter().map(move |i| (w, i)))
-        .map(|(w, i)| (Mesh::node_id(w, i), proxy_snapshot(mesh, w, i, options)))
+        .map(|(w, i)| {
+            (
+                Mesh::node_id(w, i),
+                proxy_snapshot(mesh, &shared, w, i, options),
+            )
+        })
         .collect()
 }

@@ -226,7 +226,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => commands::status(&state_dir).await,
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
         Command::Apply { file } => commands::apply(&state_dir, &file),
-        Command::Bench(BenchCommand::Xds { proxies, services, json }) => {
+        Command::Bench(BenchCommand::Xds {
+            proxies,
+            services,
+            json,
+        }) => {
             init_tracing();
             let work_dir = std::env::temp_dir().join(format!("ward-bench-{}", std::process::id()));
             let options = ward::bench::BenchOptions {
