@@ -1,0 +1,241 @@
+//! The ADS server against a real gRPC client on loopback: what is sent, when, and what is not.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use ward::ads::AdsServer;
+use ward::metrics::Metrics;
+use ward::proxy_status::ProxyStatusRegistry;
+use ward::snapshot::{Resource, ResourceLayer, Snapshot, SnapshotCache, CLUSTER, ENDPOINT};
+
+const NODE: &str = "web-0.default";
+
+struct Harness {
+    cache: Arc<SnapshotCache>,
+    status: ProxyStatusRegistry,
+    metrics: Arc<Metrics>,
+    address: SocketAddr,
+}
+
+/// Clusters named `names`, each with `tag` in its alt_stat_name so versions differ by tag.
+fn snapshot(clusters: &[(&str, &str)], endpoints: &[&str]) -> Snapshot {
+    let clusters = clusters
+        .iter()
+        .map(|(name, tag)| {
+            Resource::new(
+                CLUSTER,
+                name,
+                &Cluster {
+                    name: name.to_string(),
+                    alt_stat_name: tag.to_string(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect::<Vec<_>>();
+    let endpoints = endpoints
+        .iter()
+        .map(|name| {
+            Resource::new(
+                ENDPOINT,
+                name,
+                &ClusterLoadAssignment {
+                    cluster_name: name.to_string(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect::<Vec<_>>();
+    let mut snapshot = Snapshot::default();
+    snapshot.insert(CLUSTER, vec![ResourceLayer::new(clusters)]);
+    snapshot.insert(ENDPOINT, vec![ResourceLayer::new(endpoints)]);
+    snapshot
+}
+
+async fn start() -> Harness {
+    let cache = Arc::new(SnapshotCache::new());
+    let status = ProxyStatusRegistry::new();
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let service = AdsServer::new(cache.clone(), status.clone(), metrics.clone()).into_service();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    Harness { cache, status, metrics, address }
+}
+
+async fn client(address: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await.unwrap()
+}
+
+fn node() -> Option<Node> {
+    Some(Node { id: NODE.to_string(), ..Default::default() })
+}
+
+async fn next<T>(stream: &mut Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a response within 5 s")
+        .unwrap()
+        .expect("stream open")
+}
+
+async fn nothing_within<T: std::fmt::Debug>(stream: &mut Streaming<T>, ms: u64) {
+    if let Ok(message) = tokio::time::timeout(Duration::from_millis(ms), stream.message()).await {
+        panic!("expected nothing, got {message:?}");
+    }
+}
+
+fn state_of(h: &Harness, type_short: &str) -> String {
+    let json = h.status.snapshot_json(&h.cache);
+    json[0]["types"][type_short]["state"].as_str().unwrap_or("").to_string()
+}
+
+fn nacks(h: &Harness) -> String {
+    h.metrics.encode().lines().filter(|l| l.starts_with("ward_xds_nacks_total")).collect::<Vec<_>>().join("\n")
+}
+
+fn delta_names(response: &DeltaDiscoveryResponse) -> Vec<String> {
+    response.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn sotw_push_ack_nack_and_no_resend_of_a_rejected_version() {
+    let h = start().await;
+    h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1")], &["a", "b"]));
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
+    let mut responses = client(h.address).await.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+
+    let first: DiscoveryResponse = next(&mut responses).await;
+    assert_eq!(first.type_url, CLUSTER);
+    assert_eq!(first.resources.len(), 2);
+    assert!(!first.version_info.is_empty() && !first.nonce.is_empty());
+    tx.send(DiscoveryRequest { type_url: CLUSTER.into(), version_info: first.version_info.clone(), response_nonce: first.nonce.clone(), ..Default::default() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state_of(&h, "CDS"), "SYNCED");
+
+    // EDS by name: only what is asked for.
+    tx.send(DiscoveryRequest { type_url: ENDPOINT.into(), resource_names: vec!["b".into()], ..Default::default() }).await.unwrap();
+    let eds: DiscoveryResponse = next(&mut responses).await;
+    assert_eq!(eds.type_url, ENDPOINT);
+    assert_eq!(eds.resources.len(), 1);
+    tx.send(DiscoveryRequest { type_url: ENDPOINT.into(), resource_names: vec!["b".into()], version_info: eds.version_info.clone(), response_nonce: eds.nonce.clone(), ..Default::default() }).await.unwrap();
+
+    // A new version is NACKed: recorded, counted, and never sent again.
+    h.cache.set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
+    let second: DiscoveryResponse = next(&mut responses).await;
+    assert_ne!(second.version_info, first.version_info);
+    tx.send(DiscoveryRequest {
+        type_url: CLUSTER.into(),
+        version_info: first.version_info.clone(),
+        response_nonce: second.nonce.clone(),
+        error_detail: Some(RpcStatus { code: 3, message: "cluster a: invalid".into(), ..Default::default() }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state_of(&h, "CDS"), "NACKED");
+    assert!(nacks(&h).contains("type=\"CDS\"} 1"), "{}", nacks(&h));
+    let json = h.status.snapshot_json(&h.cache).to_string();
+    assert!(json.contains("cluster a: invalid"), "{json}");
+    // Re-setting the same (rejected) content does not resend it.
+    h.cache.set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
+    nothing_within(&mut responses, 300).await;
+
+    // The next different version goes out.
+    h.cache.set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a", "b"]));
+    let third: DiscoveryResponse = next(&mut responses).await;
+    assert_eq!(third.type_url, CLUSTER);
+    assert_ne!(third.version_info, second.version_info);
+}
+
+#[tokio::test]
+async fn delta_sends_only_changes_and_removals() {
+    let h = start().await;
+    h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1"), ("c", "1")], &["a"]));
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
+    let mut responses = client(h.address).await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+
+    let first = next(&mut responses).await;
+    assert_eq!(delta_names(&first), vec!["a", "b", "c"]);
+    tx.send(DeltaDiscoveryRequest { type_url: CLUSTER.into(), response_nonce: first.nonce.clone(), ..Default::default() }).await.unwrap();
+
+    // One cluster changes, one disappears: exactly that travels.
+    h.cache.set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a"]));
+    let second = next(&mut responses).await;
+    assert_eq!(delta_names(&second), vec!["a"]);
+    assert_eq!(second.removed_resources, vec!["c".to_string()]);
+    tx.send(DeltaDiscoveryRequest { type_url: CLUSTER.into(), response_nonce: second.nonce.clone(), ..Default::default() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state_of(&h, "CDS"), "SYNCED");
+
+    // Endpoints by name, and a later subscription to a name sends just that one.
+    tx.send(DeltaDiscoveryRequest { type_url: ENDPOINT.into(), resource_names_subscribe: vec!["a".into()], ..Default::default() }).await.unwrap();
+    let eds = next(&mut responses).await;
+    assert_eq!(delta_names(&eds), vec!["a"]);
+
+    // NACK: not resent for the same content.
+    h.cache.set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a"]));
+    let third = next(&mut responses).await;
+    assert_eq!(third.type_url, CLUSTER);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: third.nonce.clone(),
+        error_detail: Some(RpcStatus { code: 3, message: "no".into(), ..Default::default() }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    nothing_within(&mut responses, 300).await;
+    assert_eq!(state_of(&h, "CDS"), "NACKED");
+}
+
+#[tokio::test]
+async fn delta_reconnect_with_matching_versions_gets_nothing_resent() {
+    let h = start().await;
+    h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1")], &[]));
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
+    let mut responses = client(h.address).await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = next(&mut responses).await;
+    let versions: BTreeMap<String, String> = first.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    drop(tx);
+    drop(responses);
+
+    // Reconnect: the proxy has a@1 and b@1; only the changed b comes back.
+    h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "2")], &[]));
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        initial_resource_versions: versions.into_iter().collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client(h.address).await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let resent = next(&mut responses).await;
+    assert_eq!(delta_names(&resent), vec!["b"]);
+    assert!(resent.removed_resources.is_empty());
+}
