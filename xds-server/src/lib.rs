@@ -1,7 +1,7 @@
 //! Ward's control plane. Modules follow the data flow: `config` (load and validate YAML) →
 //! `model` (the resolved mesh) → `translate` (Envoy resources) → `snapshot` (per-proxy
 //! snapshots) → `ads` (the gRPC ADS server), wired together by `server`. Beside them:
-//! `bootstrap` renders Envoy bootstraps, `runner` is the local mesh behind `wardctl up`,
+//! `identity` is the CA and the workload certificates, `bootstrap` renders Envoy bootstraps, `runner` is the local mesh behind `wardctl up`,
 //! `apps` holds the built-in stand-ins for the seed labs' container images.
 
 pub mod ads;
@@ -9,6 +9,7 @@ pub mod apps;
 pub mod bench;
 pub mod bootstrap;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod proxy_status;

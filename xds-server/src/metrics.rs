@@ -18,8 +18,24 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// One workload certificate: the proxy holding it and the identity it proves.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub node: String,
+    pub identity: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
+    pub certificates_issued: Family<ReasonLabel, Counter>,
+    pub certificate_expiry_seconds: Family<CertificateLabel, Gauge>,
+    pub certificate_expiry_timestamp: Family<CertificateLabel, Gauge>,
+    pub xds_refused_connections: Family<ReasonLabel, Counter>,
     registry: Registry,
     pub connected_proxies: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -77,7 +93,35 @@ impl Metrics {
             "1 if the last config load succeeded, 0 if the last good config is serving after an error",
             config_last_reload_success.clone(),
         );
+        let certificates_issued = Family::<ReasonLabel, Counter>::default();
+        let certificate_expiry_seconds = Family::<CertificateLabel, Gauge>::default();
+        let certificate_expiry_timestamp = Family::<CertificateLabel, Gauge>::default();
+        let xds_refused_connections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "certificates_issued",
+            "Workload certificates signed, by reason (initial, renewal, identity-changed)",
+            certificates_issued.clone(),
+        );
+        registry.register(
+            "workload_certificate_expiry_seconds",
+            "Seconds until each workload certificate expires (as of the scrape)",
+            certificate_expiry_seconds.clone(),
+        );
+        registry.register(
+            "workload_certificate_expiry_timestamp_seconds",
+            "Unix time at which each workload certificate expires",
+            certificate_expiry_timestamp.clone(),
+        );
+        registry.register(
+            "xds_refused_streams",
+            "ADS streams or requests refused, by reason (no client certificate, identity mismatch, ...)",
+            xds_refused_connections.clone(),
+        );
         Metrics {
+            certificates_issued,
+            certificate_expiry_seconds,
+            certificate_expiry_timestamp,
+            xds_refused_connections,
             registry,
             connected_proxies,
             pushes,
@@ -105,6 +149,59 @@ impl Metrics {
         self.config_last_reload_success.set(i64::from(ok));
     }
 
+    pub fn record_certificate(
+        &self,
+        reason: &str,
+        node: &str,
+        cert: &crate::identity::IssuedCertificate,
+    ) {
+        self.certificates_issued
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+        let label = CertificateLabel {
+            node: node.to_string(),
+            identity: cert.spiffe_id.clone(),
+        };
+        self.certificate_expiry_timestamp
+            .get_or_create(&label)
+            .set(unix(cert.not_after));
+        self.set_certificate_remaining(node, cert, std::time::SystemTime::now());
+    }
+
+    pub fn set_certificate_remaining(
+        &self,
+        node: &str,
+        cert: &crate::identity::IssuedCertificate,
+        now: std::time::SystemTime,
+    ) {
+        let label = CertificateLabel {
+            node: node.to_string(),
+            identity: cert.spiffe_id.clone(),
+        };
+        self.certificate_expiry_seconds
+            .get_or_create(&label)
+            .set(unix(cert.not_after) - unix(now));
+    }
+
+    pub fn forget_certificate(&self, node: &str, identity: &str) {
+        let label = CertificateLabel {
+            node: node.to_string(),
+            identity: identity.to_string(),
+        };
+        self.certificate_expiry_seconds.remove(&label);
+        self.certificate_expiry_timestamp.remove(&label);
+    }
+
+    pub fn refuse(&self, reason: &str) {
+        self.xds_refused_connections
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -112,4 +209,10 @@ impl Metrics {
             .expect("writing to a String");
         text
     }
+}
+
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -23,6 +23,10 @@ pub struct Mesh {
     pub workloads: Vec<Workload>,
     /// Sorted by (namespace, name).
     pub services: Vec<Service>,
+    /// Istio PeerAuthentication policies, sorted by (namespace, name).
+    pub peer_authentications: Vec<PeerAuthentication>,
+    /// Istio DestinationRules, sorted by (namespace, name).
+    pub destination_rules: Vec<DestinationRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +99,176 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
+/// Istio's mutual TLS modes for a server (PeerAuthentication `mtls.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MtlsMode {
+    /// Inherit from the parent scope (workload → namespace → mesh).
+    #[default]
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// mTLS and plaintext on the same port.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAuthentication {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.selector.matchLabels`; None for a namespace-wide (or, in the root namespace,
+    /// mesh-wide) policy.
+    pub selector: Option<BTreeMap<String, String>>,
+    pub mode: MtlsMode,
+    /// `portLevelMtls`, by the workload's (container) port.
+    pub port_level: BTreeMap<u16, MtlsMode>,
+    pub source: SourceRef,
+}
+
+/// DestinationRule `trafficPolicy.tls.mode`: how a client talks to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTlsMode {
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub mode: ClientTlsMode,
+    /// Files on the proxy, for SIMPLE and MUTUAL.
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub sni: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationRule {
+    pub name: String,
+    pub namespace: String,
+    /// The host as the rule resolves it: a FQDN (`reviews.default.svc.cluster.local`) or a
+    /// wildcard (`*.default.svc.cluster.local`, `*`).
+    pub host: String,
+    pub tls: Option<ClientTls>,
+    /// `trafficPolicy.portLevelSettings[].tls`, by service port.
+    pub port_tls: BTreeMap<u16, ClientTls>,
+    pub source: SourceRef,
+}
+
+impl DestinationRule {
+    /// How specific the rule's host is for `fqdn`: None if it does not match, higher wins.
+    pub fn host_match(&self, fqdn: &str) -> Option<usize> {
+        if self.host == fqdn {
+            Some(usize::MAX)
+        } else if self.host == "*" {
+            Some(0)
+        } else if let Some(suffix) = self.host.strip_prefix('*') {
+            fqdn.ends_with(suffix).then_some(suffix.len())
+        } else {
+            None
+        }
+    }
+
+    pub fn tls_for_port(&self, port: u16) -> Option<&ClientTls> {
+        self.port_tls.get(&port).or(self.tls.as_ref())
+    }
+}
+
+/// Which policy decided a workload port's mTLS mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveMtls {
+    pub mode: MtlsMode,
+    /// `namespace/name` of the deciding PeerAuthentication; None for the default.
+    pub decided_by: Option<String>,
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 impl Mesh {
+    /// The PeerAuthentication policies that apply to `workload`, most specific first: the
+    /// workload's own (selector, its namespace), the namespace's, the mesh's (root namespace).
+    fn peer_authentication_chain<'m>(
+        &'m self,
+        workload: &'m Workload,
+    ) -> Vec<&'m PeerAuthentication> {
+        fn in_ns<'m>(
+            policies: &'m [PeerAuthentication],
+            ns: &'m str,
+        ) -> impl Iterator<Item = &'m PeerAuthentication> {
+            policies.iter().filter(move |p| p.namespace == ns)
+        }
+        let policies = &self.peer_authentications;
+        let mut chain = Vec::new();
+        // Istio: among several selecting policies the oldest wins; Ward takes the first by
+        // name (and the loader warns about the overlap).
+        chain.extend(in_ns(policies, &workload.namespace).find(|p| {
+            p.selector
+                .as_ref()
+                .is_some_and(|s| selects(s, &workload.labels))
+        }));
+        chain.extend(in_ns(policies, &workload.namespace).find(|p| p.selector.is_none()));
+        if workload.namespace != self.root_namespace {
+            chain.extend(in_ns(policies, &self.root_namespace).find(|p| p.selector.is_none()));
+        }
+        chain
+    }
+
+    /// The mTLS mode a workload's sidecar enforces on `port`, with Istio's precedence:
+    /// workload port-level, workload, namespace, mesh, and PERMISSIVE by default; UNSET
+    /// inherits.
+    pub fn effective_mtls(&self, workload: &Workload, port: u16) -> EffectiveMtls {
+        for policy in self.peer_authentication_chain(workload) {
+            let port_mode = policy
+                .port_level
+                .get(&port)
+                .copied()
+                .filter(|m| *m != MtlsMode::Unset && policy.selector.is_some());
+            if let Some(mode) = port_mode.or(Some(policy.mode).filter(|m| *m != MtlsMode::Unset)) {
+                return EffectiveMtls {
+                    mode,
+                    decided_by: Some(format!("{}/{}", policy.namespace, policy.name)),
+                };
+            }
+        }
+        EffectiveMtls {
+            mode: MtlsMode::Permissive,
+            decided_by: None,
+        }
+    }
+
+    /// The DestinationRule for a service: the most specific host match among rules in the
+    /// service's namespace, then in the root namespace.
+    pub fn destination_rule_for(&self, service: &Service, fqdn: &str) -> Option<&DestinationRule> {
+        [&service.namespace, &self.root_namespace]
+            .into_iter()
+            .find_map(|ns| {
+                self.destination_rules
+                    .iter()
+                    .filter(|r| &r.namespace == ns)
+                    .filter_map(|r| r.host_match(fqdn).map(|score| (score, r)))
+                    .max_by_key(|(score, _)| *score)
+                    .map(|(_, r)| r)
+            })
+    }
+
     /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>` for a workload.
     pub fn identity(&self, workload: &Workload) -> String {
         format!(

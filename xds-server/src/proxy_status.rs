@@ -167,8 +167,8 @@ impl ProxyStatusRegistry {
 /// `wardctl status`'s table, from `/status` JSON.
 pub fn render_table(status: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9}\n",
-        "NAME", "XDS", "CDS", "EDS", "LDS", "RDS"
+        "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
+        "NAME", "XDS", "CDS", "EDS", "LDS", "RDS", "SDS"
     );
     let mut nacks = Vec::new();
     for proxy in status["proxies"].as_array().into_iter().flatten() {
@@ -180,13 +180,14 @@ pub fn render_table(status: &serde_json::Value) -> String {
                 .to_string()
         };
         out.push_str(&format!(
-            "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9}\n",
+            "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
             node,
             proxy["protocol"].as_str().unwrap_or("?"),
             state("CDS"),
             state("EDS"),
             state("LDS"),
-            state("RDS")
+            state("RDS"),
+            state("SDS")
         ));
         if let Some(types) = proxy["types"].as_object() {
             for (t, v) in types {

@@ -19,11 +19,12 @@ use tracing::{error, info, warn};
 
 use crate::ads::AdsServer;
 use crate::config;
+use crate::identity::{CaOptions, CertificateAuthority, CertificatePolicy, WorkloadCertificates};
 use crate::metrics::Metrics;
 use crate::model::Mesh;
 use crate::proxy_status::ProxyStatusRegistry;
 use crate::snapshot::SnapshotCache;
-use crate::translate::{mesh_snapshots, TranslateOptions};
+use crate::translate::{mesh_snapshots, secret_layer, TranslateOptions};
 use crate::watch::{watch_debounced, DebounceWindow};
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct ServerOptions {
     pub admin_address: SocketAddr,
     pub translate: TranslateOptions,
     pub debounce: DebounceWindow,
+    pub ca: CaOptions,
+    pub certificates: CertificatePolicy,
 }
 
 /// What `/status` reports about the configuration.
@@ -54,6 +57,13 @@ struct ControlPlane {
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
     config_status: RwLock<ConfigStatus>,
+    /// Layers of the last translation, reused where unchanged.
+    shared_layers: std::sync::Mutex<Option<crate::translate::SharedLayers>>,
+    certificates: Arc<WorkloadCertificates>,
+    /// The mesh now serving, re-translated when certificates are renewed.
+    current_mesh: std::sync::Mutex<Option<Arc<Mesh>>>,
+    /// Wakes the renewal task when the set of certificates changed.
+    renewals: tokio::sync::Notify,
 }
 
 fn unix_now() -> u64 {
@@ -66,8 +76,24 @@ fn unix_now() -> u64 {
 impl ControlPlane {
     /// Translates the mesh into snapshots; nodes that left the mesh lose theirs.
     fn apply(&self, mesh: &Mesh) {
-        let snapshots = mesh_snapshots(mesh, &self.options.translate);
+        let mut shared = self.shared_layers.lock().expect("shared layers lock");
+        let bundle = self.certificates.ca().trust_bundle_pem().to_string();
+        let secrets = |w: &crate::model::Workload, i: &crate::model::Instance| {
+            let node_id = Mesh::node_id(w, i);
+            match self.certificates.get_or_issue(&node_id, &mesh.identity(w)) {
+                Ok(cert) => Some(secret_layer(&cert, &bundle)),
+                Err(e) => {
+                    error!(node = %node_id, error = %e, "could not sign a workload certificate; the proxy gets no new one");
+                    None
+                }
+            }
+        };
+        let (snapshots, layers) =
+            mesh_snapshots(mesh, &self.options.translate, shared.as_ref(), secrets);
+        *shared = Some(layers);
+        drop(shared);
         let expected: Vec<String> = snapshots.iter().map(|(id, _)| id.clone()).collect();
+        let expected_set: std::collections::HashSet<&String> = expected.iter().collect();
         let mut changed = 0;
         for (node_id, snapshot) in snapshots {
             if self.cache.set(&node_id, snapshot) {
@@ -75,11 +101,14 @@ impl ControlPlane {
             }
         }
         for node_id in self.cache.node_ids() {
-            if !expected.contains(&node_id) {
+            if !expected_set.contains(&node_id) {
                 self.cache.clear(&node_id);
             }
         }
+        self.certificates.retain(&expected_set);
+        self.renewals.notify_one();
         info!(proxies = expected.len(), changed, "snapshots updated");
+        drop(expected_set);
         let mut status = self.config_status.write().expect("config status lock");
         status.expected_nodes = expected;
     }
@@ -89,7 +118,9 @@ impl ControlPlane {
         for warning in &loaded.warnings {
             warn!(%warning, "config");
         }
-        self.apply(&loaded.mesh);
+        let mesh = Arc::new(loaded.mesh);
+        self.apply(&mesh);
+        *self.current_mesh.lock().expect("mesh lock") = Some(mesh);
         let mut status = self.config_status.write().expect("config status lock");
         status.generation += 1;
         status.loaded_at_unix = unix_now();
@@ -99,10 +130,46 @@ impl ControlPlane {
     }
 }
 
+/// Re-translates the current mesh whenever a certificate is due, so renewed certificates
+/// reach their proxies over SDS before the old ones expire.
+async fn renew_certificates(control: Arc<ControlPlane>) {
+    loop {
+        let wait = control
+            .certificates
+            .next_renewal()
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(std::time::Duration::from_secs(3600))
+            .clamp(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(3600),
+            );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = control.renewals.notified() => continue,
+        }
+        let due = control
+            .certificates
+            .next_renewal()
+            .is_some_and(|at| at <= SystemTime::now());
+        let mesh = control.current_mesh.lock().expect("mesh lock").clone();
+        if let (true, Some(mesh)) = (due, mesh) {
+            info!("renewing workload certificates");
+            control.apply(&mesh);
+        }
+    }
+}
+
 pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     raise_fd_limit();
     let cache = Arc::new(SnapshotCache::new());
     let metrics = Arc::new(Metrics::new());
+    let ca = CertificateAuthority::load_or_create(&options.ca).context("starting the CA")?;
+    info!(source = ?ca.source, "CA ready");
+    let certificates = Arc::new(WorkloadCertificates::new(
+        ca,
+        options.certificates,
+        metrics.clone(),
+    ));
     let status = ProxyStatusRegistry::new();
     let control = Arc::new(ControlPlane {
         options: options.clone(),
@@ -112,11 +179,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             path: options.config_path.display().to_string(),
             ..Default::default()
         }),
+        shared_layers: Default::default(),
+        certificates,
+        current_mesh: Default::default(),
+        renewals: tokio::sync::Notify::new(),
     });
+    tokio::spawn(release_freed_memory());
 
     // The first load must succeed: there is no last good config to fall back to.
     control.reload().map_err(|e| anyhow::anyhow!("{e}"))?;
     metrics.record_reload(true);
+    tokio::spawn(renew_certificates(control.clone()));
 
     let (changes_tx, mut changes) = mpsc::channel(4);
     let _watcher = watch_debounced(&options.config_path, options.debounce, changes_tx)?;
@@ -202,11 +275,14 @@ fn admin_response(
 ) -> Response<Full<Bytes>> {
     let (code, content_type, body) = match path {
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
-        "/metrics" => (
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            control.metrics.encode(),
-        ),
+        "/metrics" => {
+            control.certificates.update_expiry_gauges();
+            (
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                control.metrics.encode(),
+            )
+        }
         "/status" => {
             let config = control
                 .config_status
@@ -253,6 +329,20 @@ pub fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Pushes build large responses briefly; glibc keeps freed memory mapped unless asked, which
+/// would make a burst of pushes look like a permanent cost in RSS.
+async fn release_freed_memory() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the OS.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }

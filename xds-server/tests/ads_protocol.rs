@@ -79,15 +79,27 @@ async fn start() -> Harness {
             .await
             .unwrap();
     });
-    Harness { cache, status, metrics, address }
+    Harness {
+        cache,
+        status,
+        metrics,
+        address,
+    }
 }
 
-async fn client(address: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-    AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await.unwrap()
+async fn client(
+    address: SocketAddr,
+) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    AggregatedDiscoveryServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap()
 }
 
 fn node() -> Option<Node> {
-    Some(Node { id: NODE.to_string(), ..Default::default() })
+    Some(Node {
+        id: NODE.to_string(),
+        ..Default::default()
+    })
 }
 
 async fn next<T>(stream: &mut Streaming<T>) -> T {
@@ -106,11 +118,19 @@ async fn nothing_within<T: std::fmt::Debug>(stream: &mut Streaming<T>, ms: u64) 
 
 fn state_of(h: &Harness, type_short: &str) -> String {
     let json = h.status.snapshot_json(&h.cache);
-    json[0]["types"][type_short]["state"].as_str().unwrap_or("").to_string()
+    json[0]["types"][type_short]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn nacks(h: &Harness) -> String {
-    h.metrics.encode().lines().filter(|l| l.starts_with("ward_xds_nacks_total")).collect::<Vec<_>>().join("\n")
+    h.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("ward_xds_nacks_total"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn delta_names(response: &DeltaDiscoveryResponse) -> Vec<String> {
@@ -120,35 +140,73 @@ fn delta_names(response: &DeltaDiscoveryResponse) -> Vec<String> {
 #[tokio::test]
 async fn sotw_push_ack_nack_and_no_resend_of_a_rejected_version() {
     let h = start().await;
-    h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1")], &["a", "b"]));
+    h.cache
+        .set(NODE, snapshot(&[("a", "1"), ("b", "1")], &["a", "b"]));
     let (tx, rx) = mpsc::channel(8);
-    tx.send(DiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
-    let mut responses = client(h.address).await.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(DiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client(h.address)
+        .await
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
 
     let first: DiscoveryResponse = next(&mut responses).await;
     assert_eq!(first.type_url, CLUSTER);
     assert_eq!(first.resources.len(), 2);
     assert!(!first.version_info.is_empty() && !first.nonce.is_empty());
-    tx.send(DiscoveryRequest { type_url: CLUSTER.into(), version_info: first.version_info.clone(), response_nonce: first.nonce.clone(), ..Default::default() }).await.unwrap();
+    tx.send(DiscoveryRequest {
+        type_url: CLUSTER.into(),
+        version_info: first.version_info.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(state_of(&h, "CDS"), "SYNCED");
 
     // EDS by name: only what is asked for.
-    tx.send(DiscoveryRequest { type_url: ENDPOINT.into(), resource_names: vec!["b".into()], ..Default::default() }).await.unwrap();
+    tx.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names: vec!["b".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let eds: DiscoveryResponse = next(&mut responses).await;
     assert_eq!(eds.type_url, ENDPOINT);
     assert_eq!(eds.resources.len(), 1);
-    tx.send(DiscoveryRequest { type_url: ENDPOINT.into(), resource_names: vec!["b".into()], version_info: eds.version_info.clone(), response_nonce: eds.nonce.clone(), ..Default::default() }).await.unwrap();
+    tx.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names: vec!["b".into()],
+        version_info: eds.version_info.clone(),
+        response_nonce: eds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // A new version is NACKed: recorded, counted, and never sent again.
-    h.cache.set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
+    h.cache
+        .set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
     let second: DiscoveryResponse = next(&mut responses).await;
     assert_ne!(second.version_info, first.version_info);
     tx.send(DiscoveryRequest {
         type_url: CLUSTER.into(),
         version_info: first.version_info.clone(),
         response_nonce: second.nonce.clone(),
-        error_detail: Some(RpcStatus { code: 3, message: "cluster a: invalid".into(), ..Default::default() }),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "cluster a: invalid".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     })
     .await
@@ -159,11 +217,13 @@ async fn sotw_push_ack_nack_and_no_resend_of_a_rejected_version() {
     let json = h.status.snapshot_json(&h.cache).to_string();
     assert!(json.contains("cluster a: invalid"), "{json}");
     // Re-setting the same (rejected) content does not resend it.
-    h.cache.set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
+    h.cache
+        .set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
     nothing_within(&mut responses, 300).await;
 
     // The next different version goes out.
-    h.cache.set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a", "b"]));
+    h.cache
+        .set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a", "b"]));
     let third: DiscoveryResponse = next(&mut responses).await;
     assert_eq!(third.type_url, CLUSTER);
     assert_ne!(third.version_info, second.version_info);
@@ -172,37 +232,75 @@ async fn sotw_push_ack_nack_and_no_resend_of_a_rejected_version() {
 #[tokio::test]
 async fn delta_sends_only_changes_and_removals() {
     let h = start().await;
-    h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1"), ("c", "1")], &["a"]));
+    h.cache.set(
+        NODE,
+        snapshot(&[("a", "1"), ("b", "1"), ("c", "1")], &["a"]),
+    );
     let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
-    let mut responses = client(h.address).await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client(h.address)
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
 
     let first = next(&mut responses).await;
     assert_eq!(delta_names(&first), vec!["a", "b", "c"]);
-    tx.send(DeltaDiscoveryRequest { type_url: CLUSTER.into(), response_nonce: first.nonce.clone(), ..Default::default() }).await.unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     // One cluster changes, one disappears: exactly that travels.
-    h.cache.set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a"]));
+    h.cache
+        .set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a"]));
     let second = next(&mut responses).await;
     assert_eq!(delta_names(&second), vec!["a"]);
     assert_eq!(second.removed_resources, vec!["c".to_string()]);
-    tx.send(DeltaDiscoveryRequest { type_url: CLUSTER.into(), response_nonce: second.nonce.clone(), ..Default::default() }).await.unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: second.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(state_of(&h, "CDS"), "SYNCED");
 
     // Endpoints by name, and a later subscription to a name sends just that one.
-    tx.send(DeltaDiscoveryRequest { type_url: ENDPOINT.into(), resource_names_subscribe: vec!["a".into()], ..Default::default() }).await.unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec!["a".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let eds = next(&mut responses).await;
     assert_eq!(delta_names(&eds), vec!["a"]);
 
     // NACK: not resent for the same content.
-    h.cache.set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a"]));
+    h.cache
+        .set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a"]));
     let third = next(&mut responses).await;
     assert_eq!(third.type_url, CLUSTER);
     tx.send(DeltaDiscoveryRequest {
         type_url: CLUSTER.into(),
         response_nonce: third.nonce.clone(),
-        error_detail: Some(RpcStatus { code: 3, message: "no".into(), ..Default::default() }),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "no".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     })
     .await
@@ -216,10 +314,25 @@ async fn delta_reconnect_with_matching_versions_gets_nothing_resent() {
     let h = start().await;
     h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1")], &[]));
     let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
-    let mut responses = client(h.address).await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client(h.address)
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let first = next(&mut responses).await;
-    let versions: BTreeMap<String, String> = first.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    let versions: BTreeMap<String, String> = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
     drop(tx);
     drop(responses);
 
@@ -234,7 +347,12 @@ async fn delta_reconnect_with_matching_versions_gets_nothing_resent() {
     })
     .await
     .unwrap();
-    let mut responses = client(h.address).await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut responses = client(h.address)
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let resent = next(&mut responses).await;
     assert_eq!(delta_names(&resent), vec!["b"]);
     assert!(resent.removed_resources.is_empty());

@@ -67,6 +67,14 @@ enum Command {
     },
     /// Every proxy and its config state per type (SYNCED, STALE, NACKED).
     Status,
+    /// The certificates each proxy holds (SDS `default` and `ROOTCA`), read from its Envoy,
+    /// like `istioctl proxy-config secret`.
+    Certs {
+        /// Only this workload's proxies.
+        workload: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Logs of a workload's sidecars and apps (or `xds-server`).
     Logs {
         workload: String,
@@ -224,8 +232,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Status => commands::status(&state_dir).await,
+        Command::Certs { workload, json } => {
+            let certs = ward::runner::inspect::certs(&state_dir, workload.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&certs)?);
+            } else {
+                print!("{}", ward::runner::inspect::render_certs(&certs));
+            }
+            Ok(())
+        }
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
-        Command::Apply { file } => commands::apply(&state_dir, &file),
+        Command::Apply { file } => commands::apply(&state_dir, &file).await,
         Command::Bench(BenchCommand::Xds {
             proxies,
             services,

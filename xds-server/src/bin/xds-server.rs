@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ward::bootstrap::{self, AdsProtocol, BootstrapParams};
+use ward::identity::{CaOptions, CertificatePolicy, KeyAlgorithm};
 use ward::server::{self, ServerOptions};
 use ward::translate::TranslateOptions;
 use ward::watch::DebounceWindow;
@@ -42,6 +43,25 @@ enum Command {
         /// Longest a burst of changes can delay a reload.
         #[arg(long, default_value_t = 500)]
         debounce_max_ms: u64,
+        /// Where the server keeps what must survive a restart (the built-in CA's root).
+        #[arg(long, env = "WARD_XDS_STATE_DIR", default_value = ".ward-xds")]
+        state_dir: PathBuf,
+        /// Plugged-in intermediate CA: a directory with Istio's file names (ca-cert.pem,
+        /// ca-key.pem, root-cert.pem, cert-chain.pem). Without it the built-in root is used.
+        #[arg(long, env = "WARD_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+        /// Key type of a new built-in root and of workload certificates.
+        #[arg(long, value_enum, env = "WARD_CA_KEY_ALGORITHM", default_value_t = KeyAlgorithm::EcdsaP256)]
+        key_algorithm: KeyAlgorithm,
+        /// More roots to trust (PEM files), e.g. the next root while rotating.
+        #[arg(long = "trust-bundle")]
+        trust_bundle: Vec<PathBuf>,
+        /// Lifetime of workload certificates (Istio's DEFAULT_WORKLOAD_CERT_TTL), e.g. 24h, 90s.
+        #[arg(long, env = "WARD_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+        workload_cert_ttl: Duration,
+        /// Renew a workload certificate once this fraction of its lifetime has passed.
+        #[arg(long, env = "WARD_CERT_RENEW_FRACTION", default_value_t = 0.8)]
+        renew_fraction: f64,
     },
     /// Print a ready Envoy bootstrap (JSON) for one workload instance.
     Bootstrap {
@@ -89,8 +109,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wasm_module,
             debounce_ms,
             debounce_max_ms,
+            state_dir,
+            ca_dir,
+            key_algorithm,
+            trust_bundle,
+            workload_cert_ttl,
+            renew_fraction,
         } => {
             init_tracing();
+            if !(0.1..=0.95).contains(&renew_fraction) {
+                anyhow::bail!("--renew-fraction {renew_fraction}: expected 0.1 to 0.95");
+            }
+            // The trust domain comes from the config; a bad config is reported by the server.
+            let trust_domain = ward::config::load_path(&config)
+                .map(|c| c.mesh.trust_domain)
+                .unwrap_or_else(|_| ward::config::DEFAULT_TRUST_DOMAIN.to_string());
             server::run(ServerOptions {
                 config_path: config,
                 xds_address,
@@ -101,6 +134,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 debounce: DebounceWindow {
                     quiet: Duration::from_millis(debounce_ms),
                     max_delay: Duration::from_millis(debounce_max_ms),
+                },
+                ca: CaOptions {
+                    state_dir,
+                    plugged_in_dir: ca_dir,
+                    algorithm: key_algorithm,
+                    extra_trust_roots: trust_bundle,
+                    trust_domain,
+                },
+                certificates: CertificatePolicy {
+                    lifetime: workload_cert_ttl,
+                    renew_fraction,
                 },
             })
             .await

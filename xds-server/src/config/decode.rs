@@ -1,58 +1,17 @@
-//! Typed access to a positioned YAML tree that records every problem with its location, and
-//! remembers which keys were read so that everything left over is reported, never dropped.
+//! Typed access to a positioned YAML tree. Every type problem is reported with its location,
+//! and every key a decoder did not read is reported when the mapping is finished, so nothing
+//! in the user's file is dropped without a word.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::yaml::{Node, Position, Value};
-use super::Diagnostic;
+use super::diagnostic::Report;
+use super::yaml::{Node, Position, Scalar, Value};
 
-/// Collects errors and warnings for one file.
-pub struct Report<'f> {
-    pub file: &'f str,
-    pub errors: Vec<Diagnostic>,
-    pub warnings: Vec<Diagnostic>,
-}
+/// The warning for a field Ward reads past.
+pub const IGNORED: &str = "ignored: not supported by Ward";
 
-impl<'f> Report<'f> {
-    pub fn new(file: &'f str) -> Self {
-        Report {
-            file,
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
-    }
-
-    fn diagnostic(&self, at: Position, field: &str, message: String) -> Diagnostic {
-        Diagnostic {
-            file: self.file.to_string(),
-            line: at.line,
-            column: at.column,
-            field: field.to_string(),
-            message,
-        }
-    }
-
-    pub fn error(&mut self, at: Position, field: &str, message: impl Into<String>) {
-        let d = self.diagnostic(at, field, message.into());
-        self.errors.push(d);
-    }
-
-    pub fn warn(&mut self, at: Position, field: &str, message: impl Into<String>) {
-        let d = self.diagnostic(at, field, message.into());
-        self.warnings.push(d);
-    }
-}
-
-/// A mapping being decoded; keys not taken by the end are reported as ignored.
-pub struct Object<'n> {
-    pub path: String,
-    pub position: Position,
-    entries: &'n [(String, Position, Node)],
-    taken: RefCell<BTreeSet<String>>,
-}
-
-fn join(path: &str, key: &str) -> String {
+pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -60,76 +19,107 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// A mapping being decoded; keys not read by the time of [`Object::finish`] are reported.
+pub struct Object<'n> {
+    pub path: String,
+    pub position: Position,
+    entries: &'n [(String, Position, Node)],
+    taken: RefCell<BTreeSet<&'n str>>,
+}
+
 impl<'n> Object<'n> {
-    /// `node` as a mapping; reports and returns None if it is something else.
+    /// `node` as a mapping (null counts as an empty one); reports anything else.
     pub fn of(node: &'n Node, path: &str, report: &mut Report) -> Option<Object<'n>> {
-        match &node.value {
-            Value::Mapping(entries) => Some(Object {
-                path: path.to_string(),
-                position: node.position,
-                entries,
-                taken: RefCell::new(BTreeSet::new()),
-            }),
-            _ if node.is_null() => Some(Object {
-                path: path.to_string(),
-                position: node.position,
-                entries: &[],
-                taken: RefCell::new(BTreeSet::new()),
-            }),
+        let entries: &'n [(String, Position, Node)] = match &node.value {
+            Value::Mapping(entries) => entries,
+            _ if node.is_null() => &[],
             _ => {
                 report.error(
                     node.position,
                     path,
-                    format!("expected a mapping, found {}", node.kind_name()),
+                    format!("expected a mapping, found {}", node.describe()),
                 );
-                None
+                return None;
             }
-        }
+        };
+        Some(Object {
+            path: path.to_string(),
+            position: node.position,
+            entries,
+            taken: RefCell::new(BTreeSet::new()),
+        })
     }
 
     pub fn field_path(&self, key: &str) -> String {
         join(&self.path, key)
     }
 
-    /// The value of `key`, marking it as understood. A null value counts as absent.
+    fn entry(&self, key: &str) -> Option<&'n (String, Position, Node)> {
+        self.entries.iter().find(|(k, _, _)| k == key)
+    }
+
+    /// The value of `key`, marking the key as understood. A null value counts as absent, as
+    /// it does for Kubernetes.
     pub fn get(&self, key: &str) -> Option<&'n Node> {
-        self.taken.borrow_mut().insert(key.to_string());
-        self.entries
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, _, n)| n)
-            .filter(|n| !n.is_null())
+        let (k, _, node) = self.entry(key)?;
+        self.taken.borrow_mut().insert(k);
+        Some(node).filter(|n| !n.is_null())
     }
 
     /// Marks keys as understood without reading them (bookkeeping Ward has no use for).
     pub fn skip(&self, keys: &[&str]) {
-        let mut taken = self.taken.borrow_mut();
         for key in keys {
-            taken.insert((*key).to_string());
+            let _ = self.get(key);
         }
+    }
+
+    /// The mapping's keys in document order. Does not mark them as read.
+    pub fn keys(&self) -> Vec<String> {
+        self.entries.iter().map(|(k, _, _)| k.clone()).collect()
+    }
+
+    /// Whether `key` is set to something other than null. Does not mark it as read.
+    pub fn has(&self, key: &str) -> bool {
+        self.entry(key).is_some_and(|(_, _, n)| !n.is_null())
+    }
+
+    /// Where `key` is written, or where the mapping starts if it is not.
+    pub fn position_of(&self, key: &str) -> Position {
+        self.entry(key).map_or(self.position, |(_, p, _)| *p)
+    }
+
+    /// Reports a missing required field at the mapping that should hold it.
+    pub fn missing(&self, key: &str, report: &mut Report) {
+        report.error(
+            self.position,
+            &self.field_path(key),
+            "required field is missing",
+        );
+    }
+
+    /// The node of a required field; reports it missing otherwise.
+    pub fn required(&self, key: &str, report: &mut Report) -> Option<&'n Node> {
+        let node = self.get(key);
+        if node.is_none() {
+            self.missing(key, report);
+        }
+        node
     }
 
     pub fn string(&self, key: &str, report: &mut Report) -> Option<String> {
         let node = self.get(key)?;
-        scalar_string(node, &self.field_path(key), report)
+        string(node, &self.field_path(key), report)
     }
 
+    /// A string that must be present and not empty.
     pub fn required_string(&self, key: &str, report: &mut Report) -> Option<String> {
-        let value = self.string(key, report);
-        if value.is_none() && !self.has(key) {
-            report.error(
-                self.position,
-                &self.field_path(key),
-                "required field is missing",
-            );
+        let node = self.required(key, report)?;
+        let value = string(node, &self.field_path(key), report)?;
+        if value.is_empty() {
+            report.error(node.position, &self.field_path(key), "must not be empty");
+            return None;
         }
-        value.filter(|v| !v.is_empty())
-    }
-
-    pub fn has(&self, key: &str) -> bool {
-        self.entries
-            .iter()
-            .any(|(k, _, n)| k == key && !n.is_null())
+        Some(value)
     }
 
     pub fn object(&self, key: &str, report: &mut Report) -> Option<Object<'n>> {
@@ -137,6 +127,7 @@ impl<'n> Object<'n> {
         Object::of(node, &self.field_path(key), report)
     }
 
+    /// The items of a list with their paths (`key[i]`); absent or null is an empty list.
     pub fn list(&self, key: &str, report: &mut Report) -> Vec<(String, &'n Node)> {
         let Some(node) = self.get(key) else {
             return Vec::new();
@@ -152,105 +143,115 @@ impl<'n> Object<'n> {
                 report.error(
                     node.position,
                     &path,
-                    format!("expected a list, found {}", node.kind_name()),
+                    format!("expected a list, found {}", node.describe()),
                 );
                 Vec::new()
             }
         }
     }
 
+    /// A list that needs at least one item; reports it missing or empty (a wrong type is
+    /// reported by [`Object::list`] alone).
+    pub fn required_list(&self, key: &str, report: &mut Report) -> Vec<(String, &'n Node)> {
+        let items = self.list(key, report);
+        if items.is_empty() {
+            match self.get(key).map(|n| &n.value) {
+                None => self.missing(key, report),
+                Some(Value::Sequence(_)) => report.error(
+                    self.position_of(key),
+                    &self.field_path(key),
+                    "at least one item is required",
+                ),
+                Some(_) => {}
+            }
+        }
+        items
+    }
+
     pub fn string_list(&self, key: &str, report: &mut Report) -> Vec<String> {
         self.list(key, report)
             .into_iter()
-            .filter_map(|(path, n)| scalar_string(n, &path, report))
+            .filter_map(|(path, n)| string(n, &path, report))
             .collect()
     }
 
+    /// A `map[string]string` such as labels; a null value is the empty string, as in Go.
     pub fn string_map(&self, key: &str, report: &mut Report) -> BTreeMap<String, String> {
         let Some(object) = self.object(key, report) else {
             return BTreeMap::new();
         };
         let mut map = BTreeMap::new();
-        for (k, _, n) in object.entries {
-            if let Some(v) = scalar_string(n, &object.field_path(k), report) {
-                map.insert(k.clone(), v);
+        for (k, _, node) in object.entries {
+            let value = if node.is_null() {
+                Some(String::new())
+            } else {
+                string(node, &object.field_path(k), report)
+            };
+            if let Some(value) = value {
+                map.insert(k.clone(), value);
             }
         }
-        object.skip_all();
         map
     }
 
-    pub fn position_of(&self, key: &str) -> Position {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, p, _)| *p)
-            .unwrap_or(self.position)
-    }
-
-    fn skip_all(&self) {
-        let mut taken = self.taken.borrow_mut();
-        for (k, _, _) in self.entries {
-            taken.insert(k.clone());
-        }
-    }
-
-    /// Reports every key nobody read: Ward does not support it, and says so.
+    /// Every key not read: Ward does not support it, and says so where it is written.
     pub fn finish(self, report: &mut Report) {
-        let taken = self.taken.borrow();
+        let taken = self.taken.into_inner();
         for (key, at, _) in self.entries {
-            if !taken.contains(key) {
-                report.warn(
-                    *at,
-                    &join(&self.path, key),
-                    "ignored: not supported by Ward",
-                );
+            if !taken.contains(key.as_str()) {
+                report.warn(*at, &join(&self.path, key), IGNORED);
             }
         }
     }
 }
 
-pub fn scalar_string(node: &Node, path: &str, report: &mut Report) -> Option<String> {
-    match &node.value {
-        Value::Scalar { text, .. } => Some(text.clone()),
-        _ => {
+/// A string scalar. Plain scalars that YAML reads as numbers or booleans are refused, as
+/// Kubernetes refuses them, with the fix in the message.
+pub fn string(node: &Node, path: &str, report: &mut Report) -> Option<String> {
+    match node.scalar() {
+        Some(Scalar::Str(s)) => Some(s.to_string()),
+        Some(Scalar::Null) => Some(String::new()),
+        Some(_) => {
+            let text = node.text().unwrap_or_default();
             report.error(
                 node.position,
                 path,
-                format!("expected a string, found {}", node.kind_name()),
-            );
-            None
-        }
-    }
-}
-
-pub fn integer(node: &Node, path: &str, min: i64, max: i64, report: &mut Report) -> Option<i64> {
-    let parsed = match &node.value {
-        Value::Scalar {
-            text,
-            quoted: false,
-        } => text.parse::<i64>().ok(),
-        _ => None,
-    };
-    match parsed {
-        Some(v) if (min..=max).contains(&v) => Some(v),
-        Some(v) => {
-            report.error(
-                node.position,
-                path,
-                format!("{v} is out of range ({min}..={max})"),
+                format!(
+                    "expected a string, found {}; quote it (\"{text}\") to make it one",
+                    node.describe()
+                ),
             );
             None
         }
         None => {
-            let shown = match &node.value {
-                Value::Scalar { text, .. } => format!("`{text}`"),
-                _ => node.kind_name().to_string(),
-            };
             report.error(
                 node.position,
                 path,
-                format!("expected an integer, found {shown}"),
+                format!("expected a string, found {}", node.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// An integer in `min..=max`.
+pub fn integer(node: &Node, path: &str, min: i64, max: i64, report: &mut Report) -> Option<i64> {
+    match node.scalar() {
+        Some(Scalar::Int(v)) if (i128::from(min)..=i128::from(max)).contains(&v) => Some(v as i64),
+        Some(Scalar::Int(_)) => {
+            let text = node.text().unwrap_or_default();
+            report.error(
+                node.position,
+                path,
+                format!("{text} is out of range: expected {min} to {max}"),
+            );
+            None
+        }
+        _ => {
+            report.error(
+                node.position,
+                path,
+                format!("expected an integer, found {}", node.describe()),
             );
             None
         }

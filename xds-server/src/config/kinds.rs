@@ -1,15 +1,43 @@
-//! Decoding of the kinds Ward understands from positioned YAML documents.
+//! The kinds Ward understands, decoded from positioned YAML documents. Each decoder reads the
+//! fields Ward acts on; whatever it leaves is reported by `Object::finish`. A document with
+//! errors is still returned when its identity is known, so that later checks do not add
+//! follow-on errors about it missing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::decode::{integer, Object, Report};
-use super::yaml::{Node, Position, Value};
+use super::decode::{integer, Object, IGNORED};
+use super::diagnostic::Report;
+use super::istio::{self, DestinationRuleSpec, PeerAuthenticationSpec};
+use super::names::{self, Rule};
+use super::yaml::{Node, Position, Scalar, Value};
+use crate::model::{Container, ContainerPort};
+
+/// Namespaced objects without `metadata.namespace` live here, as with kubectl.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Pods without `serviceAccountName` run as this account, which exists in every namespace.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+/// Each instance's two addresses share the workload's /24 (`.1..=.100` and `.129..=.228`).
+pub const MAX_REPLICAS: i64 = 100;
+
+/// Kubernetes bookkeeping with no meaning for Ward, accepted without a warning.
+const METADATA_BOOKKEEPING: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "managedFields",
+    "generation",
+    "selfLink",
+];
 
 #[derive(Debug, Clone)]
 pub struct Meta {
     pub name: String,
+    /// Empty for cluster-scoped kinds.
     pub namespace: String,
+    /// Where the document starts.
     pub position: Position,
+    /// Where `metadata.name` is written.
+    pub name_position: Position,
 }
 
 #[derive(Debug, Clone)]
@@ -19,7 +47,9 @@ pub struct DeploymentSpec {
     pub template_labels: BTreeMap<String, String>,
     pub template_annotations: BTreeMap<String, String>,
     pub service_account: String,
-    pub containers: Vec<crate::model::Container>,
+    /// Where `serviceAccountName` is written, if it is.
+    pub service_account_position: Option<Position>,
+    pub containers: Vec<Container>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,9 +60,11 @@ pub enum TargetPort {
 
 #[derive(Debug, Clone)]
 pub struct ServicePortSpec {
+    pub position: Position,
     pub name: Option<String>,
     pub port: u16,
     pub target_port: TargetPort,
+    /// Where the target port is written (the port's own line when it defaults to `port`).
     pub target_position: Position,
     pub target_path: String,
     pub protocol: String,
@@ -42,6 +74,7 @@ pub struct ServicePortSpec {
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub meta: Meta,
+    /// Empty only when decoding already reported it.
     pub selector: BTreeMap<String, String>,
     pub selector_position: Position,
     pub ports: Vec<ServicePortSpec>,
@@ -61,238 +94,295 @@ pub enum Document {
     Service(ServiceSpec),
     Deployment(DeploymentSpec),
     MeshConfig(MeshConfigSpec),
+    PeerAuthentication(PeerAuthenticationSpec),
+    DestinationRule(DestinationRuleSpec),
+}
+
+/// What became of one YAML document.
+#[derive(Debug)]
+pub enum Decoded {
+    Document(Box<Document>),
+    /// Empty, or a kind Ward does not support (warned).
+    Skipped,
+    /// Not even its kind and name could be read (errors reported).
+    Failed,
 }
 
 impl Document {
-    /// (kind, namespace, name) for duplicate detection.
-    pub fn identity(&self) -> (&'static str, String, String) {
+    pub fn kind(&self) -> &'static str {
         match self {
-            Document::Namespace(m) => ("Namespace", String::new(), m.name.clone()),
-            Document::ServiceAccount(m) => ("ServiceAccount", m.namespace.clone(), m.name.clone()),
-            Document::Service(s) => ("Service", s.meta.namespace.clone(), s.meta.name.clone()),
-            Document::Deployment(d) => {
-                ("Deployment", d.meta.namespace.clone(), d.meta.name.clone())
-            }
-            Document::MeshConfig(_) => ("MeshConfig", String::new(), String::new()),
+            Document::Namespace(_) => "Namespace",
+            Document::ServiceAccount(_) => "ServiceAccount",
+            Document::Service(_) => "Service",
+            Document::Deployment(_) => "Deployment",
+            Document::MeshConfig(_) => "MeshConfig",
+            Document::PeerAuthentication(_) => "PeerAuthentication",
+            Document::DestinationRule(_) => "DestinationRule",
         }
     }
 
-    pub fn position(&self) -> Position {
+    pub fn meta(&self) -> Option<&Meta> {
         match self {
-            Document::Namespace(m) | Document::ServiceAccount(m) => m.position,
-            Document::Service(s) => s.meta.position,
-            Document::Deployment(d) => d.meta.position,
-            Document::MeshConfig(m) => m.position,
+            Document::Namespace(m) | Document::ServiceAccount(m) => Some(m),
+            Document::Service(s) => Some(&s.meta),
+            Document::Deployment(d) => Some(&d.meta),
+            Document::PeerAuthentication(p) => Some(&p.meta),
+            Document::DestinationRule(r) => Some(&r.meta),
+            Document::MeshConfig(_) => None,
         }
     }
 }
 
-/// Kubernetes bookkeeping that carries no meaning for Ward: accepted without a warning.
-const METADATA_BOOKKEEPING: &[&str] = &[
-    "uid",
-    "resourceVersion",
-    "creationTimestamp",
-    "managedFields",
-    "generation",
-    "selfLink",
-    "generateName",
-];
-
-fn decode_meta(doc: &Object, report: &mut Report, namespaced: bool) -> Option<Meta> {
-    let Some(meta) = doc.object("metadata", report) else {
-        if !doc.has("metadata") {
-            report.error(doc.position, "metadata", "required field is missing");
-        }
-        return None;
-    };
-    meta.skip(METADATA_BOOKKEEPING);
-    let name = meta.required_string("name", report);
-    let namespace = if namespaced {
-        meta.string("namespace", report)
-            .unwrap_or_else(|| "default".to_string())
-    } else {
-        String::new()
-    };
-    // Object labels and annotations are checked for shape; Ward acts on the pod template's.
-    meta.string_map("labels", report);
-    meta.string_map("annotations", report);
-    let position = doc.position;
-    meta.finish(report);
-    Some(Meta {
-        name: name?,
-        namespace,
-        position,
-    })
-}
-
-/// Decodes one document; None when it is empty, unsupported (warned) or invalid (errors).
-pub fn decode_document(node: &Node, report: &mut Report) -> Option<Document> {
+/// Decodes one document.
+pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
     if node.is_null() {
-        return None;
+        return Decoded::Skipped;
     }
-    let doc = Object::of(node, "", report)?;
+    let Some(doc) = Object::of(node, "", report) else {
+        return Decoded::Failed;
+    };
     let api_version = doc.required_string("apiVersion", report);
     let kind = doc.required_string("kind", report);
-    let (api_version, kind) = (api_version?, kind?);
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        return Decoded::Failed;
+    };
+    // Written by the cluster, not by the user.
     doc.skip(&["status"]);
     let decoded = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => decode_meta(&doc, report, false).map(Document::Namespace),
+        ("v1", "Namespace") => {
+            decode_meta(&doc, false, Rule::Label, report).map(Document::Namespace)
+        }
         ("v1", "ServiceAccount") => {
-            doc.skip(&[
-                "secrets",
-                "imagePullSecrets",
-                "automountServiceAccountToken",
-            ]);
-            decode_meta(&doc, report, true).map(Document::ServiceAccount)
+            decode_meta(&doc, true, Rule::Subdomain, report).map(Document::ServiceAccount)
         }
         ("v1", "Service") => decode_service(&doc, report).map(Document::Service),
         ("apps/v1", "Deployment") => decode_deployment(&doc, report).map(Document::Deployment),
         ("ward.dev/v1alpha1", "MeshConfig") => {
-            decode_mesh_config(&doc, report).map(Document::MeshConfig)
+            Some(Document::MeshConfig(decode_mesh_config(&doc, report)))
+        }
+        (v, "PeerAuthentication") if istio::SECURITY_VERSIONS.contains(&v) => {
+            istio::decode_peer_authentication(&doc, report).map(Document::PeerAuthentication)
+        }
+        (v, "DestinationRule") if istio::NETWORKING_VERSIONS.contains(&v) => {
+            istio::decode_destination_rule(&doc, report).map(Document::DestinationRule)
         }
         _ => {
+            let known = match kind.as_str() {
+                "PeerAuthentication" => " (Ward reads security.istio.io/v1beta1 and v1)",
+                "DestinationRule" => " (Ward reads networking.istio.io/v1alpha3, v1beta1 and v1)",
+                "Namespace" | "ServiceAccount" | "Service" => " (Ward reads it as v1)",
+                "Deployment" => " (Ward reads it as apps/v1)",
+                "MeshConfig" => " (Ward reads it as ward.dev/v1alpha1)",
+                _ => "",
+            };
             report.warn(
                 doc.position_of("kind"),
-                "kind",
-                format!("kind {kind} (apiVersion {api_version}) is not supported by Ward; document ignored"),
+                "",
+                format!(
+                    "kind {kind} (apiVersion {api_version}) is not supported by Ward{known}; document ignored"
+                ),
             );
-            return None;
+            return Decoded::Skipped;
         }
     };
     doc.finish(report);
-    decoded
+    decoded.map_or(Decoded::Failed, |d| Decoded::Document(Box::new(d)))
 }
 
-fn decode_mesh_config(doc: &Object, report: &mut Report) -> Option<MeshConfigSpec> {
+/// Reports `name` if it breaks `rule`; returns whether it is fine.
+fn check_name(rule: Rule, name: &str, at: Position, path: &str, report: &mut Report) -> bool {
+    match names::check(rule, name) {
+        None => true,
+        Some(expected) => {
+            report.error(
+                at,
+                path,
+                format!("`{name}` is not a valid name: {expected}"),
+            );
+            false
+        }
+    }
+}
+
+/// `metadata`, with `metadata.name` following `rule`. None when there is no usable name
+/// (reported).
+pub(super) fn decode_meta(
+    doc: &Object,
+    namespaced: bool,
+    rule: Rule,
+    report: &mut Report,
+) -> Option<Meta> {
+    let node = doc.required("metadata", report)?;
+    let meta = Object::of(node, "metadata", report)?;
+    meta.skip(METADATA_BOOKKEEPING);
+    let name = meta.required_string("name", report);
+    let name_position = meta.get("name").map_or(meta.position, |n| n.position);
+    if let Some(name) = &name {
+        check_name(rule, name, name_position, "metadata.name", report);
+    }
+    let namespace = if !namespaced {
+        String::new()
+    } else if let Some(ns) = meta.string("namespace", report) {
+        let at = meta.get("namespace").map_or(meta.position, |n| n.position);
+        check_name(Rule::Label, &ns, at, "metadata.namespace", report);
+        ns
+    } else {
+        DEFAULT_NAMESPACE.to_string()
+    };
+    // The object's own labels and annotations are read for their shape only: Ward selects
+    // and configures by the pod template's.
+    meta.string_map("labels", report);
+    meta.string_map("annotations", report);
+    meta.finish(report);
+    Some(Meta {
+        name: name?,
+        namespace,
+        position: doc.position,
+        name_position,
+    })
+}
+
+fn decode_mesh_config(doc: &Object, report: &mut Report) -> MeshConfigSpec {
+    // There is one MeshConfig: its metadata is optional and names nothing Ward uses.
     if let Some(meta) = doc.object("metadata", report) {
-        meta.skip(&["name", "namespace", "labels", "annotations"]);
         meta.skip(METADATA_BOOKKEEPING);
+        meta.string("name", report);
+        meta.string("namespace", report);
+        meta.string_map("labels", report);
+        meta.string_map("annotations", report);
         meta.finish(report);
     }
-    let spec = doc.object("spec", report);
-    let (trust_domain, root_namespace) = match &spec {
-        Some(spec) => (
-            spec.string("trustDomain", report),
-            spec.string("rootNamespace", report),
-        ),
-        None => (None, None),
-    };
-    if let Some(spec) = spec {
-        if let Some(defaults) = spec.object("defaults", report) {
-            defaults.finish(report);
-        }
-        spec.finish(report);
-    }
-    Some(MeshConfigSpec {
-        trust_domain,
-        root_namespace,
+    let mut config = MeshConfigSpec {
+        trust_domain: None,
+        root_namespace: None,
         position: doc.position,
-    })
+    };
+    let Some(spec) = doc.object("spec", report) else {
+        return config;
+    };
+    if let Some(td) = spec.string("trustDomain", report) {
+        if names::trust_domain_ok(&td) {
+            config.trust_domain = Some(td);
+        } else {
+            report.error(
+                spec.get("trustDomain").map_or(spec.position, |n| n.position),
+                "spec.trustDomain",
+                format!("`{td}` is not a valid SPIFFE trust domain: lowercase letters, digits, '.', '-' and '_'"),
+            );
+        }
+    }
+    if let Some(ns) = spec.string("rootNamespace", report) {
+        let at = spec
+            .get("rootNamespace")
+            .map_or(spec.position, |n| n.position);
+        if check_name(Rule::Label, &ns, at, "spec.rootNamespace", report) {
+            config.root_namespace = Some(ns);
+        }
+    }
+    // Mesh-wide defaults: none is implemented yet, so each key set is reported as ignored.
+    if let Some(defaults) = spec.object("defaults", report) {
+        defaults.finish(report);
+    }
+    spec.finish(report);
+    config
 }
 
 fn port_number(node: &Node, path: &str, report: &mut Report) -> Option<u16> {
     integer(node, path, 1, 65535, report).map(|p| p as u16)
 }
 
+/// A port's `protocol`: TCP unless set; Ward proxies TCP only, so others are warned about.
+fn protocol(item: &Object, report: &mut Report) -> String {
+    let Some(protocol) = item.string("protocol", report) else {
+        return "TCP".to_string();
+    };
+    let at = item.position_of("protocol");
+    let path = item.field_path("protocol");
+    match protocol.as_str() {
+        "TCP" => {}
+        "UDP" | "SCTP" => report.warn(
+            at,
+            &path,
+            format!("protocol {protocol}: Ward proxies TCP only; this port gets no traffic through the mesh"),
+        ),
+        _ => report.error(
+            at,
+            &path,
+            format!("unknown protocol `{protocol}`: expected TCP, UDP or SCTP"),
+        ),
+    }
+    protocol
+}
+
 fn decode_service(doc: &Object, report: &mut Report) -> Option<ServiceSpec> {
-    let meta = decode_meta(doc, report, true);
-    let spec = doc.object("spec", report);
-    let Some(spec) = spec else {
-        report.error(doc.position, "spec", "required field is missing");
-        return None;
+    let meta = decode_meta(doc, true, Rule::ServiceName, report);
+    // Without a usable spec the Service still counts as declared (for duplicates).
+    let stub = |meta: Meta| ServiceSpec {
+        selector_position: meta.position,
+        meta,
+        selector: BTreeMap::new(),
+        ports: Vec::new(),
+    };
+    let Some(spec) = doc.required("spec", report) else {
+        return meta.map(stub);
+    };
+    let Some(spec) = Object::of(spec, "spec", report) else {
+        return meta.map(stub);
     };
     let selector_position = spec.position_of("selector");
     let selector = spec.string_map("selector", report);
+    if is_empty_mapping(spec.get("selector")) {
+        report.error(
+            selector_position,
+            "spec.selector",
+            "required: Ward sends a Service's traffic to the Deployments it selects; Services without a selector (manual Endpoints) are not supported",
+        );
+    }
     if let Some(kind) = spec.string("type", report) {
         if kind != "ClusterIP" {
             report.warn(
                 spec.position_of("type"),
                 "spec.type",
-                format!("type {kind} is treated as ClusterIP: Ward exposes services inside the mesh only"),
+                format!("ignored: type {kind} is not supported by Ward; the Service is reachable inside the mesh only, like a ClusterIP Service"),
             );
         }
     }
-    if spec.has("clusterIP") {
-        let _ = spec.get("clusterIP");
+    if spec.get("clusterIP").is_some() {
         report.warn(
             spec.position_of("clusterIP"),
             "spec.clusterIP",
-            "ignored: Ward routes by service name, not by cluster IP",
+            "ignored: Ward routes by Service name, not by cluster IP",
         );
     }
-    let mut ports = Vec::new();
-    let port_items = spec.list("ports", report);
-    if port_items.is_empty() && !spec.has("ports") {
-        report.error(spec.position, "spec.ports", "required field is missing");
-    }
-    for (path, node) in port_items {
-        let Some(item) = Object::of(node, &path, report) else {
-            continue;
-        };
-        let name = item.string("name", report);
-        let port = match item.get("port") {
-            Some(n) => port_number(n, &item.field_path("port"), report),
-            None => {
-                report.error(
-                    item.position,
-                    &item.field_path("port"),
-                    "required field is missing",
-                );
-                None
-            }
-        };
-        let target_path = item.field_path("targetPort");
-        let target_position = item.position_of("targetPort");
-        let target_port = match item.get("targetPort") {
-            None => port.map(TargetPort::Number),
-            Some(n) => match &n.value {
-                Value::Scalar {
-                    text,
-                    quoted: false,
-                } if text.chars().all(|c| c.is_ascii_digit()) => {
-                    port_number(n, &target_path, report).map(TargetPort::Number)
-                }
-                Value::Scalar { text, .. } => Some(TargetPort::Name(text.clone())),
-                _ => {
-                    report.error(
-                        n.position,
-                        &target_path,
-                        format!("expected a port number or name, found {}", n.kind_name()),
-                    );
-                    None
-                }
-            },
-        };
-        let protocol = item
-            .string("protocol", report)
-            .unwrap_or_else(|| "TCP".to_string());
-        if protocol != "TCP" {
-            report.warn(
-                item.position_of("protocol"),
-                &item.field_path("protocol"),
-                format!("protocol {protocol} is not supported by Ward; only TCP is proxied"),
-            );
-        }
-        let app_protocol = item.string("appProtocol", report);
-        if item.has("nodePort") {
-            let _ = item.get("nodePort");
-            report.warn(
-                item.position_of("nodePort"),
-                &item.field_path("nodePort"),
-                "ignored: not supported by Ward",
-            );
-        }
-        item.finish(report);
-        if let (Some(port), Some(target_port)) = (port, target_port) {
-            ports.push(ServicePortSpec {
-                name,
-                port,
-                target_port,
-                target_position,
-                target_path,
-                protocol,
-                app_protocol,
+    let items = spec.required_list("ports", report);
+    let mut ports: Vec<ServicePortSpec> = Vec::new();
+    for (path, node) in &items {
+        if let Some(port) = decode_service_port(node, path, report) {
+            let clash = ports.iter().find(|p| {
+                (p.port == port.port && p.protocol == port.protocol)
+                    || (p.name.is_some() && p.name == port.name)
             });
+            if let Some(first) = clash {
+                let what = if first.port == port.port {
+                    format!("port {}/{}", port.port, port.protocol)
+                } else {
+                    format!("port name `{}`", port.name.as_deref().unwrap_or_default())
+                };
+                report.error(
+                    node.position,
+                    path,
+                    format!("duplicate {what} (first at line {})", first.position.line),
+                );
+                continue;
+            }
+            if items.len() > 1 && port.name.is_none() {
+                report.error(
+                    node.position,
+                    &format!("{path}.name"),
+                    "required when a Service has more than one port",
+                );
+            }
+            ports.push(port);
         }
     }
     spec.finish(report);
@@ -304,184 +394,280 @@ fn decode_service(doc: &Object, report: &mut Report) -> Option<ServiceSpec> {
     })
 }
 
-fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
-    let meta = decode_meta(doc, report, true);
-    let Some(spec) = doc.object("spec", report) else {
-        report.error(doc.position, "spec", "required field is missing");
-        return None;
-    };
-    let replicas = match spec.get("replicas") {
-        Some(n) => integer(n, "spec.replicas", 0, 100, report).map(|r| r as u32),
-        None => Some(1),
-    };
-    spec.skip(&[
-        "strategy",
-        "revisionHistoryLimit",
-        "progressDeadlineSeconds",
-        "minReadySeconds",
-        "paused",
-    ]);
-    let match_labels = spec
-        .object("selector", report)
-        .map(|selector| {
-            let labels = selector.string_map("matchLabels", report);
-            selector.finish(report);
-            labels
-        })
-        .unwrap_or_default();
-    if !spec.has("selector") {
-        report.error(spec.position, "spec.selector", "required field is missing");
+fn decode_service_port(node: &Node, path: &str, report: &mut Report) -> Option<ServicePortSpec> {
+    let item = Object::of(node, path, report)?;
+    let name = item.string("name", report);
+    if let Some(name) = &name {
+        let at = item.position_of("name");
+        check_name(Rule::PortName, name, at, &item.field_path("name"), report);
     }
-    let Some(template) = spec.object("template", report) else {
-        report.error(spec.position, "spec.template", "required field is missing");
-        spec.finish(report);
-        return None;
+    let port = item
+        .required("port", report)
+        .and_then(|n| port_number(n, &item.field_path("port"), report));
+    let target_path = item.field_path("targetPort");
+    let (target_port, target_position) = match item.get("targetPort") {
+        None => (port.map(TargetPort::Number), item.position),
+        Some(n) => (decode_target_port(n, &target_path, report), n.position),
     };
-    let (template_labels, template_annotations) = match template.object("metadata", report) {
-        Some(tm) => {
-            let labels = tm.string_map("labels", report);
-            let annotations = tm.string_map("annotations", report);
-            tm.skip(&["name", "namespace", "creationTimestamp"]);
-            tm.finish(report);
-            (labels, annotations)
-        }
-        None => Default::default(),
-    };
-    for (k, v) in &match_labels {
-        if template_labels.get(k) != Some(v) {
-            report.error(
-                spec.position_of("selector"),
-                "spec.selector.matchLabels",
-                format!("selector {k}={v} does not match the template's labels (Kubernetes rejects this Deployment)"),
-            );
-        }
-    }
-    let mut service_account = "default".to_string();
-    let mut containers = Vec::new();
-    if let Some(pod) = template.object("spec", report) {
-        if let Some(sa) = pod.string("serviceAccountName", report) {
-            service_account = sa;
-        } else if let Some(sa) = pod.string("serviceAccount", report) {
-            service_account = sa;
-        }
-        pod.skip(&[
-            "restartPolicy",
-            "terminationGracePeriodSeconds",
-            "dnsPolicy",
-            "schedulerName",
-        ]);
-        for (path, node) in pod.list("containers", report) {
-            if let Some(c) = decode_container(node, &path, report) {
-                containers.push(c);
-            }
-        }
-        if containers.is_empty() && !pod.has("containers") {
-            report.error(
-                pod.position,
-                "spec.template.spec.containers",
-                "required field is missing",
-            );
-        }
-        pod.finish(report);
-    } else {
-        report.error(
-            template.position,
-            "spec.template.spec",
-            "required field is missing",
-        );
-    }
-    template.finish(report);
-    spec.finish(report);
-    Some(DeploymentSpec {
-        meta: meta?,
-        replicas: replicas?,
-        template_labels,
-        template_annotations,
-        service_account,
-        containers,
+    let protocol = protocol(&item, report);
+    let app_protocol = item.string("appProtocol", report);
+    let position = item.position;
+    item.finish(report);
+    Some(ServicePortSpec {
+        position,
+        name,
+        port: port?,
+        target_port: target_port?,
+        target_position,
+        target_path,
+        protocol,
+        app_protocol,
     })
 }
 
-fn decode_container(
-    node: &Node,
-    path: &str,
-    report: &mut Report,
-) -> Option<crate::model::Container> {
-    let c = Object::of(node, path, report)?;
-    let name = c.required_string("name", report);
-    let image = c.required_string("image", report);
-    let command = c.string_list("command", report);
-    let args = c.string_list("args", report);
-    c.skip(&[
-        "imagePullPolicy",
-        "terminationMessagePath",
-        "terminationMessagePolicy",
-    ]);
-    let mut env = Vec::new();
-    for (epath, enode) in c.list("env", report) {
-        let Some(e) = Object::of(enode, &epath, report) else {
-            continue;
-        };
-        let name = e.required_string("name", report);
-        let value = e.string("value", report).unwrap_or_default();
-        if e.has("valueFrom") {
-            let _ = e.get("valueFrom");
-            report.warn(
-                e.position_of("valueFrom"),
-                &e.field_path("valueFrom"),
-                "ignored: valueFrom is not supported by Ward; the variable is set to \"\"",
-            );
-        }
-        e.finish(report);
-        if let Some(name) = name {
-            env.push((name, value));
-        }
-    }
-    let mut ports = Vec::new();
-    for (ppath, pnode) in c.list("ports", report) {
-        let Some(p) = Object::of(pnode, &ppath, report) else {
-            continue;
-        };
-        let name = p.string("name", report);
-        let number = match p.get("containerPort") {
-            Some(n) => port_number(n, &p.field_path("containerPort"), report),
-            None => {
+/// Kubernetes' IntOrString: a number, or the name of a container port.
+fn decode_target_port(node: &Node, path: &str, report: &mut Report) -> Option<TargetPort> {
+    match node.scalar() {
+        Some(Scalar::Int(_)) => port_number(node, path, report).map(TargetPort::Number),
+        Some(Scalar::Str(name)) => match names::check(Rule::PortName, name) {
+            None => Some(TargetPort::Name(name.to_string())),
+            Some(_) if name.bytes().all(|b| b.is_ascii_digit()) => {
                 report.error(
-                    p.position,
-                    &p.field_path("containerPort"),
-                    "required field is missing",
+                    node.position,
+                    path,
+                    format!("\"{name}\" is a string, so it would name a port, and port names need a letter; write {name} without quotes for a port number"),
                 );
                 None
             }
-        };
-        let protocol = p
-            .string("protocol", report)
-            .unwrap_or_else(|| "TCP".to_string());
-        if let Some(n) = number {
-            if n == crate::translate::OUTBOUND_PORT || n == crate::translate::ADMIN_PORT {
-                report.warn(
-                    p.position_of("containerPort"),
-                    &p.field_path("containerPort"),
-                    format!("port {n} is the sidecar's own; Envoy will reject this workload's listeners (see `wardctl status`)"),
+            Some(expected) => {
+                report.error(
+                    node.position,
+                    path,
+                    format!("`{name}` is not a valid port name: {expected}"),
                 );
+                None
             }
-        }
-        p.finish(report);
-        if let Some(container_port) = number {
-            ports.push(crate::model::ContainerPort {
-                name,
-                container_port,
-                protocol,
-            });
+        },
+        _ => {
+            report.error(
+                node.position,
+                path,
+                format!("expected a port number or name, found {}", node.describe()),
+            );
+            None
         }
     }
+}
+
+fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
+    let meta = decode_meta(doc, true, Rule::Subdomain, report)?;
+    let mut deployment = DeploymentSpec {
+        meta,
+        replicas: 1,
+        template_labels: BTreeMap::new(),
+        template_annotations: BTreeMap::new(),
+        service_account: DEFAULT_SERVICE_ACCOUNT.to_string(),
+        service_account_position: None,
+        containers: Vec::new(),
+    };
+    let Some(spec) = doc.required("spec", report) else {
+        return Some(deployment);
+    };
+    let Some(spec) = Object::of(spec, "spec", report) else {
+        return Some(deployment);
+    };
+    if let Some(node) = spec.get("replicas") {
+        match integer(node, "spec.replicas", 0, i64::from(i32::MAX), report) {
+            Some(n) if n > MAX_REPLICAS => report.error(
+                node.position,
+                "spec.replicas",
+                format!("{n} replicas: Ward runs at most {MAX_REPLICAS} per Deployment (each instance gets two addresses in the workload's /24)"),
+            ),
+            Some(n) => deployment.replicas = n as u32,
+            None => {}
+        }
+    }
+    let match_labels = decode_selector(&spec, report);
+    let mut labels_ok = false;
+    if let Some(template) = spec.required("template", report) {
+        if let Some(template) = Object::of(template, "spec.template", report) {
+            labels_ok = decode_template(&template, &mut deployment, report);
+            template.finish(report);
+        }
+    }
+    // Compared only with labels read without errors: others were reported already.
+    let match_labels = if labels_ok {
+        match_labels
+    } else {
+        BTreeMap::new()
+    };
+    for (k, v) in &match_labels {
+        if deployment.template_labels.get(k) != Some(v) {
+            report.error(
+                spec.position_of("selector"),
+                "spec.selector.matchLabels",
+                format!("selector {k}={v} does not match the template's labels (`spec.template.metadata.labels`); Kubernetes rejects such a Deployment"),
+            );
+        }
+    }
+    spec.finish(report);
+    Some(deployment)
+}
+
+/// Absent, null or `{}`; anything else is either usable or already reported as wrong.
+fn is_empty_mapping(node: Option<&Node>) -> bool {
+    match node {
+        None => true,
+        Some(node) => matches!(&node.value, Value::Mapping(entries) if entries.is_empty()),
+    }
+}
+
+/// `spec.selector.matchLabels`, which Kubernetes requires and Ward selects pods by.
+fn decode_selector(spec: &Object, report: &mut Report) -> BTreeMap<String, String> {
+    let Some(node) = spec.required("selector", report) else {
+        return BTreeMap::new();
+    };
+    let Some(selector) = Object::of(node, "spec.selector", report) else {
+        return BTreeMap::new();
+    };
+    let labels = selector.string_map("matchLabels", report);
+    if is_empty_mapping(selector.get("matchLabels")) {
+        report.error(
+            selector.position_of("matchLabels"),
+            "spec.selector.matchLabels",
+            "required: Ward selects pods by matchLabels (matchExpressions are not supported)",
+        );
+    }
+    selector.finish(report);
+    labels
+}
+
+/// The pod template; returns whether its labels were read without errors.
+fn decode_template(
+    template: &Object,
+    deployment: &mut DeploymentSpec,
+    report: &mut Report,
+) -> bool {
+    let errors_before = report.errors.len();
+    if let Some(meta) = template.object("metadata", report) {
+        deployment.template_labels = meta.string_map("labels", report);
+        deployment.template_annotations = meta.string_map("annotations", report);
+        meta.skip(METADATA_BOOKKEEPING);
+        meta.finish(report);
+    }
+    let labels_ok = report.errors.len() == errors_before;
+    let Some(pod) = template.required("spec", report) else {
+        return labels_ok;
+    };
+    let Some(pod) = Object::of(pod, "spec.template.spec", report) else {
+        return labels_ok;
+    };
+    // `serviceAccount` is the deprecated spelling; Kubernetes prefers serviceAccountName.
+    let sa_key = ["serviceAccountName", "serviceAccount"]
+        .into_iter()
+        .find(|k| pod.has(k));
+    if let Some(key) = sa_key {
+        if let Some(sa) = pod.string(key, report) {
+            let at = pod.get(key).map_or(pod.position, |n| n.position);
+            if check_name(Rule::Subdomain, &sa, at, &pod.field_path(key), report) {
+                deployment.service_account = sa;
+                deployment.service_account_position = Some(at);
+            }
+        }
+    }
+    let items = pod.required_list("containers", report);
+    let mut names = BTreeSet::new();
+    for (path, node) in items {
+        if let Some(container) = decode_container(node, &path, report) {
+            if !names.insert(container.name.clone()) {
+                report.error(
+                    node.position,
+                    &format!("{path}.name"),
+                    format!("duplicate container name `{}`", container.name),
+                );
+            }
+            deployment.containers.push(container);
+        }
+    }
+    pod.finish(report);
+    labels_ok
+}
+
+fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<Container> {
+    let c = Object::of(node, path, report)?;
+    let name = c.required_string("name", report);
+    if let Some(name) = &name {
+        let at = c.get("name").map_or(c.position, |n| n.position);
+        check_name(Rule::Label, name, at, &c.field_path("name"), report);
+    }
+    let image = c.required_string("image", report);
+    let command = c.string_list("command", report);
+    let args = c.string_list("args", report);
+    let env = c
+        .list("env", report)
+        .into_iter()
+        .filter_map(|(path, node)| decode_env(node, &path, report))
+        .collect();
+    let ports = c
+        .list("ports", report)
+        .into_iter()
+        .filter_map(|(path, node)| decode_container_port(node, &path, report))
+        .collect();
     c.finish(report);
-    Some(crate::model::Container {
+    Some(Container {
         name: name?,
         image: image?,
         command,
         args,
         env,
         ports,
+    })
+}
+
+fn decode_env(node: &Node, path: &str, report: &mut Report) -> Option<(String, String)> {
+    let e = Object::of(node, path, report)?;
+    let name = e.required_string("name", report);
+    let value = e.string("value", report);
+    if e.get("valueFrom").is_some() {
+        report.warn(
+            e.position_of("valueFrom"),
+            &e.field_path("valueFrom"),
+            format!("{IGNORED}: Ward cannot read Secrets, ConfigMaps or pod fields, so the variable is not set"),
+        );
+        if value.is_none() {
+            e.finish(report);
+            return None;
+        }
+    }
+    e.finish(report);
+    Some((name?, value.unwrap_or_default()))
+}
+
+fn decode_container_port(node: &Node, path: &str, report: &mut Report) -> Option<ContainerPort> {
+    let p = Object::of(node, path, report)?;
+    let name = p.string("name", report);
+    if let Some(name) = &name {
+        let at = p.position_of("name");
+        check_name(Rule::PortName, name, at, &p.field_path("name"), report);
+    }
+    let path = p.field_path("containerPort");
+    let number = p
+        .required("containerPort", report)
+        .and_then(|n| port_number(n, &path, report));
+    let protocol = protocol(&p, report);
+    if let Some(n) = number {
+        if n == crate::translate::OUTBOUND_PORT || n == crate::translate::ADMIN_PORT {
+            report.warn(
+                p.position_of("containerPort"),
+                &path,
+                format!("port {n} is the sidecar's own; Envoy will reject this workload's listeners (see `wardctl status`)"),
+            );
+        }
+    }
+    p.finish(report);
+    Some(ContainerPort {
+        name,
+        container_port: number?,
+        protocol,
     })
 }

@@ -1,131 +1,121 @@
-//! Config loading and validation: a file or directory of multi-document YAML → the mesh
-//! model. Every error and every ignored field names its file, line, column and field.
+//! Config loading and validation: a file or directory of multi-document, Kubernetes-style
+//! YAML → the mesh model. Every error and every ignored field names its file, line, column
+//! and dotted field path; all errors are collected, not just the first.
 //!
-//! - `yaml`: a positioned YAML tree (duplicate keys refused).
-//! - `decode`: typed access that reports what it could not use.
-//! - `kinds`: the Kubernetes and Ward kinds understood.
-//! - `resolve`: cross-document checks and the resolved `Mesh`.
+//! - `yaml`: a positioned YAML tree (duplicate keys refused, YAML 1.2 core schema scalars).
+//! - `decode`: typed access that reports wrong types and every key left unread.
+//! - `names`: Kubernetes' name rules.
+//! - `kinds`: the Kubernetes and Ward kinds understood; `istio`: Istio's.
+//! - `resolve`: checks across documents, and the resolved `Mesh` with addresses.
+//! - `diagnostic`: `Diagnostic`, `ConfigError` and the per-file collector.
 
 mod decode;
+mod diagnostic;
+mod istio;
 mod kinds;
+mod names;
 mod resolve;
 mod yaml;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use diagnostic::{ConfigError, Diagnostic};
+pub use resolve::{DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN};
+
 use crate::model::Mesh;
-
-/// One located message about the user's config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    /// Dotted path of the field, e.g. `spec.template.spec.containers[0].ports[0].containerPort`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        write!(f, "{}", self.message)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid configuration:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<Diagnostic>),
-}
 
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
     pub mesh: Mesh,
+    /// Everything accepted but not acted on, or accepted against Kubernetes' rules.
     pub warnings: Vec<Diagnostic>,
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (sorted, not recursive).
+/// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (sorted by name, not
+/// recursive; hidden files are skipped, as editors and `wardctl apply` write temporaries
+/// there).
 pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConfigError::Io { path, source }
     };
-    let metadata = std::fs::metadata(path).map_err(io)?;
-    let mut sources = Vec::new();
-    if metadata.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(io)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                let hidden = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.'));
-                let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-                yaml && !hidden && p.is_file()
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            let text = read(&file)?;
-            sources.push((file.display().to_string(), text));
+    let metadata = std::fs::metadata(path).map_err(io(path))?;
+    let files = if metadata.is_dir() {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io(path))? {
+            let file = entry.map_err(io(path))?.path();
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            let yaml = matches!(
+                file.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            );
+            if yaml && !name.starts_with('.') && file.is_file() {
+                files.push(file);
+            }
         }
+        files.sort();
+        files
     } else {
-        sources.push((path.display().to_string(), read(path)?));
-    }
+        vec![path.to_path_buf()]
+    };
+    let sources = files
+        .into_iter()
+        .map(|file: PathBuf| {
+            let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+            Ok((file.display().to_string(), text))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     load_sources(&sources)
 }
 
+/// Loads one file's text; `file_name` is what diagnostics call it.
 pub fn load_str(file_name: &str, text: &str) -> Result<LoadedConfig, ConfigError> {
     load_sources(&[(file_name.to_string(), text.to_string())])
 }
 
 /// Loads (file name, text) pairs as one configuration.
 pub fn load_sources(sources: &[(String, String)]) -> Result<LoadedConfig, ConfigError> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
+    let mut findings = resolve::Findings::default();
     let mut documents = Vec::new();
+    let mut complete = true;
     for (file, text) in sources {
-        let mut report = decode::Report::new(file);
+        let mut report = diagnostic::Report::new(file);
         match yaml::parse_documents(text) {
-            Err(problem) => report.error(problem.position, &problem.field, problem.message),
+            Err(problem) => {
+                report.error(problem.position, &problem.field, problem.message);
+                complete = false;
+            }
             Ok((nodes, problems)) => {
                 for problem in problems {
                     report.error(problem.position, &problem.field, problem.message);
                 }
                 for node in &nodes {
-                    if let Some(document) = kinds::decode_document(node, &mut report) {
-                        documents.push(resolve::Located {
+                    let errors_before = report.errors.len();
+                    match kinds::decode_document(node, &mut report) {
+                        kinds::Decoded::Document(document) => documents.push(resolve::Located {
                             file: file.clone(),
-                            document,
-                        });
+                            document: *document,
+                            clean: report.errors.len() == errors_before,
+                        }),
+                        kinds::Decoded::Skipped => {}
+                        kinds::Decoded::Failed => complete = false,
                     }
                 }
             }
         }
-        errors.extend(report.errors);
-        warnings.extend(report.warnings);
+        findings.errors.extend(report.errors);
+        findings.warnings.extend(report.warnings);
     }
-    let mesh = resolve::resolve(documents, &mut errors, &mut warnings);
+    let mesh = resolve::resolve(documents, complete, &mut findings);
+
+    // Read in file order, top to bottom, whichever check found what.
+    let order = |d: &Diagnostic| {
+        let file = sources.iter().position(|(f, _)| *f == d.file);
+        (file, d.line, d.column)
+    };
+    let (mut errors, mut warnings) = (findings.errors, findings.warnings);
+    errors.sort_by_key(order);
+    warnings.sort_by_key(order);
     if errors.is_empty() {
         Ok(LoadedConfig { mesh, warnings })
     } else {

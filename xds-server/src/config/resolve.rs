@@ -1,20 +1,58 @@
-//! From decoded documents to the mesh model: instances with addresses, services with their
-//! backends and numeric target ports. Cross-document checks live here.
+//! From decoded documents to the mesh model: checks across documents (duplicates, selectors,
+//! target ports, service accounts), instances with their addresses, services with their
+//! backends and numeric target ports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::kinds::{DeploymentSpec, Document, ServiceSpec, TargetPort};
-use super::Diagnostic;
-use crate::model::{Instance, Mesh, Service, ServiceAccount, ServicePort, SourceRef, Workload};
+use super::diagnostic::Diagnostic;
+use super::istio::{DestinationRuleSpec, PeerAuthenticationSpec};
+use super::kinds::{
+    DeploymentSpec, Document, ServicePortSpec, ServiceSpec, TargetPort, DEFAULT_SERVICE_ACCOUNT,
+};
+use super::yaml::Position;
+use crate::model::{
+    DestinationRule, Instance, Mesh, PeerAuthentication, Service, ServiceAccount, ServicePort,
+    SourceRef, Workload,
+};
 
-/// A document with the file it came from.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// A decoded document with the file it came from.
 pub struct Located {
     pub file: String,
     pub document: Document,
+    /// Decoded without errors. Checks that compare documents stay quiet about one that had
+    /// errors: what looks missing from it has already been reported.
+    pub clean: bool,
 }
 
-/// Workload slots: 246 second octets × 254 third octets of 127.0.0.0/8.
+/// What the checks found, beside the mesh.
+#[derive(Default)]
+pub struct Findings {
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Findings {
+    fn push(&mut self, error: bool, file: &str, at: Position, field: &str, message: String) {
+        let d = Diagnostic {
+            file: file.to_string(),
+            line: at.line,
+            column: at.column,
+            field: field.to_string(),
+            message,
+        };
+        if error {
+            self.errors.push(d);
+        } else {
+            self.warnings.push(d);
+        }
+    }
+}
+
+/// Addresses: 246 second octets (10..=255) × 254 third octets (1..=254) of 127.0.0.0/8.
 const SLOTS: u64 = 246 * 254;
 
 fn fnv1a(text: &str) -> u64 {
@@ -26,19 +64,19 @@ fn fnv1a(text: &str) -> u64 {
     hash
 }
 
-/// Stable per-workload slots: a hash of "namespace/name", linear probing in sorted order, so
-/// the result depends only on the set of workloads and adding one rarely moves another.
-fn assign_slots(keys: &[(String, String)]) -> BTreeMap<(String, String), u64> {
+/// One slot per workload: a hash of `namespace/name`, collisions resolved by linear probing
+/// in sorted order. The result depends only on the set of workloads, and adding one moves
+/// another only if it takes the slot that one had probed past.
+fn assign_slots<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u64> {
     let mut used = BTreeSet::new();
-    let mut slots = BTreeMap::new();
-    for key in keys {
-        let mut slot = fnv1a(&format!("{}/{}", key.0, key.1)) % SLOTS;
+    keys.map(|(namespace, name)| {
+        let mut slot = fnv1a(&format!("{namespace}/{name}")) % SLOTS;
         while !used.insert(slot) {
             slot = (slot + 1) % SLOTS;
         }
-        slots.insert(key.clone(), slot);
-    }
-    slots
+        slot
+    })
+    .collect()
 }
 
 fn slot_address(slot: u64, last_octet: u32) -> Ipv4Addr {
@@ -50,57 +88,80 @@ fn slot_address(slot: u64, last_octet: u32) -> Ipv4Addr {
     )
 }
 
-fn error(file: &str, line: usize, column: usize, field: &str, message: String) -> Diagnostic {
-    Diagnostic {
-        file: file.to_string(),
-        line,
-        column,
-        field: field.to_string(),
-        message,
-    }
+fn instances(name: &str, replicas: u32, slot: u64) -> Vec<Instance> {
+    (0..replicas)
+        .map(|i| Instance {
+            name: format!("{name}-{i}"),
+            index: i,
+            address: slot_address(slot, i + 1),
+            app_address: slot_address(slot, i + 1 + 128),
+        })
+        .collect()
 }
 
-pub fn resolve(
-    documents: Vec<Located>,
-    errors: &mut Vec<Diagnostic>,
-    warnings: &mut Vec<Diagnostic>,
-) -> Mesh {
-    let mut trust_domain = "cluster.local".to_string();
-    let mut root_namespace = "istio-system".to_string();
+/// Builds the mesh. `complete` is false when some document could not be decoded at all
+/// (a syntax error, a missing kind or name): then "matches nothing" is not reported, since
+/// the missing Deployment may be the one that could not be read.
+pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings) -> Mesh {
+    let mut trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
+    let mut root_namespace = DEFAULT_ROOT_NAMESPACE.to_string();
     let mut namespaces = BTreeSet::new();
-    let mut service_accounts = Vec::new();
-    let mut deployments: Vec<(String, DeploymentSpec)> = Vec::new();
+    let mut service_accounts = BTreeSet::new();
+    let mut deployments: Vec<(String, bool, DeploymentSpec)> = Vec::new();
     let mut services: Vec<(String, ServiceSpec)> = Vec::new();
+    let mut mesh_config: Option<(String, usize)> = None;
+    let mut peer_authentications: Vec<(String, PeerAuthenticationSpec)> = Vec::new();
+    let mut destination_rules: Vec<(String, DestinationRuleSpec)> = Vec::new();
     let mut seen: BTreeMap<(&'static str, String, String), (String, usize)> = BTreeMap::new();
 
-    for Located { file, document } in documents {
-        let position = document.position();
-        if let Some((first_file, first_line)) = seen.get(&document.identity()) {
-            let (kind, ns, name) = document.identity();
-            errors.push(error(
-                &file,
-                position.line,
-                position.column,
-                "metadata.name",
-                format!(
-                    "duplicate {kind} {ns}/{name} (first defined at {first_file}:{first_line})"
-                ),
-            ));
-            continue;
+    for Located {
+        file,
+        document,
+        clean,
+    } in documents
+    {
+        if let Some(meta) = document.meta() {
+            let key = (document.kind(), meta.namespace.clone(), meta.name.clone());
+            if let Some((first_file, first_line)) = seen.get(&key) {
+                let qualified = if meta.namespace.is_empty() {
+                    meta.name.clone()
+                } else {
+                    format!("{}/{}", meta.namespace, meta.name)
+                };
+                findings.push(
+                    true,
+                    &file,
+                    meta.name_position,
+                    "metadata.name",
+                    format!(
+                        "duplicate {} {qualified} (first defined at {first_file}:{first_line})",
+                        document.kind()
+                    ),
+                );
+                continue;
+            }
+            seen.insert(key, (file.clone(), meta.position.line));
         }
-        seen.insert(document.identity(), (file.clone(), position.line));
         match document {
             Document::Namespace(meta) => {
                 namespaces.insert(meta.name);
             }
             Document::ServiceAccount(meta) => {
                 namespaces.insert(meta.namespace.clone());
-                service_accounts.push(ServiceAccount {
-                    name: meta.name,
-                    namespace: meta.namespace,
-                });
+                service_accounts.insert((meta.namespace, meta.name));
             }
             Document::MeshConfig(config) => {
+                if let Some((first_file, first_line)) = &mesh_config {
+                    findings.push(
+                        true,
+                        &file,
+                        config.position,
+                        "",
+                        format!("a second MeshConfig (first at {first_file}:{first_line}); a mesh has at most one"),
+                    );
+                    continue;
+                }
+                mesh_config = Some((file, config.position.line));
                 if let Some(td) = config.trust_domain {
                     trust_domain = td;
                 }
@@ -110,59 +171,40 @@ pub fn resolve(
             }
             Document::Deployment(d) => {
                 namespaces.insert(d.meta.namespace.clone());
-                deployments.push((file, d));
+                deployments.push((file, clean, d));
             }
             Document::Service(s) => {
                 namespaces.insert(s.meta.namespace.clone());
                 services.push((file, s));
             }
+            Document::PeerAuthentication(p) => peer_authentications.push((file, p)),
+            Document::DestinationRule(r) => destination_rules.push((file, r)),
         }
     }
-    if seen
-        .keys()
-        .filter(|(kind, _, _)| *kind == "MeshConfig")
-        .count()
-        > 1
-    {
-        // Already reported as a duplicate above.
-    }
 
-    deployments.sort_by(|a, b| {
-        (&a.1.meta.namespace, &a.1.meta.name).cmp(&(&b.1.meta.namespace, &b.1.meta.name))
+    deployments.sort_by(|(_, _, a), (_, _, b)| {
+        (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
     });
-    let keys: Vec<(String, String)> = deployments
-        .iter()
-        .map(|(_, d)| (d.meta.namespace.clone(), d.meta.name.clone()))
-        .collect();
-    let slots = assign_slots(&keys);
-
+    let slots = assign_slots(
+        deployments
+            .iter()
+            .map(|(_, _, d)| (d.meta.namespace.as_str(), d.meta.name.as_str())),
+    );
     let mut workloads = Vec::new();
-    for (file, d) in &deployments {
-        let declared_sa = d.service_account == "default"
-            || service_accounts
-                .iter()
-                .any(|sa| sa.name == d.service_account && sa.namespace == d.meta.namespace);
-        if !declared_sa {
-            warnings.push(error(
+    for ((file, _, d), slot) in deployments.iter().zip(slots) {
+        let key = (d.meta.namespace.clone(), d.service_account.clone());
+        if d.service_account != DEFAULT_SERVICE_ACCOUNT && !service_accounts.contains(&key) {
+            findings.push(
+                false,
                 file,
-                d.meta.position.line,
-                d.meta.position.column,
+                d.service_account_position.unwrap_or(d.meta.position),
                 "spec.template.spec.serviceAccountName",
                 format!(
-                    "ServiceAccount {}/{} is not declared; the identity uses that name anyway",
+                    "ServiceAccount {}/{} is not declared (Kubernetes would not start the pod); the identity uses that name anyway",
                     d.meta.namespace, d.service_account
                 ),
-            ));
+            );
         }
-        let slot = slots[&(d.meta.namespace.clone(), d.meta.name.clone())];
-        let instances = (0..d.replicas)
-            .map(|i| Instance {
-                name: format!("{}-{i}", d.meta.name),
-                index: i,
-                address: slot_address(slot, i + 1),
-                app_address: slot_address(slot, i + 1 + 128),
-            })
-            .collect();
         workloads.push(Workload {
             name: d.meta.name.clone(),
             namespace: d.meta.namespace.clone(),
@@ -171,7 +213,7 @@ pub fn resolve(
             labels: d.template_labels.clone(),
             annotations: d.template_annotations.clone(),
             containers: d.containers.clone(),
-            instances,
+            instances: instances(&d.meta.name, d.replicas, slot),
             source: SourceRef {
                 file: file.clone(),
                 line: d.meta.position.line,
@@ -179,116 +221,363 @@ pub fn resolve(
         });
     }
 
-    let mut resolved_services = Vec::new();
+    let mut resolved = Vec::new();
     for (file, s) in &services {
-        let backends: Vec<&Workload> = workloads
+        if let Some(service) =
+            resolve_service(file, s, &workloads, &deployments, complete, findings)
+        {
+            resolved.push(service);
+        }
+    }
+    resolved.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    let peer_authentications =
+        resolve_peer_authentications(peer_authentications, &workloads, &root_namespace, findings);
+    let destination_rules =
+        resolve_destination_rules(destination_rules, &resolved, &root_namespace, findings);
+
+    Mesh {
+        peer_authentications,
+        destination_rules,
+        trust_domain,
+        root_namespace,
+        namespaces: namespaces.into_iter().collect(),
+        service_accounts: service_accounts
+            .into_iter()
+            .map(|(namespace, name)| ServiceAccount { name, namespace })
+            .collect(),
+        workloads,
+        services: resolved,
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| workload.labels.get(k) == Some(v))
+}
+
+/// PeerAuthentications with the checks `istioctl analyze` makes: a selector that selects
+/// nothing, several policies competing for one scope.
+fn resolve_peer_authentications(
+    specs: Vec<(String, PeerAuthenticationSpec)>,
+    workloads: &[Workload],
+    root_namespace: &str,
+    findings: &mut Findings,
+) -> Vec<PeerAuthentication> {
+    let mut policies: Vec<(String, PeerAuthenticationSpec)> = specs;
+    policies.sort_by(|(_, a), (_, b)| {
+        (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+    });
+    let mut namespace_wide: BTreeMap<&str, &str> = BTreeMap::new();
+    for (file, p) in &policies {
+        match &p.selector {
+            None => {
+                if let Some(first) = namespace_wide.get(p.meta.namespace.as_str()) {
+                    let scope = if p.meta.namespace == root_namespace {
+                        "mesh-wide (root namespace)".to_string()
+                    } else {
+                        format!("namespace-wide in {}", p.meta.namespace)
+                    };
+                    findings.push(
+                        false,
+                        file,
+                        p.meta.name_position,
+                        "metadata.name",
+                        format!("a second {scope} PeerAuthentication (first: {first}); Ward applies the first by name, Istio the oldest: keep one"),
+                    );
+                } else {
+                    namespace_wide.insert(&p.meta.namespace, &p.meta.name);
+                }
+            }
+            Some(selector) => {
+                let selected: Vec<&Workload> = workloads
+                    .iter()
+                    .filter(|w| w.namespace == p.meta.namespace && selects(selector, w))
+                    .collect();
+                if selected.is_empty() {
+                    findings.push(
+                        false,
+                        file,
+                        p.selector_position,
+                        "spec.selector",
+                        format!(
+                            "selects no workload in namespace {}: the policy has no effect",
+                            p.meta.namespace
+                        ),
+                    );
+                }
+                for w in &selected {
+                    let earlier = policies.iter().find(|(_, q)| {
+                        q.meta.namespace == p.meta.namespace
+                            && q.meta.name < p.meta.name
+                            && q.selector.as_ref().is_some_and(|s| selects(s, w))
+                    });
+                    if let Some((_, q)) = earlier {
+                        findings.push(
+                            false,
+                            file,
+                            p.selector_position,
+                            "spec.selector",
+                            format!("workload {} is also selected by PeerAuthentication {}; Ward applies {} (the first by name), Istio the oldest", w.name, q.meta.name, q.meta.name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    policies
+        .into_iter()
+        .map(|(file, p)| PeerAuthentication {
+            name: p.meta.name,
+            namespace: p.meta.namespace,
+            selector: p.selector,
+            mode: p.mode,
+            port_level: p.port_level,
+            source: SourceRef {
+                file,
+                line: p.meta.position.line,
+            },
+        })
+        .collect()
+}
+
+/// A DestinationRule host as Istio resolves it: short names are relative to the rule's
+/// namespace.
+pub fn qualify_host(host: &str, namespace: &str) -> String {
+    let domain = crate::translate::CLUSTER_DOMAIN;
+    if host.starts_with('*') || host.ends_with(domain) {
+        return host.to_string();
+    }
+    match host.split('.').count() {
+        1 => format!("{host}.{namespace}.svc.{domain}"),
+        2 => format!("{host}.svc.{domain}"),
+        3 if host.ends_with(".svc") => format!("{host}.{domain}"),
+        _ => host.to_string(),
+    }
+}
+
+fn resolve_destination_rules(
+    specs: Vec<(String, DestinationRuleSpec)>,
+    services: &[Service],
+    root_namespace: &str,
+    findings: &mut Findings,
+) -> Vec<DestinationRule> {
+    let mut rules: Vec<DestinationRule> = Vec::new();
+    for (file, r) in specs {
+        let rule = DestinationRule {
+            host: qualify_host(&r.host, &r.meta.namespace),
+            name: r.meta.name,
+            namespace: r.meta.namespace,
+            tls: r.tls,
+            port_tls: r.port_tls,
+            source: SourceRef {
+                file: file.clone(),
+                line: r.meta.position.line,
+            },
+        };
+        let matched: Vec<&Service> = services
             .iter()
-            .filter(|w| {
-                w.namespace == s.meta.namespace
-                    && !s.selector.is_empty()
-                    && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            .filter(|s| {
+                rule.host_match(&crate::translate::service_fqdn(s))
+                    .is_some()
             })
             .collect();
-        if backends.is_empty() {
+        if matched.is_empty() && !rule.host.starts_with('*') {
+            findings.push(
+                false,
+                &file,
+                r.host_position,
+                "spec.host",
+                format!(
+                    "host {} matches no Service in the mesh: the rule has no effect",
+                    rule.host
+                ),
+            );
+        } else if rule.namespace != root_namespace
+            && matched.iter().any(|s| s.namespace != rule.namespace)
+        {
+            findings.push(
+                false,
+                &file,
+                r.host_position,
+                "spec.host",
+                format!("ignored for hosts outside namespace {}: Ward applies a DestinationRule from the host's own namespace or the root namespace ({root_namespace}) to every client", rule.namespace),
+            );
+        }
+        rules.push(rule);
+    }
+    rules.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    rules
+}
+
+/// A Service with its backends and numeric target ports; None if it has errors (reported).
+fn resolve_service(
+    file: &str,
+    s: &ServiceSpec,
+    workloads: &[Workload],
+    deployments: &[(String, bool, DeploymentSpec)],
+    complete: bool,
+    findings: &mut Findings,
+) -> Option<Service> {
+    if s.selector.is_empty() {
+        // Reported while decoding.
+        return None;
+    }
+    let backends: Vec<&Workload> = workloads
+        .iter()
+        .filter(|w| {
+            w.namespace == s.meta.namespace
+                && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        })
+        .collect();
+    if backends.is_empty() {
+        let unclean_neighbour = deployments
+            .iter()
+            .any(|(_, clean, d)| !clean && d.meta.namespace == s.meta.namespace);
+        if complete && !unclean_neighbour {
             let selector: Vec<String> =
                 s.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            errors.push(error(
+            findings.push(
+                true,
                 file,
-                s.selector_position.line,
-                s.selector_position.column,
+                s.selector_position,
                 "spec.selector",
                 format!(
-                    "Service {}/{}: selector {{{}}} matches no Deployment in namespace {}",
+                    "Service {}/{}: selector {{{}}} matches no Deployment's pod template labels in namespace {}",
                     s.meta.namespace,
                     s.meta.name,
                     selector.join(", "),
                     s.meta.namespace
                 ),
-            ));
-            continue;
+            );
         }
-        let mut ports = Vec::new();
-        for p in &s.ports {
-            let declared: Vec<&crate::model::ContainerPort> = backends
-                .iter()
-                .flat_map(|w| w.containers.iter().flat_map(|c| c.ports.iter()))
-                .collect();
-            let target = match &p.target_port {
-                TargetPort::Name(name) => {
-                    match declared
-                        .iter()
-                        .find(|cp| cp.name.as_deref() == Some(name.as_str()))
-                    {
-                        Some(cp) => cp.container_port,
-                        None => {
-                            errors.push(error(
-                            file,
-                            p.target_position.line,
-                            p.target_position.column,
-                            &p.target_path,
-                            format!("no container of the selected workloads has a port named `{name}`"),
-                        ));
-                            continue;
-                        }
-                    }
-                }
-                TargetPort::Number(n) => {
-                    if declared.is_empty() {
-                        warnings.push(error(
-                            file,
-                            p.target_position.line,
-                            p.target_position.column,
-                            &p.target_path,
-                            format!("targetPort {n}: no container declares it; the sidecar will accept on it and the app must listen there"),
-                        ));
-                    } else if !declared.iter().any(|cp| cp.container_port == *n) {
-                        let known: Vec<String> = declared
-                            .iter()
-                            .map(|cp| cp.container_port.to_string())
-                            .collect();
-                        errors.push(error(
-                            file,
-                            p.target_position.line,
-                            p.target_position.column,
-                            &p.target_path,
-                            format!("targetPort {n} is not exposed by any container of the selected workloads (they expose {})", known.join(", ")),
-                        ));
-                        continue;
-                    }
-                    *n
-                }
-            };
-            ports.push(ServicePort {
-                name: p.name.clone(),
-                port: p.port,
-                target_port: target,
-                protocol: p.protocol.clone(),
-                app_protocol: p.app_protocol.clone(),
-            });
-        }
-        resolved_services.push(Service {
-            name: s.meta.name.clone(),
-            namespace: s.meta.namespace.clone(),
-            selector: s.selector.clone(),
-            ports,
-            backends: backends
-                .iter()
-                .map(|w| (w.namespace.clone(), w.name.clone()))
-                .collect(),
-            source: SourceRef {
-                file: file.clone(),
-                line: s.meta.position.line,
-            },
-        });
+        return None;
     }
-    resolved_services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    // A backend with errors may be missing the very port looked for: stay quiet then.
+    let check_ports = backends.iter().all(|w| {
+        deployments
+            .iter()
+            .any(|(_, clean, d)| *clean && d.meta.namespace == w.namespace && d.meta.name == w.name)
+    });
+    let mut ports = Vec::new();
+    let mut ok = true;
+    for p in &s.ports {
+        match target_port(p, &backends) {
+            Ok((target, warning)) => {
+                if let (Some(message), true) = (warning, check_ports) {
+                    findings.push(false, file, p.target_position, &p.target_path, message);
+                }
+                ports.push(ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port: target,
+                    protocol: p.protocol.clone(),
+                    app_protocol: p.app_protocol.clone(),
+                });
+            }
+            Err(message) => {
+                ok = false;
+                if check_ports {
+                    findings.push(true, file, p.target_position, &p.target_path, message);
+                }
+            }
+        }
+    }
+    ok.then(|| Service {
+        name: s.meta.name.clone(),
+        namespace: s.meta.namespace.clone(),
+        selector: s.selector.clone(),
+        ports,
+        backends: backends
+            .iter()
+            .map(|w| (w.namespace.clone(), w.name.clone()))
+            .collect(),
+        source: SourceRef {
+            file: file.to_string(),
+            line: s.meta.position.line,
+        },
+    })
+}
 
-    Mesh {
-        trust_domain,
-        root_namespace,
-        namespaces: namespaces.into_iter().collect(),
-        service_accounts,
-        workloads,
-        services: resolved_services,
+/// The numeric target port of a Service port, with a warning if it is only accepted, or
+/// the error.
+fn target_port(
+    p: &ServicePortSpec,
+    backends: &[&Workload],
+) -> Result<(u16, Option<String>), String> {
+    let declared: Vec<(&str, &crate::model::ContainerPort)> = backends
+        .iter()
+        .flat_map(|w| {
+            w.containers
+                .iter()
+                .flat_map(move |c| c.ports.iter().map(move |p| (w.name.as_str(), p)))
+        })
+        .collect();
+    match &p.target_port {
+        TargetPort::Name(name) => {
+            let matches: BTreeMap<u16, &str> = declared
+                .iter()
+                .filter(|(_, cp)| cp.name.as_deref() == Some(name.as_str()))
+                .map(|(workload, cp)| (cp.container_port, *workload))
+                .collect();
+            let mut numbers = matches.keys();
+            match (numbers.next(), numbers.next()) {
+                (Some(n), None) => Ok((*n, None)),
+                (None, _) => Err(format!(
+                    "no container of the selected workloads has a port named `{name}`"
+                )),
+                // Kubernetes resolves a name per pod; Ward gives a Service port one number.
+                (Some(_), Some(_)) => {
+                    let found: Vec<String> =
+                        matches.iter().map(|(n, w)| format!("{n} in {w}")).collect();
+                    Err(format!(
+                        "port name `{name}` means different numbers in the selected workloads ({}); Ward needs one",
+                        found.join(", ")
+                    ))
+                }
+            }
+        }
+        TargetPort::Number(n) if declared.is_empty() => Ok((
+            *n,
+            Some(format!("targetPort {n}: no container declares it; the sidecar will accept on it and the app must listen there")),
+        )),
+        TargetPort::Number(n) if declared.iter().any(|(_, cp)| cp.container_port == *n) => {
+            Ok((*n, None))
+        }
+        TargetPort::Number(n) => {
+            let mut known: Vec<u16> = declared.iter().map(|(_, cp)| cp.container_port).collect();
+            known.sort_unstable();
+            known.dedup();
+            let known: Vec<String> = known.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "targetPort {n} is not exposed by any container of the selected workloads (they expose {})",
+                known.join(", ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_addresses_cover_the_documented_range() {
+        assert_eq!(slot_address(0, 1), Ipv4Addr::new(127, 10, 1, 1));
+        assert_eq!(slot_address(253, 129), Ipv4Addr::new(127, 10, 254, 129));
+        assert_eq!(slot_address(254, 1), Ipv4Addr::new(127, 11, 1, 1));
+        assert_eq!(
+            slot_address(SLOTS - 1, 228),
+            Ipv4Addr::new(127, 255, 254, 228)
+        );
+    }
+
+    #[test]
+    fn collisions_probe_to_the_next_free_slot() {
+        let keys = [("a", "x"), ("a", "x"), ("a", "x")];
+        let slots = assign_slots(keys.into_iter());
+        let first = slots[0];
+        assert_eq!(slots, vec![first, (first + 1) % SLOTS, (first + 2) % SLOTS]);
     }
 }

@@ -1,29 +1,147 @@
+use std::net::Ipv4Addr;
+
 use super::*;
 
-fn lab_sources() -> Vec<(String, String)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/exam-lab");
-    [
-        "exam-scheduler.yaml",
-        "professor-tools.yaml",
-        "student-portal.yaml",
-    ]
-    .iter()
-    .map(|f| {
+// The seed labs' manifests, as the labs give them.
+const EXAM_SCHEDULER: &str = r#"# ServiceAccount
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: exam-scheduler-sa
+---
+# Deployment
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: exam-scheduler
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: exam-scheduler
+  template:
+    metadata:
+      labels:
+        app: exam-scheduler
+    spec:
+      serviceAccountName: exam-scheduler-sa
+      containers:
+        - name: exam-scheduler
+          image: alepispi/exam-scheduler:latest
+          ports:
+            - containerPort: 8080
+---
+# Service
+apiVersion: v1
+kind: Service
+metadata:
+  name: exam-scheduler
+spec:
+  selector:
+    app: exam-scheduler
+  ports:
+    - port: 80
+      targetPort: 8080
+"#;
+
+/// professor-tools and student-portal: client-only curl pods without container ports.
+fn curl_client(name: &str) -> String {
+    format!(
+        r#"# ServiceAccount
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {name}-sa
+---
+# Deployment
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      serviceAccountName: {name}-sa
+      containers:
+      - name: {name}
+        image: curlimages/curl
+        command: [ "sleep", "3600" ]
+---
+# Service
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  selector:
+    app: {name}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#
+    )
+}
+
+const AURA_API: &str = r#"# Deployment
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: aura-api
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: aura-api
+  template:
+    metadata:
+      labels:
+        app: aura-api
+    spec:
+      containers:
+      - name: aura-api
+        image: servicemeshncs/aura-api:latest
+        ports:
+        - containerPort: 8080
+        env:
+        - name: ERROR_RATE
+          value: "0.4"
+        - name: MIN_DELAY_S
+          value: "0.2"
+        - name: MAX_DELAY_S
+          value: "3.0"
+---
+# Service
+apiVersion: v1
+kind: Service
+metadata:
+  name: aura-api
+spec:
+  selector:
+    app: aura-api
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+fn exam_lab() -> Vec<(String, String)> {
+    vec![
+        ("exam-scheduler.yaml".into(), EXAM_SCHEDULER.into()),
         (
-            f.to_string(),
-            std::fs::read_to_string(format!("{dir}/{f}")).unwrap(),
-        )
-    })
-    .collect()
+            "professor-tools.yaml".into(),
+            curl_client("professor-tools"),
+        ),
+        ("student-portal.yaml".into(), curl_client("student-portal")),
+    ]
 }
 
-fn errors_of(sources: &[(String, String)]) -> Vec<Diagnostic> {
-    match load_sources(sources) {
-        Err(ConfigError::Invalid(d)) => d,
-        other => panic!("expected errors, got {other:?}"),
-    }
-}
-
+/// A Deployment `web` with a named port, 14 lines; its container starts on line 12.
 const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -43,186 +161,615 @@ spec:
           name: http
 ";
 
+fn service(selector: &str, target: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selector: {{app: {selector}}}\n  ports:\n  - port: 80\n    targetPort: {target}\n")
+}
+
+fn sources(files: &[(&str, &str)]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|(f, t)| (f.to_string(), t.to_string()))
+        .collect()
+}
+
+fn errors_of(files: &[(&str, &str)]) -> Vec<Diagnostic> {
+    match load_sources(&sources(files)) {
+        Err(ConfigError::Invalid(d)) => d,
+        other => panic!("expected errors, got {other:#?}"),
+    }
+}
+
+fn warnings_of(files: &[(&str, &str)]) -> Vec<String> {
+    match load_sources(&sources(files)) {
+        Ok(loaded) => loaded.warnings.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("expected success, got:\n{e}"),
+    }
+}
+
 #[test]
 fn the_exam_lab_loads_unchanged() {
-    let loaded = load_sources(&lab_sources()).unwrap();
+    let loaded = load_sources(&exam_lab()).unwrap();
     let mesh = &loaded.mesh;
-    assert_eq!(mesh.workloads.len(), 3);
-    assert_eq!(mesh.services.len(), 3);
+    assert_eq!(mesh.trust_domain, "cluster.local");
+    assert_eq!(mesh.root_namespace, "istio-system");
+    assert_eq!(mesh.namespaces, vec!["default"]);
+    assert_eq!(mesh.service_accounts.len(), 3);
+    let names: Vec<&str> = mesh.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["exam-scheduler", "professor-tools", "student-portal"]
+    );
+    let services: Vec<&str> = mesh.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(services, names);
+    for w in &mesh.workloads {
+        assert_eq!(
+            mesh.identity(w),
+            format!("spiffe://cluster.local/ns/default/sa/{}-sa", w.name)
+        );
+        assert_eq!(w.instances.len(), 1);
+        assert_eq!(w.instances[0].name, format!("{}-0", w.name));
+        assert_eq!(mesh.inbound_ports(w), vec![8080]);
+    }
     let scheduler = mesh.workload("default", "exam-scheduler").unwrap();
     assert_eq!(
-        mesh.identity(scheduler),
-        "spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"
+        scheduler.containers[0].image,
+        "alepispi/exam-scheduler:latest"
     );
-    assert_eq!(mesh.inbound_ports(scheduler), vec![8080]);
-    let portal = mesh.workload("default", "student-portal").unwrap();
+    assert_eq!(scheduler.source.line, 8);
+    let tools = mesh.workload("default", "professor-tools").unwrap();
+    assert_eq!(tools.containers[0].command, vec!["sleep", "3600"]);
+    let service = &mesh.services[0];
     assert_eq!(
-        mesh.inbound_ports(portal),
-        vec![8080],
-        "Service targetPort accepted without a container port"
+        service.backends,
+        vec![("default".into(), "exam-scheduler".into())]
     );
+    assert_eq!(
+        (service.ports[0].port, service.ports[0].target_port),
+        (80, 8080)
+    );
+    assert_eq!(service.ports[0].protocol, "TCP");
+
     // Only the two client-only pods' undeclared targetPorts are worth a warning.
-    assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
-    assert!(loaded
-        .warnings
-        .iter()
-        .all(|w| w.field == "spec.ports[0].targetPort"));
-    assert_eq!(loaded.warnings[0].to_string(), "professor-tools.yaml:38:5: spec.ports[0].targetPort: targetPort 8080: no container declares it; the sidecar will accept on it and the app must listen there");
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "professor-tools.yaml:38:17: spec.ports[0].targetPort: targetPort 8080: no container declares it; the sidecar will accept on it and the app must listen there",
+            "student-portal.yaml:38:17: spec.ports[0].targetPort: targetPort 8080: no container declares it; the sidecar will accept on it and the app must listen there",
+        ]
+    );
+}
+
+#[test]
+fn the_aura_lab_loads_with_three_instances() {
+    let loaded = load_str("aura-api.yaml", AURA_API).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let mesh = &loaded.mesh;
+    let api = mesh.workload("default", "aura-api").unwrap();
+    assert_eq!(api.service_account, "default");
+    assert_eq!(
+        mesh.identity(api),
+        "spiffe://cluster.local/ns/default/sa/default"
+    );
+    assert_eq!(
+        api.containers[0].env,
+        vec![
+            ("ERROR_RATE".to_string(), "0.4".to_string()),
+            ("MIN_DELAY_S".to_string(), "0.2".to_string()),
+            ("MAX_DELAY_S".to_string(), "3.0".to_string()),
+        ]
+    );
+    let names: Vec<&str> = api.instances.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, vec!["aura-api-0", "aura-api-1", "aura-api-2"]);
+    let [a, b, _, _] = api.instances[0].address.octets();
+    for (i, instance) in api.instances.iter().enumerate() {
+        let i = i as u8;
+        assert_eq!(instance.index, u32::from(i));
+        assert_eq!(
+            instance.address,
+            Ipv4Addr::new(a, b, api.instances[0].address.octets()[2], i + 1)
+        );
+        assert_eq!(
+            instance.app_address,
+            Ipv4Addr::new(a, b, api.instances[0].address.octets()[2], i + 129)
+        );
+    }
+    assert_eq!(a, 127);
+    assert!(b >= 10);
 }
 
 #[test]
 fn duplicate_key_is_an_error_with_its_line() {
-    let text = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n  name: b\n";
-    let errors = errors_of(&[("sa.yaml".into(), text.into())]);
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].line, 5);
-    assert_eq!(errors[0].field, "metadata.name");
-    assert!(errors[0]
-        .to_string()
-        .starts_with("sa.yaml:5:3: metadata.name: duplicate key `name` (first at line 4)"));
-}
-
-#[test]
-fn bad_yaml_names_line_and_column() {
-    let errors = errors_of(&[(
-        "bad.yaml".into(),
-        "kind: [Service\nmetadata: {name: x}\n".into(),
-    )]);
-    assert_eq!(errors[0].file, "bad.yaml");
-    assert!(errors[0].message.starts_with("invalid YAML"));
-    assert!(errors[0].line >= 1 && errors[0].column >= 1);
-}
-
-#[test]
-fn wrong_type_names_the_field() {
-    let text = DEPLOYMENT.replace("containerPort: 5678", "containerPort: \"abc\"");
-    let errors = errors_of(&[("d.yaml".into(), text)]);
-    assert_eq!(
-        errors[0].field,
-        "spec.template.spec.containers[0].ports[0].containerPort"
-    );
-    assert_eq!(errors[0].line, 16);
+    let text = "apiVersion: ward.dev/v1alpha1
+kind: MeshConfig
+metadata:
+  name: mesh
+spec:
+  defaults:
+    retry:
+      condition: connect-failure
+      attempts: 2
+      condition: 5xx
+";
+    let errors = errors_of(&[("mesh.yaml", text)]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!((errors[0].line, errors[0].column), (10, 7));
+    assert_eq!(errors[0].field, "spec.defaults.retry.condition");
     assert!(
-        errors[0].message.contains("expected an integer"),
+        errors[0].to_string().starts_with(
+            "mesh.yaml:10:7: spec.defaults.retry.condition: duplicate key `condition` (first at line 8)"
+        ),
         "{}",
         errors[0]
     );
 }
 
 #[test]
-fn replicas_must_be_a_sane_number() {
-    let text = DEPLOYMENT.replace("spec:\n  selector", "spec:\n  replicas: -1\n  selector");
-    let errors = errors_of(&[("d.yaml".into(), text)]);
-    assert_eq!(errors[0].field, "spec.replicas");
+fn bad_yaml_names_line_and_column_and_other_files_still_report() {
+    let bad = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n   bad: indentation\n";
+    let other = DEPLOYMENT.replace("containerPort: 5678", "containerPort: abc");
+    let errors = errors_of(&[("bad.yaml", bad), ("d.yaml", &other)]);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "bad.yaml:5:7: metadata: invalid YAML: mapping values are not allowed in this context"
+    );
+    assert_eq!(errors[1].file, "d.yaml");
+
+    let errors = errors_of(&[("tab.yaml", "a: [1, 2\nb: 3\n")]);
+    assert_eq!((errors[0].line, errors[0].column), (2, 2));
 }
 
 #[test]
-fn selector_matching_nothing_is_an_error() {
-    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selector:\n    app: nobody\n  ports:\n  - port: 80\n";
-    let errors = errors_of(&[
-        ("d.yaml".into(), DEPLOYMENT.into()),
-        ("s.yaml".into(), service.into()),
-    ]);
-    assert_eq!(errors.len(), 1);
+fn wrong_types_name_the_field_and_the_value() {
+    let text = DEPLOYMENT.replace("containerPort: 5678", "containerPort: \"abc\"");
+    let errors = errors_of(&[("d.yaml", &text)]);
     assert_eq!(
-        (
-            errors[0].file.as_str(),
-            errors[0].line,
-            errors[0].field.as_str()
-        ),
-        ("s.yaml", 6, "spec.selector")
+        errors[0].to_string(),
+        "d.yaml:16:26: spec.template.spec.containers[0].ports[0].containerPort: expected an integer, found the string \"abc\""
     );
+
+    let text = DEPLOYMENT.replace("spec:\n  selector", "spec:\n  replicas: -1\n  selector");
+    let errors = errors_of(&[("d.yaml", &text)]);
+    assert_eq!(
+        errors[0].to_string(),
+        "d.yaml:6:13: spec.replicas: -1 is out of range: expected 0 to 2147483647"
+    );
+
+    let text = DEPLOYMENT.replace("spec:\n  selector", "spec:\n  replicas: \"3\"\n  selector");
+    let errors = errors_of(&[("d.yaml", &text)]);
+    assert!(
+        errors[0].message.contains("found the string \"3\""),
+        "{}",
+        errors[0]
+    );
+
+    // A number where Kubernetes wants a string is refused, with the fix.
+    let text = AURA_API.replace("value: \"0.4\"", "value: 0.4");
+    let errors = errors_of(&[("a.yaml", &text)]);
+    assert_eq!(
+        errors[0].to_string(),
+        "a.yaml:23:18: spec.template.spec.containers[0].env[0].value: expected a string, found the number 0.4; quote it (\"0.4\") to make it one"
+    );
+
+    let text =
+        service("web", "http").replace("  - port: 80\n    targetPort: http\n", "    port: 80\n");
+    let errors = errors_of(&[("d.yaml", DEPLOYMENT), ("s.yaml", &text)]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "s.yaml:8:5: spec.ports: expected a list, found a mapping"
+    );
+}
+
+#[test]
+fn missing_required_fields_are_all_reported() {
+    let text = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        ports:
+        - name: http
+---
+apiVersion: v1
+kind: Service
+metadata:
+  labels: {app: web}
+spec:
+  selector: {app: web}
+  ports:
+  - targetPort: 80
+";
+    let errors = errors_of(&[("x.yaml", text)]);
+    let found: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        vec![
+            "x.yaml:13:9: spec.template.spec.containers[0].image: required field is missing",
+            "x.yaml:15:11: spec.template.spec.containers[0].ports[0].containerPort: required field is missing",
+            "x.yaml:20:3: metadata.name: required field is missing",
+            "x.yaml:24:5: spec.ports[0].port: required field is missing",
+        ]
+    );
+}
+
+#[test]
+fn selector_matching_nothing_is_an_error_at_the_selector() {
+    let errors = errors_of(&[("d.yaml", DEPLOYMENT), ("s.yaml", &service("nobody", "80"))]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "s.yaml:6:3: spec.selector: Service default/s: selector {app=nobody} matches no Deployment's pod template labels in namespace default"
+    );
+
+    // Same labels in another namespace do not count.
+    let elsewhere = DEPLOYMENT.replace("  name: web\n", "  name: web\n  namespace: other\n");
+    let errors = errors_of(&[("d.yaml", &elsewhere), ("s.yaml", &service("web", "http"))]);
     assert!(errors[0].message.contains("matches no Deployment"));
 }
 
 #[test]
+fn a_deployment_with_errors_does_not_also_fail_its_service() {
+    let text = DEPLOYMENT.replace("spec:\n  selector", "spec:\n  replicas: many\n  selector");
+    let errors = errors_of(&[("d.yaml", &text), ("s.yaml", &service("web", "http"))]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].field, "spec.replicas");
+
+    let errors = errors_of(&[
+        ("d.yaml", "kind: [Deployment\n"),
+        ("s.yaml", &service("web", "80")),
+    ]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].file, "d.yaml");
+}
+
+#[test]
 fn target_ports_resolve_by_name_and_are_checked() {
-    let service = |target: &str| {
-        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selector: {{app: web}}\n  ports:\n  - port: 80\n    targetPort: {target}\n")
-    };
-    let loaded = load_sources(&[
-        ("d.yaml".into(), DEPLOYMENT.into()),
-        ("s.yaml".into(), service("http")),
-    ])
+    let loaded = load_sources(&sources(&[
+        ("d.yaml", DEPLOYMENT),
+        ("s.yaml", &service("web", "http")),
+    ]))
     .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(loaded.mesh.services[0].ports[0].target_port, 5678);
+    assert_eq!(
+        loaded.mesh.services[0].backends,
+        vec![("default".into(), "web".into())]
+    );
 
-    let errors = errors_of(&[
-        ("d.yaml".into(), DEPLOYMENT.into()),
-        ("s.yaml".into(), service("grpc")),
-    ]);
-    assert_eq!(errors[0].line, 9);
-    assert!(errors[0].message.contains("port named `grpc`"));
+    let errors = errors_of(&[("d.yaml", DEPLOYMENT), ("s.yaml", &service("web", "grpc"))]);
+    assert_eq!(
+        errors[0].to_string(),
+        "s.yaml:9:17: spec.ports[0].targetPort: no container of the selected workloads has a port named `grpc`"
+    );
 
+    let errors = errors_of(&[("d.yaml", DEPLOYMENT), ("s.yaml", &service("web", "9090"))]);
+    assert_eq!(
+        errors[0].message,
+        "targetPort 9090 is not exposed by any container of the selected workloads (they expose 5678)"
+    );
+
+    // A named targetPort cannot fall back to "the sidecar accepts it" on a pod without ports.
+    let curl = curl_client("client");
     let errors = errors_of(&[
-        ("d.yaml".into(), DEPLOYMENT.into()),
-        ("s.yaml".into(), service("9090")),
+        ("c.yaml", &curl),
+        (
+            "s.yaml",
+            &service("client", "http").replace("name: s\n", "name: t\n"),
+        ),
     ]);
     assert!(
-        errors[0].message.contains("targetPort 9090 is not exposed"),
+        errors[0].message.contains("port named `http`"),
         "{}",
         errors[0]
+    );
+
+    // A quoted number is a name, and an invalid one.
+    let errors = errors_of(&[
+        ("d.yaml", DEPLOYMENT),
+        ("s.yaml", &service("web", "\"5678\"")),
+    ]);
+    assert!(
+        errors[0].message.contains("without quotes"),
+        "{}",
+        errors[0]
+    );
+
+    // targetPort defaults to port.
+    let text = service("web", "x")
+        .replace("    targetPort: x\n", "")
+        .replace("port: 80", "port: 5678");
+    let loaded = load_sources(&sources(&[("d.yaml", DEPLOYMENT), ("s.yaml", &text)])).unwrap();
+    assert_eq!(loaded.mesh.services[0].ports[0].target_port, 5678);
+}
+
+#[test]
+fn unsupported_fields_are_warned_about_one_by_one() {
+    let text = DEPLOYMENT.replace(
+        "        image: hashicorp/http-echo\n",
+        "        image: hashicorp/http-echo
+        imagePullPolicy: Always
+        livenessProbe:
+          httpGet: {path: /, port: 5678}
+        resources:
+          limits: {cpu: 100m}
+        env:
+        - name: SECRET
+          valueFrom:
+            secretKeyRef: {name: s, key: k}
+",
+    );
+    let warnings = warnings_of(&[("d.yaml", &text)]);
+    assert_eq!(
+        warnings,
+        vec![
+            "d.yaml:15:9: spec.template.spec.containers[0].imagePullPolicy: ignored: not supported by Ward",
+            "d.yaml:16:9: spec.template.spec.containers[0].livenessProbe: ignored: not supported by Ward",
+            "d.yaml:18:9: spec.template.spec.containers[0].resources: ignored: not supported by Ward",
+            "d.yaml:22:11: spec.template.spec.containers[0].env[0].valueFrom: ignored: not supported by Ward: Ward cannot read Secrets, ConfigMaps or pod fields, so the variable is not set",
+        ]
+    );
+    let mesh = load_str("d.yaml", &text).unwrap().mesh;
+    assert!(mesh.workloads[0].containers[0].env.is_empty());
+}
+
+#[test]
+fn kubernetes_bookkeeping_and_status_are_ignored_quietly() {
+    let text = DEPLOYMENT.replace(
+        "  name: web\n",
+        "  name: web
+  uid: 0b6c5e1a-1111-2222-3333-444455556666
+  resourceVersion: \"1234\"
+  generation: 2
+  creationTimestamp: \"2024-01-01T00:00:00Z\"
+  managedFields:
+  - manager: kubectl
+",
+    ) + "status:\n  replicas: 1\n  conditions: []\n";
+    assert_eq!(warnings_of(&[("d.yaml", &text)]), Vec::<String>::new());
+}
+
+#[test]
+fn service_type_and_cluster_ip_are_warned_about() {
+    let text = service("web", "http").replace(
+        "spec:\n",
+        "spec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n",
+    );
+    let warnings = warnings_of(&[("d.yaml", DEPLOYMENT), ("s.yaml", &text)]);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("s.yaml:6:3: spec.type: ignored: type NodePort"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].starts_with("s.yaml:7:3: spec.clusterIP: ignored"),
+        "{}",
+        warnings[1]
     );
 }
 
 #[test]
-fn unsupported_fields_and_kinds_are_reported_not_dropped() {
-    let text = DEPLOYMENT.replace("        image: hashicorp/http-echo\n", "        image: hashicorp/http-echo\n        livenessProbe:\n          httpGet: {path: /, port: 5678}\n");
-    let peer = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\nspec:\n  mtls: {mode: STRICT}\n";
-    let loaded = load_sources(&[("d.yaml".into(), format!("{text}{peer}"))]).unwrap();
-    let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert!(messages.contains(&"d.yaml:15:9: spec.template.spec.containers[0].livenessProbe: ignored: not supported by Ward".to_string()), "{messages:#?}");
-    assert!(messages.iter().any(|m| m.starts_with("d.yaml:22:1: kind: kind PeerAuthentication (apiVersion security.istio.io/v1) is not supported")), "{messages:#?}");
-}
-
-#[test]
-fn duplicate_objects_are_refused() {
-    let errors = errors_of(&[
-        ("a.yaml".into(), DEPLOYMENT.into()),
-        ("b.yaml".into(), DEPLOYMENT.into()),
-    ]);
-    assert!(
-        errors[0]
-            .to_string()
-            .contains("duplicate Deployment default/web (first defined at a.yaml:1)"),
-        "{}",
-        errors[0]
+fn unsupported_kinds_are_warned_about_and_empty_documents_skipped() {
+    let text = "# nothing here\n---\napiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+spec:
+  mtls: {mode: STRICT}
+---
+---
+apiVersion: apps/v1beta1
+kind: Deployment
+metadata: {name: old}
+";
+    let warnings = warnings_of(&[("p.yaml", text)]);
+    assert_eq!(
+        warnings,
+        vec![
+            "p.yaml:4:1: kind PeerAuthentication (apiVersion security.istio.io/v1) is not supported by Ward; document ignored",
+            "p.yaml:12:1: kind Deployment (apiVersion apps/v1beta1) is not supported by Ward (Ward reads it as apps/v1); document ignored",
+        ]
     );
 }
 
 #[test]
-fn mesh_config_sets_trust_domain() {
-    let mesh_config = "apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  trustDomain: example.org\n  rootNamespace: ward-system\n";
-    let loaded = load_sources(&[
-        ("d.yaml".into(), DEPLOYMENT.into()),
-        ("m.yaml".into(), mesh_config.into()),
-    ])
+fn duplicate_objects_and_mesh_configs_are_refused() {
+    let errors = errors_of(&[("a.yaml", DEPLOYMENT), ("b.yaml", DEPLOYMENT)]);
+    assert_eq!(
+        errors[0].to_string(),
+        "b.yaml:4:9: metadata.name: duplicate Deployment default/web (first defined at a.yaml:1)"
+    );
+
+    // Same name, different kind or namespace: fine.
+    let other_ns = DEPLOYMENT.replace("  name: web\n", "  name: web\n  namespace: other\n");
+    let sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web}\n";
+    load_sources(&sources(&[
+        ("a.yaml", DEPLOYMENT),
+        ("b.yaml", &other_ns),
+        ("c.yaml", sa),
+    ]))
     .unwrap();
+
+    let mesh_config =
+        "apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec: {trustDomain: example.org}\n";
+    let errors = errors_of(&[("m.yaml", mesh_config), ("n.yaml", mesh_config)]);
+    assert_eq!(
+        errors[0].to_string(),
+        "n.yaml:1:1: a second MeshConfig (first at m.yaml:1); a mesh has at most one"
+    );
+}
+
+#[test]
+fn mesh_config_sets_trust_domain_and_root_namespace() {
+    let mesh_config = "apiVersion: ward.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec:
+  trustDomain: example.org
+  rootNamespace: ward-system
+  defaults:
+    retries: 3
+";
+    let loaded =
+        load_sources(&sources(&[("d.yaml", DEPLOYMENT), ("m.yaml", mesh_config)])).unwrap();
     assert_eq!(loaded.mesh.trust_domain, "example.org");
     assert_eq!(loaded.mesh.root_namespace, "ward-system");
     assert_eq!(
         loaded.mesh.identity(&loaded.mesh.workloads[0]),
         "spiffe://example.org/ns/default/sa/default"
     );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec!["m.yaml:8:5: spec.defaults.retries: ignored: not supported by Ward"]
+    );
+
+    let bad = mesh_config.replace("example.org", "Example/Org");
+    let errors = errors_of(&[("m.yaml", &bad)]);
+    assert_eq!(errors[0].field, "spec.trustDomain");
+}
+
+#[test]
+fn service_accounts_and_namespaces() {
+    let text = DEPLOYMENT.replace(
+        "    spec:\n      containers",
+        "    spec:\n      serviceAccountName: web-sa\n      containers",
+    );
+    let warnings = warnings_of(&[("d.yaml", &text)]);
+    assert_eq!(
+        warnings,
+        vec!["d.yaml:12:27: spec.template.spec.serviceAccountName: ServiceAccount default/web-sa is not declared (Kubernetes would not start the pod); the identity uses that name anyway"]
+    );
+    let mesh = load_str("d.yaml", &text).unwrap().mesh;
+    assert_eq!(
+        mesh.identity(&mesh.workloads[0]),
+        "spiffe://cluster.local/ns/default/sa/web-sa"
+    );
+
+    let declared = "apiVersion: v1\nkind: Namespace\nmetadata: {name: empty}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web-sa, namespace: team}\n";
+    let text = text.replace("  name: web\n", "  name: web\n  namespace: team\n");
+    let loaded = load_sources(&sources(&[("d.yaml", &text), ("n.yaml", declared)])).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.mesh.namespaces, vec!["empty", "team"]);
+    assert_eq!(loaded.mesh.service_accounts[0].namespace, "team");
+}
+
+#[test]
+fn deployment_rules_follow_kubernetes() {
+    let text = DEPLOYMENT.replace("spec:\n  selector", "spec:\n  replicas: 101\n  selector");
+    let errors = errors_of(&[("d.yaml", &text)]);
+    assert_eq!(errors[0].field, "spec.replicas");
+    assert!(errors[0].message.contains("at most 100"), "{}", errors[0]);
+
+    let text = DEPLOYMENT.replace("matchLabels: {app: web}", "matchLabels: {app: other}");
+    let errors = errors_of(&[("d.yaml", &text)]);
+    assert_eq!(errors[0].field, "spec.selector.matchLabels");
+    assert!(
+        errors[0].message.contains("app=other does not match"),
+        "{}",
+        errors[0]
+    );
+
+    let text = DEPLOYMENT.replace("  name: web\n", "  name: Web_1\n");
+    let errors = errors_of(&[("d.yaml", &text)]);
+    assert_eq!(errors[0].field, "metadata.name");
+    assert!(errors[0].message.starts_with("`Web_1` is not a valid name"));
+
+    let text = DEPLOYMENT.replace("spec:\n  selector", "spec:\n  replicas: 0\n  selector");
+    let mesh = load_str("d.yaml", &text).unwrap().mesh;
+    assert!(mesh.workloads[0].instances.is_empty());
+}
+
+#[test]
+fn aliases_and_merge_keys_work_as_in_kubectl() {
+    let text = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: &labels {app: web}
+spec:
+  selector:
+    matchLabels: *labels
+  template:
+    metadata:
+      labels:
+        <<: *labels
+        tier: front
+    spec:
+      containers:
+      - name: web
+        image: hashicorp/http-echo
+";
+    let mesh = load_str("d.yaml", text).unwrap().mesh;
+    assert_eq!(mesh.workloads[0].labels.len(), 2);
+}
+
+#[test]
+fn errors_display_one_per_line() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n  name: y\n";
+    let error = load_str("broken.yaml", text).unwrap_err();
+    let shown = error.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "broken.yaml:1:1: spec: required field is missing",
+            "broken.yaml:5:3: metadata.name: duplicate key `name` (first at line 4); YAML allows each key once per mapping",
+        ]
+    );
+}
+
+#[test]
+fn load_path_reads_yaml_files_of_a_directory_in_order() {
+    let dir = std::env::temp_dir().join(format!("ward-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    std::fs::write(dir.join("b.yml"), service("web", "http")).unwrap();
+    std::fs::write(dir.join("a.yaml"), DEPLOYMENT).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not yaml: [").unwrap();
+    std::fs::write(dir.join(".a.yaml.tmp"), "not yaml: [").unwrap();
+    std::fs::write(dir.join("nested/c.yaml"), "not yaml: [").unwrap();
+    let loaded = load_path(&dir);
+    let single = load_path(&dir.join("a.yaml"));
+    let missing = load_path(&dir.join("missing.yaml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mesh = loaded.unwrap().mesh;
+    assert_eq!(mesh.services[0].ports[0].target_port, 5678);
+    assert!(mesh.workloads[0].source.file.ends_with("a.yaml"));
+    assert_eq!(single.unwrap().mesh.workloads.len(), 1);
+    assert!(matches!(missing, Err(ConfigError::Io { .. })));
 }
 
 #[test]
 fn addresses_are_stable_when_workloads_are_added() {
-    let before = load_sources(&lab_sources()).unwrap().mesh;
-    let mut sources = lab_sources();
-    sources.push(("d.yaml".into(), DEPLOYMENT.into()));
-    let after = load_sources(&sources).unwrap().mesh;
+    let before = load_sources(&exam_lab()).unwrap().mesh;
+    let mut more = exam_lab();
+    more.push(("aura-api.yaml".into(), AURA_API.into()));
+    more.push(("d.yaml".into(), DEPLOYMENT.into()));
+    let after = load_sources(&more).unwrap().mesh;
     for w in &before.workloads {
         let a = after.workload(&w.namespace, &w.name).unwrap();
-        assert_eq!(w.instances, a.instances);
+        assert_eq!(w.instances, a.instances, "{} moved", w.name);
     }
-    let mut all: Vec<_> = after
+    let mut all: Vec<Ipv4Addr> = after
         .workloads
         .iter()
-        .flat_map(|w| w.instances.iter().map(|i| i.address))
+        .flat_map(|w| w.instances.iter().flat_map(|i| [i.address, i.app_address]))
         .collect();
     let n = all.len();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), n, "addresses are unique");
+    // The same input always gives the same addresses.
+    assert_eq!(load_sources(&more).unwrap().mesh, after);
 }

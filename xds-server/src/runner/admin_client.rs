@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.0 GET for the local admin endpoints of xds-server and Envoy. Loopback
+//! A minimal HTTP/1.1 GET for the local admin endpoints of xds-server and Envoy. Loopback
 //! only, small bodies: not worth a full HTTP client dependency.
 
 use std::net::SocketAddr;
@@ -14,8 +14,9 @@ pub async fn get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String
         let mut stream = TcpStream::connect(address)
             .await
             .with_context(|| format!("connecting to {address}"))?;
+        // HTTP/1.1: Envoy's admin refuses 1.0 on some endpoints (426).
         let request =
-            format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
@@ -28,11 +29,34 @@ pub async fn get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String
             .nth(1)
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("malformed status line from {address}{path}"))?;
-        Ok::<_, anyhow::Error>((status, body.to_string()))
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let body = if chunked {
+            dechunk(body).with_context(|| format!("malformed chunked body from {address}{path}"))?
+        } else {
+            body.to_string()
+        };
+        Ok::<_, anyhow::Error>((status, body))
     };
     match tokio::time::timeout(Duration::from_secs(5), fetch).await {
         Ok(result) => result,
         Err(_) => bail!("timed out fetching http://{address}{path}"),
+    }
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix("\r\n")?;
     }
 }
 

@@ -259,8 +259,13 @@ pub enum LogKind {
 
 /// Validates `file` together with the running config and writes it into the config directory,
 /// where the watchers pick it up. An invalid file is refused and nothing changes.
-pub fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
+pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let state = state::read_state(state_dir)?;
+    let generation = |status: &serde_json::Value| status["config"]["generation"].as_u64();
+    let before = admin_client::get_json(state.xds_admin_address, "/status")
+        .await
+        .ok()
+        .and_then(|s| generation(&s));
     let name = file
         .file_name()
         .with_context(|| format!("{} is not a file", file.display()))?;
@@ -289,6 +294,28 @@ pub fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &target)?;
     println!("{} applied to {}", file.display(), target.display());
+    // Like `istioctl x wait`: return once the change is serving, so the next command sees it.
+    let Some(before) = before else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = admin_client::get_json(state.xds_admin_address, "/status").await?;
+        if generation(&status).is_some_and(|g| g > before) {
+            break;
+        }
+        if let Some(error) = status["config"]["last_error"].as_str() {
+            bail!("xds-server refused the new config (the last good one keeps serving):\n{error}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "xds-server did not load the new config within 10 s; see `wardctl logs xds-server`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_synced(state.xds_admin_address, Duration::from_secs(10)).await?;
+    println!("every proxy has the new config");
     Ok(())
 }
 

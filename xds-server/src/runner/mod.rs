@@ -3,6 +3,7 @@
 
 pub mod admin_client;
 pub mod commands;
+pub mod inspect;
 pub mod no_mesh_proxy;
 pub mod state;
 pub mod supervisor;

@@ -284,8 +284,17 @@ async fn handle_client(
     }
     // Whatever the client sent after the head (a body, a TLS hello) belongs to the upstream.
     upstream.write_all(&buffer[head_end..]).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-    Ok(())
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // A pod connected straight to the sidecar would see its reset (a STRICT sidecar
+            // resets a plaintext client): pass it on as a reset, not as a clean close.
+            if e.kind() == std::io::ErrorKind::ConnectionReset {
+                let _ = client.set_zero_linger();
+            }
+            Err(e.into())
+        }
+    }
 }
 
 enum HeadError {

@@ -252,6 +252,13 @@ impl Supervisor {
             self.options.xds_address.to_string(),
             "--admin-address".to_string(),
             self.options.xds_admin_address.to_string(),
+            // The CA root persists here: restarts and `wardctl down/up` keep the trust root.
+            "--state-dir".to_string(),
+            self.options
+                .state_dir
+                .join("xds-server")
+                .display()
+                .to_string(),
         ];
         if let Some(wasm) = &self.options.wasm {
             argv.push("--wasm-module".to_string());

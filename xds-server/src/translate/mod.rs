@@ -8,6 +8,13 @@
 //!   endpoints (EDS) are the destination instances' inbound listeners.
 //!
 //! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
+//! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`.
+
+mod tls;
+
+pub use tls::{
+    cluster_tls, mesh_sni, secret_layer, ClusterTls, CERTIFICATE_SECRET, TRUST_BUNDLE_SECRET,
+};
 
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
@@ -16,7 +23,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
     SubstitutionFormatString, TrafficDirection,
 };
-use envoy_types::pb::envoy::config::core::v3::{Address, AsyncDataSource};
+use envoy_types::pb::envoy::config::core::v3::{Address, AsyncDataSource, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
@@ -135,8 +142,17 @@ pub struct SharedLayers {
     routes_by_namespace: BTreeMap<String, Arc<ResourceLayer>>,
 }
 
+/// The previous layer if nothing in it changed: proxies that have it are then known, by
+/// pointer, to have all of it, and a push to them skips it without comparing resources.
+fn reuse(new: Arc<ResourceLayer>, previous: Option<&Arc<ResourceLayer>>) -> Arc<ResourceLayer> {
+    match previous {
+        Some(old) if old.version == new.version => old.clone(),
+        _ => new,
+    }
+}
+
 impl SharedLayers {
-    pub fn new(mesh: &Mesh) -> Self {
+    pub fn new(mesh: &Mesh, previous: Option<&SharedLayers>) -> Self {
         let mut clusters = Vec::new();
         let mut endpoints = Vec::new();
         for service in &mesh.services {
@@ -145,7 +161,7 @@ impl SharedLayers {
                 clusters.push(Resource::new(
                     snapshot::CLUSTER,
                     &name,
-                    &outbound_cluster(&name),
+                    &outbound_cluster(mesh, service, port, &name),
                 ));
                 endpoints.push(Resource::new(
                     snapshot::ENDPOINT,
@@ -166,12 +182,17 @@ impl SharedLayers {
                     OUTBOUND_ROUTE,
                     &outbound_route_config(mesh, &ns),
                 );
-                (ns, ResourceLayer::new([routes]))
+                let old = previous.and_then(|p| p.routes_by_namespace.get(&ns));
+                let layer = reuse(ResourceLayer::new([routes]), old);
+                (ns, layer)
             })
             .collect();
         SharedLayers {
-            clusters: ResourceLayer::new(clusters),
-            endpoints: ResourceLayer::new(endpoints),
+            clusters: reuse(ResourceLayer::new(clusters), previous.map(|p| &p.clusters)),
+            endpoints: reuse(
+                ResourceLayer::new(endpoints),
+                previous.map(|p| &p.endpoints),
+            ),
             routes_by_namespace,
         }
     }
@@ -184,6 +205,7 @@ pub fn proxy_snapshot(
     workload: &Workload,
     instance: &Instance,
     options: &TranslateOptions,
+    secrets: Option<Arc<ResourceLayer>>,
 ) -> Snapshot {
     let mut clusters = Vec::new();
     let mut listeners = Vec::new();
@@ -214,6 +236,7 @@ pub fn proxy_snapshot(
     snapshot.insert(snapshot::LISTENER, vec![ResourceLayer::new(listeners)]);
     let routes = shared.routes_by_namespace.get(&workload.namespace).cloned();
     snapshot.insert(snapshot::ROUTE, routes.into_iter().collect());
+    snapshot.insert(snapshot::SECRET, secrets.into_iter().collect());
     snapshot
 }
 
@@ -227,9 +250,9 @@ fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
         )),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.clone(),
-            endpoints: vec![locality_endpoints(vec![socket_address(
-                instance.app_address,
-                port,
+            endpoints: vec![locality_endpoints(vec![(
+                socket_address(instance.app_address, port),
+                None,
             )])],
             ..Default::default()
         }),
@@ -238,9 +261,32 @@ fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
     Resource::new(snapshot::CLUSTER, name, &cluster)
 }
 
-fn outbound_cluster(name: &str) -> Cluster {
+/// The SPIFFE identities of the workloads behind a service: the only peers a client accepts
+/// for it (Istio's secure naming).
+fn service_identities(mesh: &Mesh, service: &Service) -> Vec<String> {
+    let mut ids: Vec<String> = service
+        .backends
+        .iter()
+        .filter_map(|(ns, name)| mesh.workload(ns, name))
+        .map(|w| mesh.identity(w))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn outbound_cluster(mesh: &Mesh, service: &Service, port: &ServicePort, name: &str) -> Cluster {
+    let fqdn = service_fqdn(service);
+    let tls = cluster_tls(mesh, service, &fqdn, port.port);
+    let (transport_socket, transport_socket_matches) = tls::cluster_transport(
+        &tls,
+        &service_identities(mesh, service),
+        mesh_sni(port.port, &fqdn),
+    );
     Cluster {
         name: name.to_string(),
+        transport_socket,
+        transport_socket_matches,
         connect_timeout: Some(duration_ms(1000)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -254,15 +300,16 @@ fn outbound_cluster(name: &str) -> Cluster {
     }
 }
 
-fn locality_endpoints(addresses: Vec<Address>) -> LocalityLbEndpoints {
+fn locality_endpoints(addresses: Vec<(Address, Option<Metadata>)>) -> LocalityLbEndpoints {
     LocalityLbEndpoints {
         lb_endpoints: addresses
             .into_iter()
-            .map(|address| LbEndpoint {
+            .map(|(address, metadata)| LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                     address: Some(address),
                     ..Default::default()
                 })),
+                metadata,
                 ..Default::default()
             })
             .collect(),
@@ -280,8 +327,15 @@ fn load_assignment(
         .backends
         .iter()
         .filter_map(|(ns, name)| mesh.workload(ns, name))
-        .flat_map(|w| w.instances.iter())
-        .map(|i| socket_address(i.address, port.target_port))
+        .flat_map(|w| {
+            let metadata = tls::endpoint_metadata(mesh, w, port.target_port);
+            w.instances.iter().map(move |i| {
+                (
+                    socket_address(i.address, port.target_port),
+                    metadata.clone(),
+                )
+            })
+        })
         .collect();
     ClusterLoadAssignment {
         cluster_name: cluster_name.to_string(),
@@ -293,11 +347,17 @@ fn load_assignment(
 /// Access log on the proxy's stdout: one line per request or connection, with the direction,
 /// so `wardctl logs` shows who talked to whom and why a request failed.
 fn access_log(direction: &str) -> AccessLog {
+    // Who the peer proved to be: the client's identity inbound, the server's outbound.
+    let peer = if direction.starts_with("inbound") {
+        "peer=%DOWNSTREAM_PEER_URI_SAN% tls=%DOWNSTREAM_TLS_VERSION%"
+    } else {
+        "peer=%UPSTREAM_PEER_URI_SAN% tls=%UPSTREAM_TLS_VERSION%"
+    };
     let format = format!(
         "[%START_TIME%] {direction} \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
          %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% \
          %DURATION%ms \"%REQ(:AUTHORITY)%\" src=%DOWNSTREAM_REMOTE_ADDRESS% \
-         upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER%\n"
+         upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% {peer}\n"
     );
     let file = FileAccessLog {
         path: "/dev/stdout".to_string(),
@@ -462,13 +522,13 @@ fn inbound_listener(
             ),
         )
     };
+    let mode = mesh.effective_mtls(workload, port).mode;
+    let (listener_filters, filter_chains) = tls::inbound_chains(mode, vec![filter]);
     let listener = Listener {
         name: name.clone(),
         address: Some(socket_address(instance.address, port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![filter],
-            ..Default::default()
-        }],
+        listener_filters,
+        filter_chains,
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
     };
@@ -592,17 +652,26 @@ fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfigurat
     }
 }
 
-/// Snapshots for every instance in the mesh, keyed by node id.
-pub fn mesh_snapshots(mesh: &Mesh, options: &TranslateOptions) -> Vec<(String, Snapshot)> {
-    let shared = SharedLayers::new(mesh);
-    mesh.workloads
+/// Snapshots for every instance in the mesh, keyed by node id, and the shared layers they
+/// use (pass them back in as `previous` next time so unchanged layers are reused).
+/// `secrets` gives each proxy its SDS secrets (None: the proxy gets none).
+pub fn mesh_snapshots(
+    mesh: &Mesh,
+    options: &TranslateOptions,
+    previous: Option<&SharedLayers>,
+    secrets: impl Fn(&Workload, &Instance) -> Option<Arc<ResourceLayer>>,
+) -> (Vec<(String, Snapshot)>, SharedLayers) {
+    let shared = SharedLayers::new(mesh, previous);
+    let snapshots = mesh
+        .workloads
         .iter()
         .flat_map(|w| w.instances.iter().map(move |i| (w, i)))
         .map(|(w, i)| {
             (
                 Mesh::node_id(w, i),
-                proxy_snapshot(mesh, &shared, w, i, options),
+                proxy_snapshot(mesh, &shared, w, i, options, secrets(w, i)),
             )
         })
-        .collect()
+        .collect();
+    (snapshots, shared)
 }

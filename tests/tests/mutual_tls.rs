@@ -1,0 +1,314 @@
+//! Workload identity and mutual TLS on a local mesh of real Envoys: the lab's section 4.2.1
+//! (seed 000) and Istio's mesh-wide form (seed 001, subtask 1.5), PERMISSIVE and DISABLE,
+//! certificates visible from the Envoys, rotation under load, restart with the same root.
+
+use std::time::{Duration, Instant};
+
+use ward_e2e::{processes_mentioning, LocalMesh};
+
+const PEER_AUTH_STRICT: &str = "\
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: default
+spec:
+  mtls:
+    mode: STRICT
+";
+
+const MESH_WIDE_STRICT: &str = "\
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  mtls:
+    mode: STRICT
+";
+
+/// `wardctl exec --no-mesh -- curl exam-scheduler`: (curl exit code, body).
+fn no_mesh_get(mesh: &LocalMesh) -> (i32, String) {
+    let out = mesh
+        .wardctl(&[
+            "exec",
+            "--no-mesh",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "exam-scheduler",
+        ])
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn apply(mesh: &LocalMesh, name: &str, text: &str) {
+    let path = mesh.root.join(name);
+    std::fs::write(&path, text).unwrap();
+    let out = mesh
+        .wardctl(&["apply", "-f", path.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "apply {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn certs_json(mesh: &LocalMesh, workload: &str) -> Vec<serde_json::Value> {
+    let out = mesh.wardctl(&["certs", workload, "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+#[test]
+fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+
+    // Before the policy: PERMISSIVE by default. The meshed client talks mTLS (the server's
+    // sidecar logs the client's SPIFFE identity), the client without a sidecar plaintext.
+    let (code, body) = no_mesh_get(&mesh);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("exams"), "{body}");
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+    mesh.eventually(Duration::from_secs(5), || {
+        let server = mesh.log("exam-scheduler-0.default.envoy.log");
+        anyhow::ensure!(
+            server.contains(
+                "peer=spiffe://cluster.local/ns/default/sa/professor-tools-sa tls=TLSv1.3"
+            ),
+            "server log: {server}"
+        );
+        anyhow::ensure!(server.contains("peer=- tls=-"), "server log: {server}");
+        Ok(())
+    })
+    .unwrap();
+
+    // The lab's peer-auth.yaml: the client without a sidecar is cut off...
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    let (code, body) = no_mesh_get(&mesh);
+    assert!(
+        code == 52 || code == 56,
+        "curl should see the connection closed or reset, got exit {code}: {body}"
+    );
+    assert!(body.is_empty(), "{body}");
+
+    // ...while the meshed clients keep working, over mTLS.
+    let (code, body) = mesh
+        .curl_from(
+            Some("student-portal"),
+            &[
+                "-X",
+                "POST",
+                "exam-scheduler",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                r#"{"matricola": "s123456", "exam": "NCS"}"#,
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Exam received"), "{body}");
+    let (code, body) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("s123456"), "{body}");
+
+    // DISABLE on the workload's port wins over the namespace's STRICT (Istio's precedence):
+    // plaintext again, for both kinds of client.
+    apply(
+        &mesh,
+        "scheduler-port.yaml",
+        "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: scheduler-plaintext
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: exam-scheduler
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    8080:
+      mode: DISABLE
+",
+    );
+    let (code, body) = no_mesh_get(&mesh);
+    assert_eq!(code, 0, "{body}");
+    // Meshed clients follow (auto mTLS: plaintext to a DISABLE port; connections they
+    // already hold drain as Envoy drains the old listener).
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = mesh
+        .curl_from(Some("student-portal"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn mesh_wide_strict_from_the_root_namespace_and_certificates_from_the_envoys() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    apply(&mesh, "mesh-wide.yaml", MESH_WIDE_STRICT);
+    let (code, body) = no_mesh_get(&mesh);
+    assert!(code == 52 || code == 56, "exit {code}: {body}");
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+
+    // Each proxy holds its own certificate (SPIFFE URI SAN of its service account, 24 h by
+    // default) and the trust bundle, as istioctl proxy-config secret would show.
+    let certs = certs_json(&mesh, "exam-scheduler");
+    let own: Vec<_> = certs
+        .iter()
+        .filter(|c| c["resource"] == "default" && c["status"] == "ACTIVE")
+        .collect();
+    assert_eq!(own.len(), 1, "{certs:?}");
+    assert_eq!(
+        own[0]["spiffe_id"],
+        "spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"
+    );
+    assert_eq!(own[0]["valid"], true);
+    assert!(certs
+        .iter()
+        .any(|c| c["resource"] == "ROOTCA" && c["kind"] == "CA"));
+    let table = mesh.wardctl(&["certs"]).unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    for workload in ["exam-scheduler-0", "professor-tools-0", "student-portal-0"] {
+        assert!(table.contains(workload), "{table}");
+    }
+
+    // Seconds until expiry per workload certificate, and the issuance count, as metrics.
+    let metrics = mesh.metrics().unwrap();
+    assert!(
+        metrics.contains("ward_certificates_issued_total{reason=\"initial\"} 3"),
+        "{metrics}"
+    );
+    let remaining = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ward_workload_certificate_expiry_seconds{")
+                && l.contains("exam-scheduler-sa")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let seconds: i64 = remaining.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((86_000..=86_400).contains(&seconds), "{remaining}");
+}
+
+#[test]
+fn certificates_rotate_under_load_with_no_failed_request() {
+    // 6 s certificates renewed at 4/5 of their lifetime: several rotations in the window.
+    std::env::set_var("WARD_WORKLOAD_CERT_TTL", "6s");
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    std::env::remove_var("WARD_WORKLOAD_CERT_TTL");
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    let serial = |mesh: &LocalMesh| {
+        certs_json(mesh, "exam-scheduler")
+            .into_iter()
+            .find(|c| c["resource"] == "default" && c["status"] == "ACTIVE")
+            .map(|c| c["serial"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let first = serial(&mesh);
+    let mut serials = vec![first.clone()];
+    let (mut ok, mut failed) = (0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(16);
+    while Instant::now() < deadline {
+        // A fresh connection each time, so every request does a new mTLS handshake with
+        // whatever certificates the Envoys hold now.
+        for client in ["student-portal", "professor-tools"] {
+            match mesh.curl_from(
+                Some(client),
+                &["-H", "Connection: close", "http://exam-scheduler"],
+            ) {
+                Ok((200, _)) => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        let now = serial(&mesh);
+        if serials.last() != Some(&now) {
+            serials.push(now);
+        }
+    }
+    assert!(failed.is_empty(), "{} ok, failed: {failed:?}", ok);
+    assert!(
+        serials.len() >= 3,
+        "expected at least two renewals in 16 s of 6 s certificates, saw serials {serials:?}"
+    );
+    let metrics = mesh.metrics().unwrap();
+    assert!(
+        metrics.contains("ward_certificates_issued_total{reason=\"renewal\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn restarted_xds_server_keeps_the_root_and_proxies_keep_mtls() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    let root_of = |mesh: &LocalMesh| {
+        certs_json(mesh, "professor-tools")
+            .into_iter()
+            .find(|c| c["resource"] == "ROOTCA")
+            .map(|c| c["serial"].as_str().unwrap_or_default().to_string())
+            .unwrap()
+    };
+    let root = root_of(&mesh);
+    let root_file = mesh.state_dir.join("xds-server/ca/root-cert.pem");
+    let root_pem = std::fs::read_to_string(&root_file).unwrap();
+
+    // Kill xds-server; the supervisor restarts it. Traffic keeps flowing meanwhile.
+    let config_dir = mesh.config_dir.display().to_string();
+    let pids: Vec<u32> = processes_mentioning("xds-server serve")
+        .into_iter()
+        .filter(|pid| processes_mentioning(&config_dir).contains(pid))
+        .collect();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    for pid in &pids {
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+    mesh.eventually(Duration::from_secs(30), || {
+        let status = mesh.status_json()?;
+        let proxies = status["proxies"].as_array().cloned().unwrap_or_default();
+        let synced = proxies.iter().filter(|p| p["synced"] == true).count();
+        anyhow::ensure!(synced == 3, "{status}");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&root_file).unwrap(), root_pem);
+    assert_eq!(root_of(&mesh), root);
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = no_mesh_get(&mesh);
+    assert!(code == 52 || code == 56);
+}

@@ -1,0 +1,9 @@
+//! Workload identity: the CA (`ca`), per-proxy workload certificates and their renewal
+//! (`certs`), and reading SPIFFE identities out of peer certificates (`spiffe`).
+
+pub mod ca;
+pub mod certs;
+pub mod spiffe;
+
+pub use ca::{CaError, CaOptions, CaSource, CertificateAuthority, IssuedCertificate, KeyAlgorithm};
+pub use certs::{CertificatePolicy, WorkloadCertificates};
