@@ -219,9 +219,8 @@ fn mesh_wide_strict_from_the_root_namespace_and_certificates_from_the_envoys() {
 #[test]
 fn certificates_rotate_under_load_with_no_failed_request() {
     // 6 s certificates renewed at 4/5 of their lifetime: several rotations in the window.
-    std::env::set_var("WARD_WORKLOAD_CERT_TTL", "6s");
-    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
-    std::env::remove_var("WARD_WORKLOAD_CERT_TTL");
+    let mesh =
+        LocalMesh::up_with("config/exam-lab", &["--workload-cert-ttl", "6s"]).expect("mesh up");
     apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
     let serial = |mesh: &LocalMesh| {
         certs_json(mesh, "exam-scheduler")

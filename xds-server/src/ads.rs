@@ -38,6 +38,11 @@ use crate::snapshot::{self, Resource, ResourceSet, Snapshot, SnapshotCache, PUSH
 
 /// Largest xDS message accepted or sent: a 1,000-service mesh makes big CDS responses.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Delta responses carry at most about this many bytes of resources; the rest follows once
+/// the proxy ACKs. tonic keeps each stream's encode buffer as large as the largest message it
+/// sent, so one 800 KB initial CDS response would cost 800 KB per connected proxy for as long
+/// as it stays connected.
+const DELTA_CHUNK_BYTES: usize = 32 * 1024;
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -101,12 +106,25 @@ struct TypeState {
     nacked_version: Option<String>,
     /// Delta: the set the proxy ACKed last; it has every resource of it that it wanted.
     acked_set: Option<ResourceSet>,
-    /// Delta: the set of the response in flight, and the names first sent with it.
-    in_flight_set: Option<(ResourceSet, BTreeSet<Arc<str>>)>,
+    /// Delta: the response in flight.
+    in_flight_set: Option<InFlight>,
+    /// Delta: resources ACKed so far of a set sent in chunks (name → version); empty once
+    /// the whole set is ACKed.
+    partial: HashMap<Arc<str>, String>,
     /// Delta: what a reconnecting proxy says it has, until its first ACK on this stream.
     initial_versions: HashMap<String, String>,
     /// Delta: names subscribed since the last response, sent even if unchanged.
     newly_subscribed: BTreeSet<Arc<str>>,
+}
+
+/// A delta response waiting for its ACK.
+#[derive(Debug)]
+struct InFlight {
+    set: ResourceSet,
+    /// Names sent with it for the first time since they were subscribed.
+    first_sent: BTreeSet<Arc<str>>,
+    /// Some(resources sent) when this is one chunk of a larger change, not the last.
+    chunk: Option<Vec<(Arc<str>, String)>>,
 }
 
 /// The decisions shared by both protocol variants.
@@ -147,9 +165,11 @@ impl StreamState {
             snapshot::ROUTE => &[snapshot::CLUSTER, snapshot::ENDPOINT, snapshot::LISTENER],
             _ => &[],
         };
-        depends_on
-            .iter()
-            .any(|t| self.types.get(t).is_some_and(|s| s.in_flight.is_some()))
+        depends_on.iter().any(|t| {
+            self.types
+                .get(t)
+                .is_some_and(|s| s.in_flight.is_some() || !s.partial.is_empty())
+        })
     }
 
     /// Handles the ACK/NACK part of a request. Returns false if the nonce is stale.
@@ -172,9 +192,25 @@ impl StreamState {
         let label = Metrics::by_type(snapshot::short_name(type_url));
         match error {
             None => {
-                if let Some((set, _)) = state.in_flight_set.take() {
-                    state.acked_set = Some(set);
-                    state.initial_versions.clear();
+                match state.in_flight_set.take() {
+                    Some(InFlight {
+                        chunk: Some(sent), ..
+                    }) => {
+                        // One chunk of a larger change: the set is not complete yet.
+                        state.partial.extend(sent);
+                        ctx.metrics
+                            .acks
+                            .get_or_create(&Metrics::by_type(snapshot::short_name(type_url)))
+                            .inc();
+                        debug!(r#type = snapshot::short_name(type_url), "ACK of a chunk");
+                        return true;
+                    }
+                    Some(InFlight { set, .. }) => {
+                        state.acked_set = Some(set);
+                        state.initial_versions.clear();
+                        state.partial.clear();
+                    }
+                    None => {}
                 }
                 state.acked_version = Some(sent_version.clone());
                 ctx.metrics.acks.get_or_create(&label).inc();
@@ -182,9 +218,9 @@ impl StreamState {
                 debug!(r#type = snapshot::short_name(type_url), version = %sent_version, "ACK");
             }
             Some(detail) => {
-                if let Some((_, first_sent)) = state.in_flight_set.take() {
+                if let Some(in_flight) = state.in_flight_set.take() {
                     // They never arrived: send them again with the next response.
-                    state.newly_subscribed.extend(first_sent);
+                    state.newly_subscribed.extend(in_flight.first_sent);
                 }
                 state.nacked_version = Some(sent_version.clone());
                 ctx.metrics.nacks.get_or_create(&label).inc();
@@ -560,17 +596,19 @@ impl DeltaStream {
             let set = snapshot.set(type_url).unwrap_or(&empty);
             let nacked = state.nacked_version.as_deref() == Some(set.version.as_str());
             if !state.must_send
+                && state.partial.is_empty()
                 && (nacked || state.acked_version.as_deref() == Some(set.version.as_str()))
             {
                 continue;
             }
-            let (changed, removed) = delta(state, set);
+            let (mut changed, removed) = delta(state, set);
             state.must_send = false;
-            let first_sent = std::mem::take(&mut state.newly_subscribed);
             if changed.is_empty() && removed.is_empty() {
                 // Nothing new for this proxy: it already has everything it wants of this set.
+                state.newly_subscribed.clear();
                 state.acked_set = Some(set.clone());
                 state.initial_versions.clear();
+                state.partial.clear();
                 if state.acked_version.as_deref() != Some(set.version.as_str()) {
                     state.acked_version = Some(set.version.clone());
                     state.sent_version = Some(set.version.clone());
@@ -583,6 +621,29 @@ impl DeltaStream {
                 }
                 continue;
             }
+            // Send a large change in chunks; removals go with the last one.
+            let mut bytes = 0;
+            let fits = changed
+                .iter()
+                .position(|r| {
+                    bytes += r.body.value.len() + r.name.len();
+                    bytes > DELTA_CHUNK_BYTES
+                })
+                .map(|i| i.max(1));
+            let chunk = fits.filter(|&n| n < changed.len()).map(|n| {
+                changed.truncate(n);
+                changed
+                    .iter()
+                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .collect::<Vec<_>>()
+            });
+            let removed = if chunk.is_some() { Vec::new() } else { removed };
+            let first_sent: BTreeSet<Arc<str>> = changed
+                .iter()
+                .filter(|r| state.newly_subscribed.contains(&r.name))
+                .map(|r| r.name.clone())
+                .collect();
+            state.newly_subscribed.retain(|n| !first_sent.contains(n));
             let response = DeltaDiscoveryResponse {
                 system_version_info: set.version.clone(),
                 resources: changed
@@ -600,7 +661,11 @@ impl DeltaStream {
                 ..Default::default()
             };
             state.in_flight = Some((nonce.clone(), set.version.clone()));
-            state.in_flight_set = Some((set.clone(), first_sent));
+            state.in_flight_set = Some(InFlight {
+                set: set.clone(),
+                first_sent,
+                chunk,
+            });
             state.sent_version = Some(set.version.clone());
             record_push(
                 &self.server,
@@ -649,7 +714,7 @@ fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>
                             .is_some_and(|r| r.version == resource.version)
                 }
                 None => state.initial_versions.get(&*resource.name) == Some(&resource.version),
-            };
+            } || state.partial.get(&resource.name) == Some(&resource.version);
             if !has {
                 changed.push(resource);
             }

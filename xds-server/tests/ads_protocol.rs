@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -356,4 +357,113 @@ async fn delta_reconnect_with_matching_versions_gets_nothing_resent() {
     let resent = next(&mut responses).await;
     assert_eq!(delta_names(&resent), vec!["b"]);
     assert!(resent.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn delta_sends_a_large_set_in_chunks_and_holds_listeners_until_it_is_complete() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use ward::snapshot::LISTENER;
+    let h = start().await;
+    // 300 clusters of about 1 KB each: several chunks of at most ~32 KB.
+    let padding = "x".repeat(1000);
+    let clusters: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("c{i:03}"), format!("{padding}{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = clusters
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let mut snap = snapshot(&refs, &[]);
+    snap.insert(
+        LISTENER,
+        vec![ResourceLayer::new([Resource::new(
+            LISTENER,
+            "l",
+            &Listener {
+                name: "l".into(),
+                ..Default::default()
+            },
+        )])],
+    );
+    h.cache.set(NODE, snap);
+
+    let mut c = client(h.address).await;
+    let (tx, rx) = mpsc::channel(16);
+    for (type_url, first) in [(CLUSTER, true), (LISTENER, false)] {
+        tx.send(DeltaDiscoveryRequest {
+            node: first.then(node).flatten(),
+            type_url: type_url.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut responses = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = std::collections::BTreeSet::new();
+    let mut chunks = 0;
+    while received.len() < 300 {
+        let response: DeltaDiscoveryResponse = next(&mut responses).await;
+        assert_eq!(
+            response.type_url, CLUSTER,
+            "listeners wait until every cluster has arrived"
+        );
+        assert!(
+            response.encoded_len() < 40 * 1024,
+            "{}",
+            response.encoded_len()
+        );
+        chunks += 1;
+        for r in &response.resources {
+            assert!(received.insert(r.name.clone()), "{} sent twice", r.name);
+        }
+        assert_eq!(
+            state_of(&h, "CDS"),
+            "STALE",
+            "not SYNCED before the last chunk"
+        );
+        tx.send(DeltaDiscoveryRequest {
+            type_url: CLUSTER.into(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert!(chunks >= 8, "{chunks} chunks");
+    let listeners: DeltaDiscoveryResponse = next(&mut responses).await;
+    assert_eq!(listeners.type_url, LISTENER);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: LISTENER.into(),
+        response_nonce: listeners.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state_of(&h, "CDS"), "SYNCED");
+    assert_eq!(state_of(&h, "LDS"), "SYNCED");
+    nothing_within(&mut responses, 200).await;
+
+    // A later change of one cluster is one small response.
+    let mut changed = refs.clone();
+    changed[7].1 = "new";
+    let mut snap = snapshot(&changed, &[]);
+    snap.insert(
+        LISTENER,
+        vec![ResourceLayer::new([Resource::new(
+            LISTENER,
+            "l",
+            &Listener {
+                name: "l".into(),
+                ..Default::default()
+            },
+        )])],
+    );
+    h.cache.set(NODE, snap);
+    let update: DeltaDiscoveryResponse = next(&mut responses).await;
+    assert_eq!(delta_names(&update), vec!["c007"]);
 }

@@ -43,6 +43,9 @@ enum Command {
         protocol: AdsProtocol,
         #[arg(long, default_value = "warning")]
         envoy_log_level: String,
+        /// Lifetime of workload certificates (default 24h; xds-server renews at 4/5 of it).
+        #[arg(long)]
+        workload_cert_ttl: Option<String>,
         /// Internal: run the supervisor in this process (what --detach starts).
         #[arg(long, hide = true)]
         supervise: bool,
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_mesh_address,
             protocol,
             envoy_log_level,
+            workload_cert_ttl,
             supervise,
         } => {
             let config_dir = std::fs::canonicalize(&dir)
@@ -181,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 no_mesh_address,
                 protocol,
                 envoy_log_level: envoy_log_level.clone(),
+                workload_cert_ttl: workload_cert_ttl.clone(),
             };
             if supervise || !detach {
                 init_tracing();
@@ -206,6 +211,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "--state-dir".to_string(),
                 state_dir.display().to_string(),
             ];
+            if let Some(ttl) = &workload_cert_ttl {
+                forwarded.push("--workload-cert-ttl".to_string());
+                forwarded.push(ttl.clone());
+            }
             if let Some(wasm) = &wasm {
                 forwarded.push("--wasm".to_string());
                 forwarded.push(wasm.display().to_string());

@@ -561,11 +561,11 @@ fn service_type_and_cluster_ip_are_warned_about() {
 #[test]
 fn unsupported_kinds_are_warned_about_and_empty_documents_skipped() {
     let text = "# nothing here\n---\napiVersion: security.istio.io/v1
-kind: PeerAuthentication
+kind: AuthorizationPolicy
 metadata:
   name: default
 spec:
-  mtls: {mode: STRICT}
+  action: DENY
 ---
 ---
 apiVersion: apps/v1beta1
@@ -576,7 +576,7 @@ metadata: {name: old}
     assert_eq!(
         warnings,
         vec![
-            "p.yaml:4:1: kind PeerAuthentication (apiVersion security.istio.io/v1) is not supported by Ward; document ignored",
+            "p.yaml:4:1: kind AuthorizationPolicy (apiVersion security.istio.io/v1) is not supported by Ward; document ignored",
             "p.yaml:12:1: kind Deployment (apiVersion apps/v1beta1) is not supported by Ward (Ward reads it as apps/v1); document ignored",
         ]
     );
@@ -772,4 +772,180 @@ fn addresses_are_stable_when_workloads_are_added() {
     assert_eq!(all.len(), n, "addresses are unique");
     // The same input always gives the same addresses.
     assert_eq!(load_sources(&more).unwrap().mesh, after);
+}
+
+fn peer_authentication(namespace: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{spec}")
+}
+
+fn mesh_with(extra: &[(&str, &str)]) -> crate::model::Mesh {
+    let mut files = exam_lab();
+    files.extend(sources(extra));
+    match load_sources(&files) {
+        Ok(loaded) => loaded.mesh,
+        Err(e) => panic!("expected success, got:\n{e}"),
+    }
+}
+
+#[test]
+fn peer_authentication_follows_istios_precedence() {
+    use crate::model::MtlsMode;
+    let mode = |mesh: &crate::model::Mesh, workload: &str, port: u16| {
+        let w = mesh.workload("default", workload).unwrap();
+        mesh.effective_mtls(w, port)
+    };
+    // Nothing configured: PERMISSIVE.
+    let mesh = mesh_with(&[]);
+    assert_eq!(
+        mode(&mesh, "exam-scheduler", 8080).mode,
+        MtlsMode::Permissive
+    );
+    assert_eq!(mode(&mesh, "exam-scheduler", 8080).decided_by, None);
+
+    // Mesh-wide STRICT (root namespace), namespace PERMISSIVE wins over it, a workload
+    // policy over both, its port-level setting over it; UNSET inherits.
+    let mesh_wide = peer_authentication("istio-system", "default", "  mtls:\n    mode: STRICT\n");
+    let mesh = mesh_with(&[("mesh.yaml", &mesh_wide)]);
+    assert_eq!(mode(&mesh, "exam-scheduler", 8080).mode, MtlsMode::Strict);
+    assert_eq!(
+        mode(&mesh, "exam-scheduler", 8080).decided_by.as_deref(),
+        Some("istio-system/default")
+    );
+    let namespace = peer_authentication("default", "ns", "  mtls:\n    mode: PERMISSIVE\n");
+    let workload = peer_authentication(
+        "default",
+        "scheduler",
+        "  selector:\n    matchLabels:\n      app: exam-scheduler\n  mtls:\n    mode: UNSET\n  portLevelMtls:\n    9090:\n      mode: DISABLE\n",
+    );
+    let mesh = mesh_with(&[
+        ("mesh.yaml", &mesh_wide),
+        ("ns.yaml", &namespace),
+        ("w.yaml", &workload),
+    ]);
+    assert_eq!(
+        mode(&mesh, "student-portal", 8080).mode,
+        MtlsMode::Permissive
+    );
+    // UNSET on the workload: the namespace decides.
+    assert_eq!(
+        mode(&mesh, "exam-scheduler", 8080).mode,
+        MtlsMode::Permissive
+    );
+    assert_eq!(
+        mode(&mesh, "exam-scheduler", 8080).decided_by.as_deref(),
+        Some("default/ns")
+    );
+    assert_eq!(mode(&mesh, "exam-scheduler", 9090).mode, MtlsMode::Disable);
+    assert_eq!(
+        mode(&mesh, "exam-scheduler", 9090).decided_by.as_deref(),
+        Some("default/scheduler")
+    );
+}
+
+#[test]
+fn peer_authentication_mistakes_are_located() {
+    let bad_mode = peer_authentication("default", "default", "  mtls:\n    mode: STRICTLY\n");
+    let errors = errors_of(&[("pa.yaml", &bad_mode)]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "pa.yaml:8:5: spec.mtls.mode: unknown mTLS mode `STRICTLY`: expected UNSET, DISABLE, PERMISSIVE or STRICT"
+    );
+    // Istio refuses portLevelMtls without a selector.
+    let port_level = peer_authentication(
+        "default",
+        "default",
+        "  portLevelMtls:\n    8080:\n      mode: DISABLE\n",
+    );
+    let errors = errors_of(&[("pa.yaml", &port_level)]);
+    assert!(
+        errors[0].to_string().starts_with(
+            "pa.yaml:8:5: spec.portLevelMtls: portLevelMtls needs a workload selector"
+        ),
+        "{errors:?}"
+    );
+    // A selector matching nothing, two namespace-wide policies, an unknown field: warnings.
+    let nothing = peer_authentication(
+        "default",
+        "ghost",
+        "  selector:\n    matchLabels:\n      app: ghost\n  mtls:\n    mode: STRICT\n",
+    );
+    let second = peer_authentication("default", "zz", "  mtls:\n    mode: STRICT\n  extra: 1\n");
+    let first = peer_authentication("default", "aa", "  mtls:\n    mode: STRICT\n");
+    let mut files = exam_lab();
+    files.extend(sources(&[
+        ("a.yaml", &first),
+        ("g.yaml", &nothing),
+        ("z.yaml", &second),
+    ]));
+    let warnings: Vec<String> = load_sources(&files)
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let joined = warnings.join("\n");
+    assert!(
+        joined.contains("g.yaml:7:3: spec.selector: selects no workload in namespace default"),
+        "{joined}"
+    );
+    assert!(joined.contains("z.yaml:4:9: metadata.name: a second namespace-wide in default PeerAuthentication (first: aa)"), "{joined}");
+    assert!(
+        joined.contains("z.yaml:9:3: spec.extra: ignored: not supported by Ward"),
+        "{joined}"
+    );
+}
+
+#[test]
+fn destination_rules_from_seed_001_resolve_their_hosts() {
+    use crate::model::ClientTlsMode;
+    let rule = "apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: exam-scheduler
+spec:
+  host: exam-scheduler
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+";
+    let mut files = exam_lab();
+    files.push(("dr.yaml".into(), rule.into()));
+    let loaded = load_sources(&files).unwrap();
+    let mesh = &loaded.mesh;
+    let service = &mesh.services[0];
+    let fqdn = "exam-scheduler.default.svc.cluster.local";
+    let found = mesh.destination_rule_for(service, fqdn).unwrap();
+    assert_eq!(found.host, fqdn);
+    assert_eq!(
+        found.tls_for_port(80).unwrap().mode,
+        ClientTlsMode::IstioMutual
+    );
+    // Subsets need VirtualService routes: said, not dropped.
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("dr.yaml:10:3: spec.subsets: ignored")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        super::resolve::qualify_host("reviews.prod", "default"),
+        "reviews.prod.svc.cluster.local"
+    );
+    assert_eq!(
+        super::resolve::qualify_host("*.prod.svc.cluster.local", "x"),
+        "*.prod.svc.cluster.local"
+    );
+    // MUTUAL without files is refused with its location.
+    let mutual = rule.replace("ISTIO_MUTUAL", "MUTUAL");
+    let errors = errors_of(&[("dr.yaml", &mutual)]);
+    assert!(
+        errors[0].to_string().starts_with("dr.yaml:9:7: spec.trafficPolicy.tls.mode: MUTUAL needs clientCertificate and privateKey"),
+        "{errors:?}"
+    );
 }

@@ -406,3 +406,173 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
         .unwrap_or(0);
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> CaOptions {
+        CaOptions {
+            state_dir: dir.to_path_buf(),
+            plugged_in_dir: None,
+            algorithm: KeyAlgorithm::EcdsaP256,
+            extra_trust_roots: Vec::new(),
+            trust_domain: "cluster.local".to_string(),
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ward-ca-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn der(pem_text: &str) -> Vec<u8> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).unwrap();
+        pem.contents
+    }
+
+    /// Checks that `child` is signed by `parent`'s key.
+    fn signed_by(child: &str, parent: &str) -> bool {
+        let child = der(child);
+        let parent = der(parent);
+        let (_, child) = x509_parser::parse_x509_certificate(&child).unwrap();
+        let (_, parent) = x509_parser::parse_x509_certificate(&parent).unwrap();
+        child.verify_signature(Some(parent.public_key())).is_ok()
+    }
+
+    #[test]
+    fn built_in_root_is_created_once_and_kept_across_restarts() {
+        let dir = temp_dir("persist");
+        let first = CertificateAuthority::load_or_create(&options(&dir)).unwrap();
+        let second = CertificateAuthority::load_or_create(&options(&dir)).unwrap();
+        assert_eq!(first.trust_bundle_pem(), second.trust_bundle_pem());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("ca/root-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the root key is readable by its owner only"
+        );
+        // A certificate signed before the restart verifies against the root after it.
+        let cert = first
+            .issue(
+                "spiffe://cluster.local/ns/default/sa/a",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(signed_by(&cert.cert_chain_pem, second.trust_bundle_pem()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn workload_certificates_carry_the_spiffe_id_and_the_lifetime() {
+        let dir = temp_dir("leaf");
+        let ca = CertificateAuthority::load_or_create(&options(&dir)).unwrap();
+        let id = "spiffe://cluster.local/ns/default/sa/exam-scheduler-sa";
+        let cert = ca.issue(id, Duration::from_secs(3600)).unwrap();
+        let der = der(&cert.cert_chain_pem);
+        assert_eq!(crate::identity::spiffe::uri_sans(&der).unwrap(), vec![id]);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!parsed.is_ca());
+        let validity = parsed.validity().time_to_expiration().unwrap();
+        assert!(validity.whole_seconds() > 3590 && validity.whole_seconds() <= 3600);
+        assert_eq!(cert.lifetime(), Duration::from_secs(3660));
+        assert!(cert.private_key_pem.contains("PRIVATE KEY"));
+        // Two certificates never share a key or a serial.
+        let other = ca.issue(id, Duration::from_secs(3600)).unwrap();
+        assert_ne!(other.serial_hex, cert.serial_hex);
+        assert_ne!(other.private_key_pem, cert.private_key_pem);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn plugged_in_intermediates_under_one_root_trust_each_other() {
+        let root_dir = temp_dir("root");
+        let root = CertificateAuthority::load_or_create(&options(&root_dir)).unwrap();
+        let mut clusters = Vec::new();
+        for name in ["cluster1", "cluster2"] {
+            let (cert, key) = root
+                .issue_intermediate(name, Duration::from_secs(86400))
+                .unwrap();
+            let dir = temp_dir(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("ca-cert.pem"), &cert).unwrap();
+            std::fs::write(dir.join("ca-key.pem"), &key).unwrap();
+            std::fs::write(dir.join("root-cert.pem"), root.trust_bundle_pem()).unwrap();
+            // Istio's cert-chain.pem: the intermediate, then the root.
+            std::fs::write(
+                dir.join("cert-chain.pem"),
+                format!("{cert}{}", root.trust_bundle_pem()),
+            )
+            .unwrap();
+            let mut opts = options(&temp_dir("unused"));
+            opts.plugged_in_dir = Some(dir.clone());
+            let ca = CertificateAuthority::load_or_create(&opts).unwrap();
+            assert!(matches!(ca.source, CaSource::PluggedIn { .. }));
+            clusters.push((ca, cert, dir));
+        }
+        let (ca1, intermediate1, _) = &clusters[0];
+        let (ca2, _, _) = &clusters[1];
+        assert_eq!(ca1.trust_bundle_pem(), ca2.trust_bundle_pem());
+        let leaf = ca1
+            .issue("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(60))
+            .unwrap();
+        let chain = pem_certificates(&leaf.cert_chain_pem);
+        assert_eq!(chain.len(), 2, "leaf and intermediate, not the root");
+        assert!(signed_by(&chain[0], intermediate1));
+        assert!(signed_by(&chain[1], ca2.trust_bundle_pem()));
+        for (_, _, dir) in clusters {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        std::fs::remove_dir_all(&root_dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_plug_in_file_is_named() {
+        let dir = temp_dir("missing");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut opts = options(&dir);
+        opts.plugged_in_dir = Some(dir.clone());
+        let error = CertificateAuthority::load_or_create(&opts).unwrap_err();
+        assert!(error.to_string().contains("missing ca-cert.pem"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rsa_roots_sign_rsa_workload_certificates() {
+        let dir = temp_dir("rsa");
+        let mut opts = options(&dir);
+        opts.algorithm = KeyAlgorithm::Rsa2048;
+        let ca = CertificateAuthority::load_or_create(&opts).unwrap();
+        let cert = ca
+            .issue("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(60))
+            .unwrap();
+        assert!(signed_by(&cert.cert_chain_pem, ca.trust_bundle_pem()));
+        let leaf = der(&cert.cert_chain_pem);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        assert!(matches!(
+            parsed.public_key().parsed(),
+            Ok(x509_parser::public_key::PublicKey::RSA(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn extra_trust_roots_join_the_bundle() {
+        let a = temp_dir("bundle-a");
+        let b = temp_dir("bundle-b");
+        let ca_b = CertificateAuthority::load_or_create(&options(&b)).unwrap();
+        let extra = b.join("next-root.pem");
+        std::fs::write(&extra, ca_b.trust_bundle_pem()).unwrap();
+        let mut opts = options(&a);
+        opts.extra_trust_roots = vec![extra];
+        let ca_a = CertificateAuthority::load_or_create(&opts).unwrap();
+        assert_eq!(pem_certificates(ca_a.trust_bundle_pem()).len(), 2);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}

@@ -38,6 +38,8 @@ pub struct SupervisorOptions {
     pub no_mesh_address: SocketAddr,
     pub protocol: AdsProtocol,
     pub envoy_log_level: String,
+    /// Passed to xds-server: lifetime of workload certificates (e.g. `24h`, `90s`).
+    pub workload_cert_ttl: Option<String>,
 }
 
 /// What runs for one instance: its Envoy and, unless client-only, its app.
@@ -260,6 +262,10 @@ impl Supervisor {
                 .display()
                 .to_string(),
         ];
+        if let Some(ttl) = &self.options.workload_cert_ttl {
+            argv.push("--workload-cert-ttl".to_string());
+            argv.push(ttl.clone());
+        }
         if let Some(wasm) = &self.options.wasm {
             argv.push("--wasm-module".to_string());
             argv.push(wasm.display().to_string());
