@@ -311,3 +311,155 @@ fn restarted_xds_server_keeps_the_root_and_proxies_keep_mtls() {
     let (code, _) = no_mesh_get(&mesh);
     assert!(code == 52 || code == 56);
 }
+
+/// The xDS port of a running mesh.
+fn xds_address(mesh: &LocalMesh) -> String {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
+    state["xds_address"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_proxy_cannot_get_another_workloads_config_with_its_own_credential() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    // An impostor: professor-tools' node id (and bootstrap), student-portal's credential.
+    let bootstrap_path = mesh
+        .state_dir
+        .join("bootstrap/professor-tools-0.default.json");
+    let mut bootstrap: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bootstrap_path).unwrap()).unwrap();
+    let text = serde_json::to_string(&bootstrap).unwrap().replace(
+        "credentials/professor-tools-0.default",
+        "credentials/student-portal-0.default",
+    );
+    bootstrap = serde_json::from_str(&text).unwrap();
+    let admin_port = ward_e2e::free_port();
+    bootstrap["admin"]["address"]["socket_address"] =
+        serde_json::json!({"address": "127.0.0.1", "port_value": admin_port});
+    bootstrap["cluster_manager"] = serde_json::json!({});
+    let impostor_bootstrap = mesh.root.join("impostor.json");
+    std::fs::write(&impostor_bootstrap, bootstrap.to_string()).unwrap();
+    let mut impostor = std::process::Command::new(ward_e2e::envoy_binary())
+        .args(["-c", impostor_bootstrap.to_str().unwrap()])
+        .args(["--base-id", &admin_port.to_string(), "-l", "warning"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let refused = mesh.eventually(Duration::from_secs(15), || {
+        let metrics = mesh.metrics()?;
+        anyhow::ensure!(
+            metrics.contains("ward_xds_refused_streams_total{reason=\"identity-mismatch\"}"),
+            "no refusal counted yet"
+        );
+        Ok(metrics)
+    });
+    // What the impostor holds: no secrets, no clusters, no listeners from xds-server.
+    let dump = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin_port}/config_dump")])
+        .output()
+        .unwrap();
+    impostor.kill().unwrap();
+    let _ = impostor.wait();
+    refused.unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("ward-xds"), "the admin answered: {dump}");
+    for leaked in ["dynamic_active_secrets", "dynamic_active_clusters", "dynamic_listeners", "BEGIN CERTIFICATE"] {
+        assert!(!dump.contains(leaked), "the impostor got {leaked}");
+    }
+    let log = mesh.log("xds-server.log");
+    assert!(
+        log.contains("refused an ADS stream")
+            && log.contains("professor-tools-0.default runs as spiffe://cluster.local/ns/default/sa/professor-tools-sa; this credential is spiffe://cluster.local/ns/default/sa/student-portal-sa"),
+        "{log}"
+    );
+    // The real proxies are unaffected.
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn xds_refuses_clients_without_a_certificate_and_survives_a_connection_flood() {
+    use std::io::{Read, Write};
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    let xds = xds_address(&mesh);
+    // Plaintext gRPC (an HTTP/2 preface) is not spoken to: the server wants a TLS handshake.
+    let mut plain = std::net::TcpStream::connect(&xds).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || !buf[..n].starts_with(b"\x00\x00"),
+        "a plaintext client got an HTTP/2 answer"
+    );
+    // A TLS client without a certificate is refused at the handshake.
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--http2-prior-knowledge", "-m", "5"])
+        .arg(format!("https://{xds}/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "a client without a certificate got through");
+
+    // A flood: 1,500 connections that never finish a TLS handshake, opened at once.
+    let mut idle = Vec::new();
+    for _ in 0..1500 {
+        if let Ok(stream) = std::net::TcpStream::connect(&xds) {
+            idle.push(stream);
+        }
+    }
+    assert!(idle.len() >= 1000, "only {} connections opened", idle.len());
+    // During it, a change reaches every proxy.
+    mesh.write_config(
+        "greeter.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: greeter}
+spec:
+  selector: {matchLabels: {app: greeter}}
+  template:
+    metadata: {labels: {app: greeter}}
+    spec:
+      containers:
+      - name: greeter
+        image: hashicorp/http-echo
+        args: [\"-text=hello\"]
+        ports: [{containerPort: 5678}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: greeter}
+spec:
+  selector: {app: greeter}
+  ports: [{port: 80, targetPort: 5678}]
+",
+    )
+    .unwrap();
+    mesh.eventually(Duration::from_secs(20), || {
+        let (code, body) = mesh.curl_from(Some("professor-tools"), &["http://greeter"])?;
+        anyhow::ensure!(code == 200 && body.contains("hello"), "greeter: {code} {body}");
+        Ok(())
+    })
+    .unwrap();
+    // The handshake timeout (5 s) closes the flood's connections.
+    std::thread::sleep(Duration::from_secs(7));
+    let mut closed = 0;
+    for stream in &mut idle {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => {}
+        }
+    }
+    assert!(closed * 10 >= idle.len() * 9, "{closed} of {} closed", idle.len());
+}

@@ -46,11 +46,26 @@ const DELTA_CHUNK_BYTES: usize = 32 * 1024;
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
-#[derive(Debug, Clone)]
+/// The SPIFFE identity a node id must present (its workload's), None if the node is not part
+/// of the mesh.
+pub type NodeIdentities = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+#[derive(Clone)]
 pub struct AdsServer {
     cache: Arc<SnapshotCache>,
     status: ProxyStatusRegistry,
     metrics: Arc<Metrics>,
+    /// Set when proxies authenticate with client certificates: a stream is served only if
+    /// its certificate's identity is the one its node id belongs to.
+    identities: Option<NodeIdentities>,
+}
+
+impl std::fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("authenticating", &self.identities.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AdsServer {
@@ -63,8 +78,67 @@ impl AdsServer {
             cache,
             status,
             metrics,
+            identities: None,
         }
     }
+
+    /// Serve a node only to a client whose certificate carries the node's identity.
+    pub fn authenticating(mut self, identities: NodeIdentities) -> Self {
+        self.identities = Some(identities);
+        self
+    }
+
+    /// Checks the client certificate against the node id it claims. A proxy holding one
+    /// workload's credential never receives another's resources (and secrets).
+    fn authorize(&self, node_id: &str, peer: Option<Result<String, String>>) -> Result<(), Status> {
+        let Some(identities) = &self.identities else {
+            return Ok(());
+        };
+        let refuse = |reason: &str, status: Status| {
+            self.metrics.refuse(reason);
+            warn!(node = node_id, reason, detail = %status.message(), "refused an ADS stream");
+            Err(status)
+        };
+        let presented = match peer {
+            None => {
+                return refuse(
+                    "no-client-certificate",
+                    Status::unauthenticated("a client certificate is required"),
+                )
+            }
+            Some(Err(e)) => {
+                return refuse(
+                    "bad-client-certificate",
+                    Status::unauthenticated(format!("client certificate: {e}")),
+                )
+            }
+            Some(Ok(id)) => id,
+        };
+        match identities(node_id) {
+            None => refuse(
+                "unknown-node",
+                Status::permission_denied(format!("node {node_id} is not part of the mesh")),
+            ),
+            Some(expected) if expected != presented => refuse(
+                "identity-mismatch",
+                Status::permission_denied(format!(
+                    "node {node_id} runs as {expected}; this credential is {presented}"
+                )),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The SPIFFE identity of the client certificate of a TLS stream (None without TLS or
+/// without a client certificate).
+fn peer_identity<T>(request: &Request<T>) -> Option<Result<String, String>> {
+    let certs = request.peer_certs()?;
+    let leaf = certs.first()?;
+    Some(crate::identity::spiffe::identity_of(leaf).map(|id| id.to_string()))
+}
+
+impl AdsServer {
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self)
@@ -263,6 +337,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = peer_identity(&request);
         let mut requests = request.into_inner();
         let first = requests
             .message()
@@ -270,6 +345,7 @@ impl AggregatedDiscoveryService for AdsServer {
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
         let node_id = node_id_of(first.node.as_ref())
             .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        self.authorize(&node_id, peer)?;
         let (tx, rx) = mpsc::channel(16);
         let server = self.clone();
         let span = info_span!("ads", node = %node_id, protocol = "sotw");
@@ -291,6 +367,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = peer_identity(&request);
         let mut requests = request.into_inner();
         let first = requests
             .message()
@@ -298,6 +375,7 @@ impl AggregatedDiscoveryService for AdsServer {
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
         let node_id = node_id_of(first.node.as_ref())
             .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        self.authorize(&node_id, peer)?;
         let (tx, rx) = mpsc::channel(16);
         let server = self.clone();
         let span = info_span!("ads", node = %node_id, protocol = "delta");

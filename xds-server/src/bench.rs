@@ -285,6 +285,10 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         .arg(&config_dir)
         .args(["--xds-address", &xds_address.to_string()])
         .args(["--admin-address", &admin_address.to_string()])
+        // The simulated proxies speak plaintext gRPC: TLS handshakes are not measured here.
+        .arg("--plaintext-xds")
+        .arg("--state-dir")
+        .arg(options.work_dir.join("xds-state"))
         .env("WARD_LOG", "warn")
         .stdout(log.try_clone()?)
         .stderr(log)

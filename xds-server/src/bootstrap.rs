@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
+use crate::identity::BootstrapCredentials;
 use crate::model::{Instance, Mesh, Workload};
 use crate::translate::ADMIN_PORT;
 
@@ -23,6 +24,34 @@ pub enum AdsProtocol {
 pub struct BootstrapParams {
     pub xds_address: SocketAddr,
     pub protocol: AdsProtocol,
+    /// Mutual TLS to xds-server with these files; None for a plaintext xDS server.
+    pub credentials: Option<BootstrapCredentials>,
+}
+
+/// The xDS cluster's TLS: the proxy's bootstrap credential, xds-server checked against the
+/// trust bundle and its SPIFFE id; ALPN h2 for gRPC.
+fn xds_transport_socket(credentials: &BootstrapCredentials) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "xds-server",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [ {
+                    "certificate_chain": { "filename": credentials.cert_chain.display().to_string() },
+                    "private_key": { "filename": credentials.private_key.display().to_string() }
+                } ],
+                "validation_context": {
+                    "trusted_ca": { "filename": credentials.trust_bundle.display().to_string() },
+                    "match_typed_subject_alt_names": [ {
+                        "san_type": "URI",
+                        "matcher": { "exact": credentials.server_identity }
+                    } ]
+                }
+            }
+        }
+    })
 }
 
 /// Name of the static cluster that reaches xds-server.
@@ -39,7 +68,7 @@ pub fn render(
         AdsProtocol::Sotw => "GRPC",
     };
     let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
-    json!({
+    let mut bootstrap = json!({
         "node": {
             "id": Mesh::node_id(workload, instance),
             "cluster": format!("{}.{}", workload.name, workload.namespace),
@@ -95,7 +124,12 @@ pub fn render(
                 }
             } ]
         }
-    })
+    });
+    if let Some(credentials) = &params.credentials {
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
+            xds_transport_socket(credentials);
+    }
+    bootstrap
 }
 
 /// Finds `workload` (in `namespace`) and its instance `index` in the mesh.

@@ -18,3 +18,4 @@ pub mod server;
 pub mod snapshot;
 pub mod translate;
 pub mod watch;
+pub mod xds_listener;

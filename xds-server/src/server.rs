@@ -25,6 +25,7 @@ use crate::model::Mesh;
 use crate::proxy_status::ProxyStatusRegistry;
 use crate::snapshot::SnapshotCache;
 use crate::translate::{mesh_snapshots, secret_layer, TranslateOptions};
+use crate::xds_listener::{self, XdsLimits};
 use crate::watch::{watch_debounced, DebounceWindow};
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct ServerOptions {
     pub debounce: DebounceWindow,
     pub ca: CaOptions,
     pub certificates: CertificatePolicy,
+    /// Serve xDS without TLS and without authenticating proxies (local debugging only).
+    pub plaintext_xds: bool,
+    pub xds_limits: XdsLimits,
 }
 
 /// What `/status` reports about the configuration.
@@ -223,12 +227,51 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         serve_admin(admin, admin_control, admin_status).await;
     });
 
-    info!(xds = %options.xds_address, admin = %options.admin_address, "xds-server serving");
-    let ads = AdsServer::new(cache, status, metrics).into_service();
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(ads)
-        .serve_with_shutdown(options.xds_address, shutdown_signal())
+    let mut ads = AdsServer::new(cache, status, metrics.clone());
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
+    if options.plaintext_xds {
+        warn!("xDS is served in plaintext and proxies are not authenticated (--plaintext-xds): for local debugging only");
+    } else {
+        let (trust_domain, root_namespace) = {
+            let mesh = control.current_mesh.lock().expect("mesh lock");
+            let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
+            (mesh.trust_domain.clone(), mesh.root_namespace.clone())
+        };
+        let identity = xds_listener::server_identity(&trust_domain, &root_namespace);
+        let tls = xds_listener::tls_config(
+            &control.certificates.ca(),
+            &identity,
+            options.xds_address,
+            options.xds_limits,
+        )
+        .context("issuing xds-server's serving certificate")?;
+        server = server
+            .tls_config(tls)
+            .context("configuring TLS on the xDS port")?;
+        let lookup = control.clone();
+        ads = ads.authenticating(Arc::new(move |node_id: &str| {
+            let mesh = lookup.current_mesh.lock().expect("mesh lock").clone()?;
+            let (workload, _) = mesh.instance_by_node_id(node_id)?;
+            Some(mesh.identity(workload))
+        }));
+    }
+    let listener = tokio::net::TcpListener::bind(options.xds_address)
+        .await
+        .with_context(|| format!("binding xDS on {}", options.xds_address))?;
+    info!(
+        xds = %options.xds_address,
+        admin = %options.admin_address,
+        tls = !options.plaintext_xds,
+        max_connections = options.xds_limits.max_connections,
+        "xds-server serving"
+    );
+    server
+        .add_service(ads.into_service())
+        .serve_with_incoming_shutdown(
+            xds_listener::incoming(listener, options.xds_limits, metrics),
+            shutdown_signal(),
+        )
         .await
         .with_context(|| format!("serving xDS on {}", options.xds_address))?;
     Ok(())

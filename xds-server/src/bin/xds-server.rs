@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ward::bootstrap::{self, AdsProtocol, BootstrapParams};
-use ward::identity::{CaOptions, CertificatePolicy, KeyAlgorithm};
+use anyhow::Context;
+use ward::identity::{
+    write_bootstrap_credentials, CaOptions, CertificateAuthority, CertificatePolicy, KeyAlgorithm,
+};
 use ward::server::{self, ServerOptions};
 use ward::translate::TranslateOptions;
 use ward::watch::DebounceWindow;
+use ward::xds_listener::XdsLimits;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +66,16 @@ enum Command {
         /// Renew a workload certificate once this fraction of its lifetime has passed.
         #[arg(long, env = "WARD_CERT_RENEW_FRACTION", default_value_t = 0.8)]
         renew_fraction: f64,
+        /// Serve xDS in plaintext with no proxy authentication. For local debugging only:
+        /// anyone who can connect gets any proxy's config and private keys.
+        #[arg(long)]
+        plaintext_xds: bool,
+        /// Open xDS connections at most; more are closed on accept.
+        #[arg(long, default_value_t = 20_000)]
+        max_xds_connections: usize,
+        /// Drop xDS clients that have not finished their TLS handshake within this time.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        tls_handshake_timeout: Duration,
     },
     /// Print a ready Envoy bootstrap (JSON) for one workload instance.
     Bootstrap {
@@ -77,6 +91,19 @@ enum Command {
         xds_address: SocketAddr,
         #[arg(long, value_enum, default_value_t = AdsProtocol::Delta)]
         protocol: AdsProtocol,
+        /// The xds-server's state directory, to sign the proxy's bootstrap credential with
+        /// its CA.
+        #[arg(long, env = "WARD_XDS_STATE_DIR", default_value = ".ward-xds")]
+        state_dir: PathBuf,
+        #[arg(long, env = "WARD_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+        /// Where to write the credential (cert.pem, key.pem, root.pem) the bootstrap names
+        /// [default: ./<node-id>.credentials].
+        #[arg(long)]
+        credentials_dir: Option<PathBuf>,
+        /// For an xds-server started with --plaintext-xds: no credential, no TLS.
+        #[arg(long)]
+        plaintext_xds: bool,
     },
 }
 
@@ -115,6 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trust_bundle,
             workload_cert_ttl,
             renew_fraction,
+            plaintext_xds,
+            max_xds_connections,
+            tls_handshake_timeout,
         } => {
             init_tracing();
             if !(0.1..=0.95).contains(&renew_fraction) {
@@ -146,6 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     lifetime: workload_cert_ttl,
                     renew_fraction,
                 },
+                plaintext_xds,
+                xds_limits: XdsLimits {
+                    max_connections: max_xds_connections,
+                    handshake_timeout: tls_handshake_timeout,
+                },
             })
             .await
         }
@@ -156,17 +191,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             instance,
             xds_address,
             protocol,
+            state_dir,
+            ca_dir,
+            credentials_dir,
+            plaintext_xds,
         } => {
             let loaded = ward::config::load_path(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
-            let (w, i) = bootstrap::find_instance(&loaded.mesh, &namespace, &workload, instance)?;
+            let mesh = &loaded.mesh;
+            let (w, i) = bootstrap::find_instance(mesh, &namespace, &workload, instance)?;
+            let credentials = if plaintext_xds {
+                None
+            } else {
+                let ca = CertificateAuthority::load_or_create(&CaOptions {
+                    state_dir,
+                    plugged_in_dir: ca_dir,
+                    algorithm: KeyAlgorithm::default(),
+                    extra_trust_roots: Vec::new(),
+                    trust_domain: mesh.trust_domain.clone(),
+                })
+                .context("loading the CA to sign the proxy's bootstrap credential")?;
+                let node_id = ward::model::Mesh::node_id(w, i);
+                let dir = credentials_dir
+                    .unwrap_or_else(|| PathBuf::from(format!("{node_id}.credentials")));
+                let server = ward::xds_listener::server_identity(
+                    &mesh.trust_domain,
+                    &mesh.root_namespace,
+                );
+                let written = write_bootstrap_credentials(&ca, &mesh.identity(w), &server, &dir)?;
+                eprintln!(
+                    "bootstrap credential for {} written to {}",
+                    mesh.identity(w),
+                    dir.display()
+                );
+                Some(written)
+            };
             let params = BootstrapParams {
                 xds_address,
                 protocol,
+                credentials,
             };
-            let rendered = bootstrap::render(&loaded.mesh, w, i, &params);
+            let rendered = bootstrap::render(mesh, w, i, &params);
             println!("{}", serde_json::to_string_pretty(&rendered)?);
             Ok(())
         }

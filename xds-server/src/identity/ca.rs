@@ -345,11 +345,31 @@ impl CertificateAuthority {
 
     /// Signs a certificate for `spiffe_id` valid for `lifetime`, with a new key.
     pub fn issue(&self, spiffe_id: &str, lifetime: Duration) -> Result<IssuedCertificate, CaError> {
+        self.issue_with_names(spiffe_id, &[], &[], lifetime)
+    }
+
+    /// Like [`Self::issue`], with DNS names and IP addresses besides the SPIFFE id (for
+    /// xds-server's own serving certificate).
+    pub fn issue_with_names(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[&str],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
         let key = self.algorithm.generate()?;
         let mut params = CertificateParams::default();
         // SPIFFE X.509-SVIDs identify by the URI SAN; the subject stays empty, as Istio's.
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*name).try_into()?));
+        }
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

@@ -1,9 +1,11 @@
 //! Workload identity: the CA (`ca`), per-proxy workload certificates and their renewal
-//! (`certs`), and reading SPIFFE identities out of peer certificates (`spiffe`).
+//! (`certs`), proxies' bootstrap credentials for the xDS channel (`credentials`), and reading SPIFFE identities out of peer certificates (`spiffe`).
 
 pub mod ca;
 pub mod certs;
+pub mod credentials;
 pub mod spiffe;
 
 pub use ca::{CaError, CaOptions, CaSource, CertificateAuthority, IssuedCertificate, KeyAlgorithm};
 pub use certs::{CertificatePolicy, WorkloadCertificates};
+pub use credentials::{write_bootstrap_credentials, BootstrapCredentials};

@@ -17,6 +17,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::apps::{stand_in_for, StandIn};
 use crate::bootstrap::{self, AdsProtocol, BootstrapParams};
 use crate::config;
+use crate::identity::CaOptions;
 use crate::model::{Instance, Mesh, Workload};
 use crate::runner::admin_client;
 use crate::runner::no_mesh_proxy::{serve_no_mesh_proxy, ServiceDirectory};
@@ -152,6 +153,11 @@ struct Supervisor {
     xds: Option<Child>,
     directory: Arc<RwLock<ServiceDirectory>>,
     last_error: Option<String>,
+}
+
+/// xds-server's own state (the CA root) inside the runner's state directory.
+fn xds_state_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("xds-server")
 }
 
 /// How every sidecar Envoy is started.
@@ -479,9 +485,11 @@ impl Supervisor {
         instance: &Instance,
     ) -> anyhow::Result<()> {
         let node_id = Mesh::node_id(workload, instance);
+        let credentials = self.bootstrap_credentials(mesh, workload, &node_id)?;
         let params = BootstrapParams {
             xds_address: self.options.xds_address,
             protocol: self.options.protocol,
+            credentials: Some(credentials),
         };
         let bootstrap = bootstrap::render(mesh, workload, instance, &params);
         let path = self
@@ -501,6 +509,32 @@ impl Supervisor {
         running.envoy = Some(child);
         info!(%node_id, address = %instance.address, "started envoy");
         Ok(())
+    }
+
+    /// The proxy's client certificate for the xDS channel, signed by the CA xds-server uses
+    /// (the built-in root in the state directory, or `$WARD_CA_DIR`).
+    fn bootstrap_credentials(
+        &self,
+        mesh: &Mesh,
+        workload: &Workload,
+        node_id: &str,
+    ) -> anyhow::Result<crate::identity::BootstrapCredentials> {
+        let ca = crate::identity::CertificateAuthority::load_or_create(&CaOptions {
+            state_dir: xds_state_dir(&self.options.state_dir),
+            plugged_in_dir: std::env::var_os("WARD_CA_DIR").map(PathBuf::from),
+            algorithm: Default::default(),
+            extra_trust_roots: Vec::new(),
+            trust_domain: mesh.trust_domain.clone(),
+        })
+        .context("loading the CA for bootstrap credentials")?;
+        let dir = self.options.state_dir.join("credentials").join(node_id);
+        let server = crate::xds_listener::server_identity(&mesh.trust_domain, &mesh.root_namespace);
+        Ok(crate::identity::write_bootstrap_credentials(
+            &ca,
+            &mesh.identity(workload),
+            &server,
+            &dir,
+        )?)
     }
 
     fn start_app(&mut self, node_id: &str, plan: AppPlan) -> anyhow::Result<()> {
@@ -575,9 +609,12 @@ impl Supervisor {
     }
 
     /// Every Envoy has ACKed its config (xds-server says SYNCED) and listens; every app listens.
-    async fn wait_ready(&self, mesh: &Mesh, limit: Duration) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self, mesh: &Mesh, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
+            // Waiting must not stop the supervising: a process that dies meanwhile (xds-server
+            // included) is restarted now, not after the wait.
+            self.restart_exited().await?;
             let pending = self.not_ready(mesh).await;
             if pending.is_empty() {
                 return Ok(());
