@@ -98,6 +98,31 @@ fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
     })
     .unwrap();
 
+    // `wardctl edges` tells the two apart, from the Envoys' own connection counters.
+    let out = mesh.wardctl(&["edges", "--json"]).unwrap();
+    let edges: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let edge = |src: &str| {
+        edges
+            .iter()
+            .find(|e| e["src"] == src && e["dst"] == "exam-scheduler")
+            .cloned()
+            .unwrap_or_else(|| panic!("no edge from {src}: {edges:?}"))
+    };
+    let meshed = edge("professor-tools");
+    assert!(
+        meshed["mtls_connections"].as_u64().unwrap() >= 1,
+        "{meshed}"
+    );
+    assert_eq!(meshed["plaintext_connections"], 0, "{meshed}");
+    let plain = edge("(no sidecar)");
+    assert!(
+        plain["plaintext_connections"].as_u64().unwrap() >= 1,
+        "{plain}"
+    );
+    let table = mesh.wardctl(&["edges"]).unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("SECURED"), "{table}");
+
     // The lab's peer-auth.yaml: the client without a sidecar is cut off...
     apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
     let (code, body) = no_mesh_get(&mesh);
@@ -365,7 +390,12 @@ fn a_proxy_cannot_get_another_workloads_config_with_its_own_credential() {
     refused.unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("ward-xds"), "the admin answered: {dump}");
-    for leaked in ["dynamic_active_secrets", "dynamic_active_clusters", "dynamic_listeners", "BEGIN CERTIFICATE"] {
+    for leaked in [
+        "dynamic_active_secrets",
+        "dynamic_active_clusters",
+        "dynamic_listeners",
+        "BEGIN CERTIFICATE",
+    ] {
         assert!(!dump.contains(leaked), "the impostor got {leaked}");
     }
     let log = mesh.log("xds-server.log");
@@ -406,7 +436,11 @@ fn xds_refuses_clients_without_a_certificate_and_survives_a_connection_flood() {
         .arg(format!("https://{xds}/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"))
         .output()
         .unwrap();
-    assert_ne!(out.status.code(), Some(0), "a client without a certificate got through");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a client without a certificate got through"
+    );
 
     // A flood: 1,500 connections that never finish a TLS handshake, opened at once.
     let mut idle = Vec::new();
@@ -444,7 +478,10 @@ spec:
     .unwrap();
     mesh.eventually(Duration::from_secs(20), || {
         let (code, body) = mesh.curl_from(Some("professor-tools"), &["http://greeter"])?;
-        anyhow::ensure!(code == 200 && body.contains("hello"), "greeter: {code} {body}");
+        anyhow::ensure!(
+            code == 200 && body.contains("hello"),
+            "greeter: {code} {body}"
+        );
         Ok(())
     })
     .unwrap();
@@ -461,5 +498,92 @@ spec:
             _ => {}
         }
     }
-    assert!(closed * 10 >= idle.len() * 9, "{closed} of {} closed", idle.len());
+    assert!(
+        closed * 10 >= idle.len() * 9,
+        "{closed} of {} closed",
+        idle.len()
+    );
+}
+
+/// Signs a certificate with `xds-server certificate` into `out`.
+fn certificate(state_dir: &std::path::Path, identity: &str, ttl: &str, out: &std::path::Path) {
+    let status = std::process::Command::new(ward_e2e::binary("xds-server"))
+        .args(["certificate", "--identity", identity, "--ttl", ttl])
+        .arg("--out")
+        .arg(out)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// curl straight to a sidecar's inbound port over TLS with a client certificate from `dir`:
+/// (curl exit code, HTTP status).
+fn curl_with_certificate(address: &str, dir: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .arg(format!("https://{address}/"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn strict_sidecars_refuse_certificates_from_another_ca_and_expired_ones() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
+    let scheduler = state["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["workload"] == "exam-scheduler")
+        .unwrap();
+    let address = format!("{}:8080", scheduler["address"].as_str().unwrap());
+    let mesh_ca = mesh.state_dir.join("xds-server");
+    let identity = "spiffe://cluster.local/ns/default/sa/batch-job";
+
+    // A client outside the sidecars, with a certificate from the mesh's CA: accepted.
+    let good = mesh.root.join("good");
+    certificate(&mesh_ca, identity, "1h", &good);
+    assert_eq!(
+        curl_with_certificate(&address, &good),
+        (0, "200".to_string())
+    );
+
+    // The same identity signed by another CA: refused at the handshake.
+    let other = mesh.root.join("other");
+    certificate(&mesh.root.join("other-ca"), identity, "1h", &other);
+    let (code, status) = curl_with_certificate(&address, &other);
+    assert!(
+        code != 0 && status != "200",
+        "another CA's certificate got {code} {status}"
+    );
+
+    // A certificate of the mesh's CA that has expired: refused.
+    let expired = mesh.root.join("expired");
+    certificate(&mesh_ca, identity, "1s", &expired);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, status) = curl_with_certificate(&address, &expired);
+    assert!(
+        code != 0 && status != "200",
+        "an expired certificate got {code} {status}"
+    );
+
+    // No certificate at all over TLS: refused too.
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{address}/"))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
 }

@@ -139,7 +139,6 @@ fn peer_identity<T>(request: &Request<T>) -> Option<Result<String, String>> {
 }
 
 impl AdsServer {
-
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -25,8 +25,8 @@ use crate::model::Mesh;
 use crate::proxy_status::ProxyStatusRegistry;
 use crate::snapshot::SnapshotCache;
 use crate::translate::{mesh_snapshots, secret_layer, TranslateOptions};
-use crate::xds_listener::{self, XdsLimits};
 use crate::watch::{watch_debounced, DebounceWindow};
+use crate::xds_listener::{self, XdsLimits};
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {

@@ -78,6 +78,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Which workloads talk to which, and whether over mTLS, from the Envoys' connection
+    /// counters (like `linkerd viz edges`).
+    Edges {
+        #[arg(long)]
+        json: bool,
+    },
     /// Logs of a workload's sidecars and apps (or `xds-server`).
     Logs {
         workload: String,
@@ -241,6 +247,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Status => commands::status(&state_dir).await,
+        Command::Edges { json } => {
+            let edges = ward::runner::inspect::edges(&state_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&edges)?);
+            } else {
+                print!("{}", ward::runner::inspect::render_edges(&edges));
+            }
+            Ok(())
+        }
         Command::Certs { workload, json } => {
             let certs = ward::runner::inspect::certs(&state_dir, workload.as_deref()).await?;
             if json {

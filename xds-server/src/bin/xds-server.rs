@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ward::bootstrap::{self, AdsProtocol, BootstrapParams};
-use anyhow::Context;
 use ward::identity::{
     write_bootstrap_credentials, CaOptions, CertificateAuthority, CertificatePolicy, KeyAlgorithm,
 };
@@ -76,6 +76,23 @@ enum Command {
         /// Drop xDS clients that have not finished their TLS handshake within this time.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         tls_handshake_timeout: Duration,
+    },
+    /// Sign a certificate with the mesh CA (for a client outside the mesh that must speak mTLS
+    /// to a STRICT workload, or for tests): writes cert.pem, key.pem and root.pem.
+    Certificate {
+        /// The SPIFFE id, e.g. spiffe://cluster.local/ns/default/sa/batch-job.
+        #[arg(long)]
+        identity: String,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "WARD_XDS_STATE_DIR", default_value = ".ward-xds")]
+        state_dir: PathBuf,
+        #[arg(long, env = "WARD_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
     },
     /// Print a ready Envoy bootstrap (JSON) for one workload instance.
     Bootstrap {
@@ -184,6 +201,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Certificate {
+            identity,
+            ttl,
+            out,
+            state_dir,
+            ca_dir,
+            trust_domain,
+        } => {
+            identity
+                .parse::<ward::identity::spiffe::SpiffeId>()
+                .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
+            let ca = CertificateAuthority::load_or_create(&CaOptions {
+                state_dir,
+                plugged_in_dir: ca_dir,
+                algorithm: KeyAlgorithm::default(),
+                extra_trust_roots: Vec::new(),
+                trust_domain,
+            })?;
+            let cert = ca.issue(&identity, ttl)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            std::fs::write(out.join("cert.pem"), &cert.cert_chain_pem)?;
+            std::fs::write(out.join("key.pem"), &cert.private_key_pem)?;
+            std::fs::write(out.join("root.pem"), ca.trust_bundle_pem())?;
+            println!(
+                "{identity}: serial {} valid until {} in {}",
+                cert.serial_hex,
+                humantime::format_rfc3339_seconds(cert.not_after),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Bootstrap {
             config,
             workload,
@@ -216,10 +264,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let node_id = ward::model::Mesh::node_id(w, i);
                 let dir = credentials_dir
                     .unwrap_or_else(|| PathBuf::from(format!("{node_id}.credentials")));
-                let server = ward::xds_listener::server_identity(
-                    &mesh.trust_domain,
-                    &mesh.root_namespace,
-                );
+                let server =
+                    ward::xds_listener::server_identity(&mesh.trust_domain, &mesh.root_namespace);
                 let written = write_bootstrap_credentials(&ca, &mesh.identity(w), &server, &dir)?;
                 eprintln!(
                     "bootstrap credential for {} written to {}",

@@ -170,3 +170,161 @@ pub fn render_certs(certs: &[SecretCertificate]) -> String {
     }
     text
 }
+
+/// Who talks to whom and whether the connections are mutual TLS, like `linkerd viz edges`,
+/// from the Envoys' own connection counters: each client sidecar's outbound clusters (TLS
+/// handshakes vs all connections), and, for clients without a sidecar, each server
+/// sidecar's inbound plaintext connections that no meshed client accounts for.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Edge {
+    pub src: String,
+    pub src_ns: String,
+    pub dst: String,
+    pub dst_ns: String,
+    pub mtls_connections: u64,
+    pub plaintext_connections: u64,
+}
+
+impl Edge {
+    pub fn secured(&self) -> bool {
+        self.plaintext_connections == 0 && self.mtls_connections > 0
+    }
+}
+
+/// `name: value` lines of Envoy's `/stats` text output.
+fn parse_stats(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(": ")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+pub async fn edges(state_dir: &Path) -> anyhow::Result<Vec<Edge>> {
+    use std::collections::BTreeMap;
+    let state = state::read_state(state_dir)?;
+    let mesh = crate::config::load_path(&state.config_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .mesh;
+    // Destination workloads of each outbound cluster.
+    let mut backends: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for service in &mesh.services {
+        for port in &service.ports {
+            backends.insert(
+                crate::translate::outbound_cluster_name(service, port),
+                service.backends.clone(),
+            );
+        }
+    }
+    let mut pairs: BTreeMap<(String, String, String, String), (u64, u64)> = BTreeMap::new();
+    // Plaintext connections meshed clients opened toward each workload.
+    let mut meshed_plaintext: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut inbound_plaintext: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for instance in &state.instances {
+        let (status, body) = admin_client::get(
+            admin_address(instance),
+            "/stats?filter=(upstream_cx_total|downstream_cx_total|ssl.handshake)$",
+        )
+        .await
+        .with_context(|| format!("reading the stats of {}", instance.node_id))?;
+        if status != 200 {
+            anyhow::bail!("{}: /stats answered {status}", instance.node_id);
+        }
+        let stats = parse_stats(&body);
+        for (cluster, workloads) in &backends {
+            let total = stats
+                .get(&format!("cluster.{cluster}.upstream_cx_total"))
+                .copied()
+                .unwrap_or(0);
+            if total == 0 {
+                continue;
+            }
+            let mtls = stats
+                .get(&format!("cluster.{cluster}.ssl.handshake"))
+                .copied()
+                .unwrap_or(0)
+                .min(total);
+            for (dst_ns, dst) in workloads {
+                let entry = pairs
+                    .entry((
+                        instance.workload.clone(),
+                        instance.namespace.clone(),
+                        dst.clone(),
+                        dst_ns.clone(),
+                    ))
+                    .or_default();
+                entry.0 += mtls;
+                entry.1 += total - mtls;
+                *meshed_plaintext
+                    .entry((dst_ns.clone(), dst.clone()))
+                    .or_default() += total - mtls;
+            }
+        }
+        for port in &instance.ports {
+            let prefix = format!("listener.{}_{port}.", instance.address);
+            let total = stats
+                .get(&format!("{prefix}downstream_cx_total"))
+                .copied()
+                .unwrap_or(0);
+            let tls = stats
+                .get(&format!("{prefix}ssl.handshake"))
+                .copied()
+                .unwrap_or(0);
+            *inbound_plaintext
+                .entry((instance.namespace.clone(), instance.workload.clone()))
+                .or_default() += total.saturating_sub(tls);
+        }
+    }
+    let mut edges: Vec<Edge> = pairs
+        .into_iter()
+        .map(|((src, src_ns, dst, dst_ns), (mtls, plain))| Edge {
+            src,
+            src_ns,
+            dst,
+            dst_ns,
+            mtls_connections: mtls,
+            plaintext_connections: plain,
+        })
+        .collect();
+    for ((dst_ns, dst), plain) in inbound_plaintext {
+        let from_mesh = meshed_plaintext
+            .get(&(dst_ns.clone(), dst.clone()))
+            .copied()
+            .unwrap_or(0);
+        if plain > from_mesh {
+            edges.push(Edge {
+                src: "(no sidecar)".to_string(),
+                src_ns: "-".to_string(),
+                dst,
+                dst_ns,
+                mtls_connections: 0,
+                plaintext_connections: plain - from_mesh,
+            });
+        }
+    }
+    Ok(edges)
+}
+
+pub fn render_edges(edges: &[Edge]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<20} {:<20} {:<12} {:<12} {:<8} {:>6} {:>9}",
+        "SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "MTLS", "PLAINTEXT"
+    );
+    for e in edges {
+        let _ = writeln!(
+            text,
+            "{:<20} {:<20} {:<12} {:<12} {:<8} {:>6} {:>9}",
+            e.src,
+            e.dst,
+            e.src_ns,
+            e.dst_ns,
+            if e.secured() { "√" } else { "×" },
+            e.mtls_connections,
+            e.plaintext_connections
+        );
+    }
+    text
+}

@@ -301,3 +301,111 @@ pub fn endpoint_metadata(mesh: &Mesh, workload: &Workload, port: u16) -> Option<
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+
+    fn exam_lab(extra: &[(&str, &str)]) -> Mesh {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/exam-lab");
+        let mut sources: Vec<(String, String)> =
+            ["exam-scheduler", "professor-tools", "student-portal"]
+                .iter()
+                .map(|n| {
+                    let path = format!("{dir}/{n}.yaml");
+                    (path.clone(), std::fs::read_to_string(path).unwrap())
+                })
+                .collect();
+        sources.extend(extra.iter().map(|(f, t)| (f.to_string(), t.to_string())));
+        crate::config::load_sources(&sources).unwrap().mesh
+    }
+
+    fn scheduler_cluster(mesh: &Mesh) -> Cluster {
+        let (snapshots, _) =
+            crate::translate::mesh_snapshots(mesh, &Default::default(), None, |_, _| None);
+        let (_, snapshot) = &snapshots[0];
+        let set = snapshot.set(snapshot::CLUSTER).unwrap();
+        let resource = set
+            .get("outbound|80||exam-scheduler.default.svc.cluster.local")
+            .unwrap();
+        Cluster::decode(resource.body.value.as_slice()).unwrap()
+    }
+
+    fn upstream(socket: &TransportSocket) -> UpstreamTlsContext {
+        match &socket.config_type {
+            Some(transport_socket::ConfigType::TypedConfig(any)) => {
+                UpstreamTlsContext::decode(any.value.as_slice()).unwrap()
+            }
+            None => panic!("no config"),
+        }
+    }
+
+    fn accepted_sans(context: &UpstreamTlsContext) -> Vec<String> {
+        match &context
+            .common_tls_context
+            .as_ref()
+            .unwrap()
+            .validation_context_type
+        {
+            Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => c
+                .default_validation_context
+                .as_ref()
+                .unwrap()
+                .match_typed_subject_alt_names
+                .iter()
+                .map(|m| match &m.matcher.as_ref().unwrap().match_pattern {
+                    Some(string_matcher::MatchPattern::Exact(s)) => s.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clients_accept_only_the_identities_behind_the_service() {
+        let mesh = exam_lab(&[]);
+        let cluster = scheduler_cluster(&mesh);
+        // Auto mTLS: plaintext unless the endpoint says its sidecar takes mTLS.
+        assert!(cluster.transport_socket.is_none());
+        let matched = &cluster.transport_socket_matches[0];
+        let tls = upstream(matched.transport_socket.as_ref().unwrap());
+        assert_eq!(
+            accepted_sans(&tls),
+            vec!["spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"]
+        );
+        assert_eq!(
+            tls.sni,
+            "outbound_.80_._.exam-scheduler.default.svc.cluster.local"
+        );
+        let names: Vec<&str> = tls
+            .common_tls_context
+            .as_ref()
+            .unwrap()
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, vec![CERTIFICATE_SECRET]);
+    }
+
+    #[test]
+    fn destination_rule_tls_modes_override_auto_mtls() {
+        let rule = |mode: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: s\nspec:\n  host: exam-scheduler.default.svc.cluster.local\n  trafficPolicy:\n    tls:\n      mode: {mode}\n")
+        };
+        let mesh = exam_lab(&[("dr.yaml", &rule("ISTIO_MUTUAL"))]);
+        let cluster = scheduler_cluster(&mesh);
+        assert!(cluster.transport_socket_matches.is_empty());
+        let tls = upstream(cluster.transport_socket.as_ref().unwrap());
+        assert_eq!(
+            accepted_sans(&tls),
+            vec!["spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"]
+        );
+        let mesh = exam_lab(&[("dr.yaml", &rule("DISABLE"))]);
+        let cluster = scheduler_cluster(&mesh);
+        assert!(cluster.transport_socket.is_none() && cluster.transport_socket_matches.is_empty());
+    }
+}
