@@ -587,3 +587,114 @@ fn strict_sidecars_refuse_certificates_from_another_ca_and_expired_ones() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[test]
+fn plugged_in_intermediates_under_one_root_trust_each_other() {
+    let root = std::env::temp_dir().join(format!("ward-e2e-root-{}", ward_e2e::free_port()));
+    let xds_server = |args: &[&str]| {
+        let out = std::process::Command::new(ward_e2e::binary("xds-server"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let root_state = root.join("root-ca");
+    let (cluster1, cluster2) = (root.join("cluster1"), root.join("cluster2"));
+    for (name, dir) in [("cluster1", &cluster1), ("cluster2", &cluster2)] {
+        xds_server(&[
+            "ca-intermediate",
+            "--name",
+            name,
+            "--out",
+            dir.to_str().unwrap(),
+            "--state-dir",
+            root_state.to_str().unwrap(),
+        ]);
+    }
+    // The exam lab runs under cluster1's intermediate.
+    let mesh = LocalMesh::up_with("config/exam-lab", &["--ca-dir", cluster1.to_str().unwrap()])
+        .expect("mesh up");
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+    let certs = certs_json(&mesh, "exam-scheduler");
+    assert!(
+        certs.iter().filter(|c| c["resource"] == "default").count() >= 2,
+        "the proxy's chain carries the intermediate: {certs:?}"
+    );
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
+    let address = state["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["workload"] == "exam-scheduler")
+        .map(|i| format!("{}:8080", i["address"].as_str().unwrap()))
+        .unwrap();
+    // A workload of the other cluster (its certificate signed by cluster2's intermediate,
+    // with that intermediate in its chain) is accepted by cluster1's STRICT sidecar...
+    let client = root.join("client2");
+    let out = std::process::Command::new(ward_e2e::binary("xds-server"))
+        .args([
+            "certificate",
+            "--identity",
+            "spiffe://cluster.local/ns/default/sa/remote-client",
+            "--ca-dir",
+            cluster2.to_str().unwrap(),
+            "--out",
+            client.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        curl_with_certificate(&address, &client),
+        (0, "200".to_string())
+    );
+    // ...and the other cluster verifies cluster1's server chain against the shared root.
+    let verify = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &address,
+            "-verify_return_error",
+            "-brief",
+        ])
+        .arg("-CAfile")
+        .arg(client.join("root.pem"))
+        .arg("-cert")
+        .arg(client.join("cert.pem"))
+        .arg("-key")
+        .arg(client.join("key.pem"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(said.contains("Verification: OK"), "{said}");
+    // A certificate from an unrelated root is not.
+    let stranger = root.join("stranger");
+    certificate(
+        &root.join("stranger-ca"),
+        "spiffe://cluster.local/ns/default/sa/x",
+        "1h",
+        &stranger,
+    );
+    let (code, _) = curl_with_certificate(&address, &stranger);
+    assert_ne!(code, 0);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -46,6 +46,10 @@ enum Command {
         /// Lifetime of workload certificates (default 24h; xds-server renews at 4/5 of it).
         #[arg(long)]
         workload_cert_ttl: Option<String>,
+        /// Plugged-in intermediate CA: Istio's ca-cert.pem, ca-key.pem, root-cert.pem and
+        /// cert-chain.pem (default: a root generated and kept in the state directory).
+        #[arg(long, env = "WARD_CA_DIR")]
+        ca_dir: Option<PathBuf>,
         /// Internal: run the supervisor in this process (what --detach starts).
         #[arg(long, hide = true)]
         supervise: bool,
@@ -125,6 +129,13 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Workload certificate issuance rate, and renewing N certificates at once.
+    Certs {
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        #[arg(long, value_enum, default_value_t = ward::identity::KeyAlgorithm::EcdsaP256)]
+        algorithm: ward::identity::KeyAlgorithm,
+    },
 }
 
 fn init_tracing() {
@@ -161,8 +172,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             protocol,
             envoy_log_level,
             workload_cert_ttl,
+            ca_dir,
             supervise,
         } => {
+            let ca_dir = ca_dir
+                .map(|d| {
+                    std::fs::canonicalize(&d)
+                        .map_err(|e| anyhow::anyhow!("--ca-dir {}: {e}", d.display()))
+                })
+                .transpose()?;
             let config_dir = std::fs::canonicalize(&dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             // Validate before starting anything, so errors reach the user's terminal.
@@ -192,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 protocol,
                 envoy_log_level: envoy_log_level.clone(),
                 workload_cert_ttl: workload_cert_ttl.clone(),
+                ca_dir: ca_dir.clone(),
             };
             if supervise || !detach {
                 init_tracing();
@@ -217,6 +236,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "--state-dir".to_string(),
                 state_dir.display().to_string(),
             ];
+            if let Some(dir) = &ca_dir {
+                forwarded.push("--ca-dir".to_string());
+                forwarded.push(dir.display().to_string());
+            }
             if let Some(ttl) = &workload_cert_ttl {
                 forwarded.push("--workload-cert-ttl".to_string());
                 forwarded.push(ttl.clone());
@@ -287,6 +310,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Certs { count, algorithm }) => {
+            let r = ward::bench::run_cert_bench(count, algorithm)?;
+            println!(
+                "{}: {} certificates issued in {:.2} s ({:.0}/s); renewing all {} at once: {:.2} s, {:.2} CPU s",
+                r.algorithm,
+                r.certificates,
+                r.issue_seconds,
+                r.certificates_per_second,
+                r.certificates,
+                r.renew_all_seconds,
+                r.renew_all_cpu_seconds
+            );
             Ok(())
         }
         Command::App {

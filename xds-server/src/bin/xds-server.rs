@@ -94,6 +94,22 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// Sign an intermediate CA with this server's CA and write it in Istio's plug-in layout
+    /// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), for another xds-server's
+    /// --ca-dir: meshes whose intermediates share a root trust each other.
+    CaIntermediate {
+        /// A name for the intermediate (its common name), e.g. cluster1.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "3650d", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(long, env = "WARD_XDS_STATE_DIR", default_value = ".ward-xds")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
     /// Print a ready Envoy bootstrap (JSON) for one workload instance.
     Bootstrap {
         #[arg(long, short)]
@@ -200,6 +216,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             })
             .await
+        }
+        Command::CaIntermediate {
+            name,
+            out,
+            ttl,
+            state_dir,
+            trust_domain,
+        } => {
+            let ca = CertificateAuthority::load_or_create(&CaOptions {
+                state_dir,
+                plugged_in_dir: None,
+                algorithm: KeyAlgorithm::default(),
+                extra_trust_roots: Vec::new(),
+                trust_domain,
+            })?;
+            let (cert, key) = ca.issue_intermediate(&name, ttl)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let root = ca.trust_bundle_pem();
+            std::fs::write(out.join("ca-cert.pem"), &cert)?;
+            std::fs::write(out.join("ca-key.pem"), &key)?;
+            std::fs::write(out.join("root-cert.pem"), root)?;
+            std::fs::write(out.join("cert-chain.pem"), format!("{cert}{root}"))?;
+            println!("intermediate CA {name} written to {}", out.display());
+            Ok(())
         }
         Command::Certificate {
             identity,

@@ -41,6 +41,8 @@ pub struct SupervisorOptions {
     pub envoy_log_level: String,
     /// Passed to xds-server: lifetime of workload certificates (e.g. `24h`, `90s`).
     pub workload_cert_ttl: Option<String>,
+    /// Plugged-in CA (Istio's cacerts layout) for xds-server and the bootstrap credentials.
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// What runs for one instance: its Envoy and, unless client-only, its app.
@@ -268,6 +270,10 @@ impl Supervisor {
                 .display()
                 .to_string(),
         ];
+        if let Some(dir) = &self.options.ca_dir {
+            argv.push("--ca-dir".to_string());
+            argv.push(dir.display().to_string());
+        }
         if let Some(ttl) = &self.options.workload_cert_ttl {
             argv.push("--workload-cert-ttl".to_string());
             argv.push(ttl.clone());
@@ -521,7 +527,7 @@ impl Supervisor {
     ) -> anyhow::Result<crate::identity::BootstrapCredentials> {
         let ca = crate::identity::CertificateAuthority::load_or_create(&CaOptions {
             state_dir: xds_state_dir(&self.options.state_dir),
-            plugged_in_dir: std::env::var_os("WARD_CA_DIR").map(PathBuf::from),
+            plugged_in_dir: self.options.ca_dir.clone(),
             algorithm: Default::default(),
             extra_trust_roots: Vec::new(),
             trust_domain: mesh.trust_domain.clone(),
