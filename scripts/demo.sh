@@ -11,7 +11,10 @@ trap '$WARDCTL down' EXIT
 
 run() { echo; echo "\$ $*"; "$@"; }
 
-run $WARDCTL up config/exam-lab --detach
+# Run on a copy, so the policies applied below do not stay in config/exam-lab.
+DEMO_CONFIG=.ward-tools/demo-config
+rm -rf "$DEMO_CONFIG" && mkdir -p "$DEMO_CONFIG" && cp config/exam-lab/*.yaml "$DEMO_CONFIG"/
+run $WARDCTL up "$DEMO_CONFIG" --detach
 run $WARDCTL status
 run $WARDCTL exec student-portal -- curl -s -X POST exam-scheduler -H 'Content-Type: application/json' -d '{"matricola": "s123456", "exam": "NCS"}'
 echo
@@ -22,5 +25,15 @@ run $WARDCTL exec --no-mesh -- curl -s exam-scheduler
 echo
 echo "# A host no Service in the mesh answers to is refused by the sidecar:"
 run $WARDCTL exec student-portal -- curl -s -w '%{http_code}\n' http://payroll
+echo
+echo "# Section 4.2.1: the lab's peer-auth.yaml (PeerAuthentication default, mode STRICT)."
+run $WARDCTL apply -f config/exam-lab/policies/peer-auth.yaml
+echo "# The client without a sidecar is now refused (curl: (52) Empty reply from server):"
+run $WARDCTL exec --no-mesh -- curl -sS exam-scheduler || echo "(refused, exit $?)"
+echo "# The meshed clients keep working, over mutual TLS:"
+run $WARDCTL exec professor-tools -- curl -s http://exam-scheduler
+echo
+run $WARDCTL edges
+run $WARDCTL certs exam-scheduler
 echo "# Every hop went app -> client Envoy -> server Envoy -> app; the server side's access log:"
 run $WARDCTL logs exam-scheduler --only proxy

@@ -698,3 +698,42 @@ fn plugged_in_intermediates_under_one_root_trust_each_other() {
     assert_ne!(code, 0);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn destination_rule_tls_mode_decides_what_the_client_sends() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    let rule = |mode: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: exam-scheduler
+spec:
+  host: exam-scheduler
+  trafficPolicy:
+    tls:
+      mode: {mode}
+"
+        )
+    };
+    // Seed 001's ISTIO_MUTUAL: mTLS, as auto mTLS would do anyway.
+    apply(&mesh, "dr.yaml", &rule("ISTIO_MUTUAL"));
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+    // DISABLE against a STRICT server: the client sends plaintext and the server refuses
+    // it, as it would under Istio; Envoy answers 503 to the app.
+    apply(&mesh, "dr.yaml", &rule("DISABLE"));
+    let (code, body) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 503, "{body}");
+    // Back to ISTIO_MUTUAL: working again.
+    apply(&mesh, "dr.yaml", &rule("ISTIO_MUTUAL"));
+    let (code, _) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200);
+}

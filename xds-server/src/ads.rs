@@ -245,6 +245,29 @@ impl StreamState {
         })
     }
 
+    /// Envoy replaces an updated EDS cluster with a new one that warms only once it receives
+    /// its endpoints again: after clusters change, their endpoints are re-sent (all of them
+    /// in state-of-the-world, the updated ones in delta), even though they did not change.
+    fn resend_endpoints_of(&mut self, clusters: Option<&[Arc<str>]>) {
+        let Some(eds) = self.types.get_mut(snapshot::ENDPOINT) else {
+            return;
+        };
+        if !eds.requested {
+            return;
+        }
+        match clusters {
+            None => eds.must_send = true,
+            Some(names) => {
+                for name in names {
+                    if eds.subscription.wants(name) {
+                        eds.newly_subscribed.insert(name.clone());
+                        eds.must_send = true;
+                    }
+                }
+            }
+        }
+    }
+
     /// Handles the ACK/NACK part of a request. Returns false if the nonce is stale.
     fn settle(
         &mut self,
@@ -548,6 +571,9 @@ impl SotwStream {
             if self.tx.send(Ok(response)).await.is_err() {
                 return Err(());
             }
+            if type_url == snapshot::CLUSTER {
+                self.state.resend_endpoints_of(None);
+            }
         }
         Ok(())
     }
@@ -721,6 +747,22 @@ impl DeltaStream {
                 .map(|r| r.name.clone())
                 .collect();
             state.newly_subscribed.retain(|n| !first_sent.contains(n));
+            // Clusters the proxy had in another version: their endpoints must follow.
+            let updated_clusters: Vec<Arc<str>> = if type_url == snapshot::CLUSTER {
+                changed
+                    .iter()
+                    .filter(|r| {
+                        state
+                            .acked_set
+                            .as_ref()
+                            .is_some_and(|a| a.get(&r.name).is_some())
+                            || state.initial_versions.contains_key(&*r.name)
+                    })
+                    .map(|r| r.name.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let response = DeltaDiscoveryResponse {
                 system_version_info: set.version.clone(),
                 resources: changed
@@ -755,6 +797,9 @@ impl DeltaStream {
             );
             if self.tx.send(Ok(response)).await.is_err() {
                 return Err(());
+            }
+            if !updated_clusters.is_empty() {
+                self.state.resend_endpoints_of(Some(&updated_clusters));
             }
         }
         Ok(())

@@ -199,6 +199,19 @@ async fn sotw_push_ack_nack_and_no_resend_of_a_rejected_version() {
         .set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
     let second: DiscoveryResponse = next(&mut responses).await;
     assert_ne!(second.version_info, first.version_info);
+    // Envoy warms an updated cluster only with its endpoints: they follow the clusters.
+    let eds_again: DiscoveryResponse = next(&mut responses).await;
+    assert_eq!(eds_again.type_url, ENDPOINT);
+    assert_eq!(eds_again.version_info, eds.version_info);
+    tx.send(DiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names: vec!["b".into()],
+        version_info: eds_again.version_info.clone(),
+        response_nonce: eds_again.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     tx.send(DiscoveryRequest {
         type_url: CLUSTER.into(),
         version_info: first.version_info.clone(),
@@ -466,4 +479,64 @@ async fn delta_sends_a_large_set_in_chunks_and_holds_listeners_until_it_is_compl
     h.cache.set(NODE, snap);
     let update: DeltaDiscoveryResponse = next(&mut responses).await;
     assert_eq!(delta_names(&update), vec!["c007"]);
+}
+
+#[tokio::test]
+async fn delta_resends_the_endpoints_of_an_updated_cluster_so_envoy_can_warm_it() {
+    let h = start().await;
+    h.cache
+        .set(NODE, snapshot(&[("a", "1"), ("b", "1")], &["a", "b"]));
+    let mut c = client(h.address).await;
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let cds: DeltaDiscoveryResponse = next(&mut responses).await;
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: cds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec!["a".into(), "b".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let eds: DeltaDiscoveryResponse = next(&mut responses).await;
+    assert_eq!(delta_names(&eds), vec!["a", "b"]);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        response_nonce: eds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Cluster `a` changes (say, its TLS settings); its endpoints do not.
+    h.cache
+        .set(NODE, snapshot(&[("a", "2"), ("b", "1")], &["a", "b"]));
+    let cds: DeltaDiscoveryResponse = next(&mut responses).await;
+    assert_eq!(cds.type_url, CLUSTER);
+    assert_eq!(delta_names(&cds), vec!["a"]);
+    let eds: DeltaDiscoveryResponse = next(&mut responses).await;
+    assert_eq!(eds.type_url, ENDPOINT);
+    assert_eq!(
+        delta_names(&eds),
+        vec!["a"],
+        "the updated cluster's endpoints follow it"
+    );
 }
