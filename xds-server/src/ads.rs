@@ -304,7 +304,7 @@ impl StreamState {
                     Some(InFlight { set, .. }) => {
                         state.acked_set = Some(set);
                         state.initial_versions.clear();
-                        state.partial.clear();
+                        state.partial = HashMap::new();
                     }
                     None => {}
                 }
@@ -711,7 +711,7 @@ impl DeltaStream {
                 state.newly_subscribed.clear();
                 state.acked_set = Some(set.clone());
                 state.initial_versions.clear();
-                state.partial.clear();
+                state.partial = HashMap::new();
                 if state.acked_version.as_deref() != Some(set.version.as_str()) {
                     state.acked_version = Some(set.version.clone());
                     state.sent_version = Some(set.version.clone());

@@ -66,19 +66,25 @@ fn write_mesh(
     services: usize,
     extra_replica: bool,
 ) -> anyhow::Result<()> {
+    // Replicas per Deployment first; the extra replica (the config change) adds an instance
+    // to svc-0 and moves no other, so every simulated proxy stays in the mesh.
     let base = (proxies / services).max(1);
-    let mut text = String::new();
+    let mut counts = Vec::with_capacity(services);
     let mut instances = 0;
     for i in 0..services {
-        let mut replicas = if i + 1 == services {
+        let replicas = if i + 1 == services {
             proxies.saturating_sub(instances).max(1)
         } else {
             base.min(proxies.saturating_sub(instances)).max(1)
         };
-        if i == 0 && extra_replica {
-            replicas += 1;
-        }
         instances += replicas;
+        counts.push(replicas);
+    }
+    if extra_replica {
+        counts[0] += 1;
+    }
+    let mut text = String::new();
+    for (i, replicas) in counts.into_iter().enumerate() {
         text.push_str(&format!(
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc-{i}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: svc-{i}}}\n  template:\n    metadata:\n      labels: {{app: svc-{i}}}\n    spec:\n      containers:\n      - name: app\n        image: hashicorp/http-echo\n        args: [\"-text=svc-{i}\"]\n        ports:\n        - containerPort: 8080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  selector: {{app: svc-{i}}}\n  ports:\n  - port: 80\n    targetPort: 8080\n---\n"
         ));
@@ -280,7 +286,16 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let xds_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let log = std::fs::File::create(options.work_dir.join("xds-server.log"))?;
-    let mut server = tokio::process::Command::new(&options.xds_server)
+    // WARD_BENCH_WRAP runs the server under a profiler (e.g. `heaptrack`).
+    let mut server = match std::env::var_os("WARD_BENCH_WRAP") {
+        Some(wrapper) => {
+            let mut command = tokio::process::Command::new(wrapper);
+            command.arg(&options.xds_server);
+            command
+        }
+        None => tokio::process::Command::new(&options.xds_server),
+    };
+    let mut server = server
         .args(["serve", "--config"])
         .arg(&config_dir)
         .args(["--xds-address", &xds_address.to_string()])
@@ -369,6 +384,13 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let cpu_changed = cpu_seconds(pid)?;
     let bytes_change = counters.bytes.load(Ordering::Relaxed) - bytes_initial;
     let peak = proc_status_kib(pid, "VmHWM:")?;
+    if std::env::var_os("WARD_BENCH_METRICS").is_some() {
+        if let Ok((_, metrics)) = admin_client::get(admin_address, "/metrics").await {
+            for line in metrics.lines().filter(|l| l.starts_with("ward_xds_push")) {
+                eprintln!("{line}");
+            }
+        }
+    }
     let _ = server.kill().await;
 
     let n = node_ids.len().max(1) as f64;
