@@ -737,3 +737,65 @@ spec:
         .unwrap();
     assert_eq!(code, 200);
 }
+
+#[test]
+fn a_client_refuses_a_server_with_the_wrong_spiffe_identity() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
+    // Client certificate files on the proxy's file system, from the mesh CA.
+    let files = mesh.root.join("client-files");
+    certificate(
+        &mesh.state_dir.join("xds-server"),
+        "spiffe://cluster.local/ns/default/sa/professor-tools-sa",
+        "1h",
+        &files,
+    );
+    let rule = |san: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: exam-scheduler
+spec:
+  host: exam-scheduler
+  trafficPolicy:
+    tls:
+      mode: MUTUAL
+      clientCertificate: {dir}/cert.pem
+      privateKey: {dir}/key.pem
+      caCertificates: {dir}/root.pem
+      subjectAltNames: [\"{san}\"]
+",
+            dir = files.display()
+        )
+    };
+    // The identity that runs exam-scheduler: the handshake succeeds.
+    apply(
+        &mesh,
+        "dr.yaml",
+        &rule("spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"),
+    );
+    let (code, body) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    // The client expects another identity: the same server is refused by the client.
+    apply(
+        &mesh,
+        "dr.yaml",
+        &rule("spiffe://cluster.local/ns/default/sa/payments"),
+    );
+    let (code, body) = mesh
+        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+        .unwrap();
+    assert_eq!(code, 503, "{body}");
+    mesh.eventually(Duration::from_secs(5), || {
+        let client = mesh.log("professor-tools-0.default.envoy.log");
+        anyhow::ensure!(
+            client.contains("CERTIFICATE_VERIFY_FAILED") || client.contains("TLS_error"),
+            "client log: {client}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

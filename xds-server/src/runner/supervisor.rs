@@ -657,9 +657,16 @@ impl Supervisor {
                 let Some(running) = self.instances.get(&node_id) else {
                     continue;
                 };
+                // Asked of Envoy's admin, not by connecting: a probe connection would count as
+                // a client without a sidecar in the proxy's own statistics (`wardctl edges`).
+                let admin = SocketAddr::new(instance.address.into(), ADMIN_PORT);
+                let listeners = match admin_client::get(admin, "/listeners").await {
+                    Ok((200, body)) => body,
+                    _ => String::new(),
+                };
                 for port in std::iter::once(OUTBOUND_PORT).chain(running.spec.ports.iter().copied())
                 {
-                    if !port_open(SocketAddr::new(instance.address.into(), port)).await {
+                    if !listeners.contains(&format!("::{}:{port}", instance.address)) {
                         pending.push(format!(
                             "{node_id}: envoy not listening on {}:{port}",
                             instance.address
