@@ -28,6 +28,28 @@ spec:
     mode: STRICT
 ";
 
+/// `wardctl exec CLIENT -- curl http://exam-scheduler`: (status, body).
+fn get_scheduler(mesh: &LocalMesh, client: &str) -> (u16, String) {
+    mesh.curl_from(Some(client), &["http://exam-scheduler"])
+        .unwrap()
+}
+
+/// The runner's state: instances, addresses, the xDS port.
+fn runner_state(mesh: &LocalMesh) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap()
+}
+
+/// The address (instance address and port 8080) of exam-scheduler's sidecar.
+fn scheduler_address(mesh: &LocalMesh) -> String {
+    runner_state(mesh)["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["workload"] == "exam-scheduler")
+        .map(|i| format!("{}:8080", i["address"].as_str().unwrap()))
+        .unwrap()
+}
+
 /// `wardctl exec --no-mesh -- curl exam-scheduler`: (curl exit code, body).
 fn no_mesh_get(mesh: &LocalMesh) -> (i32, String) {
     let out = mesh
@@ -81,9 +103,7 @@ fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
     let (code, body) = no_mesh_get(&mesh);
     assert_eq!(code, 0, "{body}");
     assert!(body.contains("exams"), "{body}");
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
     mesh.eventually(Duration::from_secs(5), || {
         let server = mesh.log("exam-scheduler-0.default.envoy.log");
@@ -149,9 +169,7 @@ fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
         .unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("Exam received"), "{body}");
-    let (code, body) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, body) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("s123456"), "{body}");
 
@@ -181,13 +199,9 @@ spec:
     assert_eq!(code, 0, "{body}");
     // Meshed clients follow (auto mTLS: plaintext to a DISABLE port; connections they
     // already hold drain as Envoy drains the old listener).
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
-    let (code, _) = mesh
-        .curl_from(Some("student-portal"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "student-portal");
     assert_eq!(code, 200);
 }
 
@@ -197,9 +211,7 @@ fn mesh_wide_strict_from_the_root_namespace_and_certificates_from_the_envoys() {
     apply(&mesh, "mesh-wide.yaml", MESH_WIDE_STRICT);
     let (code, body) = no_mesh_get(&mesh);
     assert!(code == 52 || code == 56, "exit {code}: {body}");
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
 
     // Each proxy holds its own certificate (SPIFFE URI SAN of its service account, 24 h by
@@ -315,9 +327,7 @@ fn restarted_xds_server_keeps_the_root_and_proxies_keep_mtls() {
             .status()
             .unwrap();
     }
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
     mesh.eventually(Duration::from_secs(30), || {
         let status = mesh.status_json()?;
@@ -329,9 +339,7 @@ fn restarted_xds_server_keeps_the_root_and_proxies_keep_mtls() {
     .unwrap();
     assert_eq!(std::fs::read_to_string(&root_file).unwrap(), root_pem);
     assert_eq!(root_of(&mesh), root);
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
     let (code, _) = no_mesh_get(&mesh);
     assert!(code == 52 || code == 56);
@@ -339,9 +347,10 @@ fn restarted_xds_server_keeps_the_root_and_proxies_keep_mtls() {
 
 /// The xDS port of a running mesh.
 fn xds_address(mesh: &LocalMesh) -> String {
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
-    state["xds_address"].as_str().unwrap().to_string()
+    runner_state(mesh)["xds_address"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -405,9 +414,7 @@ fn a_proxy_cannot_get_another_workloads_config_with_its_own_credential() {
         "{log}"
     );
     // The real proxies are unaffected.
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
 }
 
@@ -540,15 +547,7 @@ fn curl_with_certificate(address: &str, dir: &std::path::Path) -> (i32, String) 
 fn strict_sidecars_refuse_certificates_from_another_ca_and_expired_ones() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
     apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
-    let scheduler = state["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["workload"] == "exam-scheduler")
-        .unwrap();
-    let address = format!("{}:8080", scheduler["address"].as_str().unwrap());
+    let address = scheduler_address(&mesh);
     let mesh_ca = mesh.state_dir.join("xds-server");
     let identity = "spiffe://cluster.local/ns/default/sa/batch-job";
 
@@ -619,9 +618,7 @@ fn plugged_in_intermediates_under_one_root_trust_each_other() {
     let mesh = LocalMesh::up_with("config/exam-lab", &["--ca-dir", cluster1.to_str().unwrap()])
         .expect("mesh up");
     apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
     let certs = certs_json(&mesh, "exam-scheduler");
     assert!(
@@ -629,15 +626,7 @@ fn plugged_in_intermediates_under_one_root_trust_each_other() {
         "the proxy's chain carries the intermediate: {certs:?}"
     );
 
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
-    let address = state["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["workload"] == "exam-scheduler")
-        .map(|i| format!("{}:8080", i["address"].as_str().unwrap()))
-        .unwrap();
+    let address = scheduler_address(&mesh);
     // A workload of the other cluster (its certificate signed by cluster2's intermediate,
     // with that intermediate in its chain) is accepted by cluster1's STRICT sidecar...
     let client = root.join("client2");
@@ -719,22 +708,16 @@ spec:
     };
     // Seed 001's ISTIO_MUTUAL: mTLS, as auto mTLS would do anyway.
     apply(&mesh, "dr.yaml", &rule("ISTIO_MUTUAL"));
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
     // DISABLE against a STRICT server: the client sends plaintext and the server refuses
     // it, as it would under Istio; Envoy answers 503 to the app.
     apply(&mesh, "dr.yaml", &rule("DISABLE"));
-    let (code, body) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, body) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 503, "{body}");
     // Back to ISTIO_MUTUAL: working again.
     apply(&mesh, "dr.yaml", &rule("ISTIO_MUTUAL"));
-    let (code, _) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200);
 }
 
@@ -775,9 +758,7 @@ spec:
         "dr.yaml",
         &rule("spiffe://cluster.local/ns/default/sa/exam-scheduler-sa"),
     );
-    let (code, body) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, body) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 200, "{body}");
     // The client expects another identity: the same server is refused by the client.
     apply(
@@ -785,9 +766,7 @@ spec:
         "dr.yaml",
         &rule("spiffe://cluster.local/ns/default/sa/payments"),
     );
-    let (code, body) = mesh
-        .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
-        .unwrap();
+    let (code, body) = get_scheduler(&mesh, "professor-tools");
     assert_eq!(code, 503, "{body}");
     mesh.eventually(Duration::from_secs(5), || {
         let client = mesh.log("professor-tools-0.default.envoy.log");

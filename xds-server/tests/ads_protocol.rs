@@ -134,6 +134,17 @@ fn nacks(h: &Harness) -> String {
         .join("\n")
 }
 
+/// A delta ACK of the response with `nonce`.
+async fn ack(tx: &mpsc::Sender<DeltaDiscoveryRequest>, type_url: &str, nonce: &str) {
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 fn delta_names(response: &DeltaDiscoveryResponse) -> Vec<String> {
     response.resources.iter().map(|r| r.name.clone()).collect()
 }
@@ -267,13 +278,7 @@ async fn delta_sends_only_changes_and_removals() {
 
     let first = next(&mut responses).await;
     assert_eq!(delta_names(&first), vec!["a", "b", "c"]);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: CLUSTER.into(),
-        response_nonce: first.nonce.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ack(&tx, CLUSTER, &first.nonce).await;
 
     // One cluster changes, one disappears: exactly that travels.
     h.cache
@@ -281,13 +286,7 @@ async fn delta_sends_only_changes_and_removals() {
     let second = next(&mut responses).await;
     assert_eq!(delta_names(&second), vec!["a"]);
     assert_eq!(second.removed_resources, vec!["c".to_string()]);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: CLUSTER.into(),
-        response_nonce: second.nonce.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ack(&tx, CLUSTER, &second.nonce).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(state_of(&h, "CDS"), "SYNCED");
 
@@ -438,24 +437,12 @@ async fn delta_sends_a_large_set_in_chunks_and_holds_listeners_until_it_is_compl
             "STALE",
             "not SYNCED before the last chunk"
         );
-        tx.send(DeltaDiscoveryRequest {
-            type_url: CLUSTER.into(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        ack(&tx, CLUSTER, &response.nonce).await;
     }
     assert!(chunks >= 8, "{chunks} chunks");
     let listeners: DeltaDiscoveryResponse = next(&mut responses).await;
     assert_eq!(listeners.type_url, LISTENER);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: LISTENER.into(),
-        response_nonce: listeners.nonce.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ack(&tx, LISTENER, &listeners.nonce).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(state_of(&h, "CDS"), "SYNCED");
     assert_eq!(state_of(&h, "LDS"), "SYNCED");
@@ -501,13 +488,7 @@ async fn delta_resends_the_endpoints_of_an_updated_cluster_so_envoy_can_warm_it(
         .unwrap()
         .into_inner();
     let cds: DeltaDiscoveryResponse = next(&mut responses).await;
-    tx.send(DeltaDiscoveryRequest {
-        type_url: CLUSTER.into(),
-        response_nonce: cds.nonce.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ack(&tx, CLUSTER, &cds.nonce).await;
     tx.send(DeltaDiscoveryRequest {
         type_url: ENDPOINT.into(),
         resource_names_subscribe: vec!["a".into(), "b".into()],
@@ -517,13 +498,7 @@ async fn delta_resends_the_endpoints_of_an_updated_cluster_so_envoy_can_warm_it(
     .unwrap();
     let eds: DeltaDiscoveryResponse = next(&mut responses).await;
     assert_eq!(delta_names(&eds), vec!["a", "b"]);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: ENDPOINT.into(),
-        response_nonce: eds.nonce.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ack(&tx, ENDPOINT, &eds.nonce).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Cluster `a` changes (say, its TLS settings); its endpoints do not.

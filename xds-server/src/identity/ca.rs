@@ -140,7 +140,7 @@ fn read(path: &Path) -> Result<String, CaError> {
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a key.
-fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+pub(crate) fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CaError::Io {

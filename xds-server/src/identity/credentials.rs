@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::ca::{CaError, CertificateAuthority};
+use super::ca::{write_private as write, CaError, CertificateAuthority};
 
 /// Bootstrap credentials outlive workload certificates: Envoy reads them once at start.
 pub const BOOTSTRAP_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -18,25 +18,6 @@ pub struct BootstrapCredentials {
     pub trust_bundle: PathBuf,
     /// The SPIFFE id xds-server must present.
     pub server_identity: String,
-}
-
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Signs a credential for `spiffe_id` and writes `cert.pem`, `key.pem` (owner-only) and
