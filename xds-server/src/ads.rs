@@ -589,6 +589,7 @@ fn record_push(
     bytes: usize,
 ) {
     let label = Metrics::by_type(snapshot::short_name(type_url));
+    server.metrics.record_push_activity();
     server.metrics.pushes.get_or_create(&label).inc();
     server
         .metrics

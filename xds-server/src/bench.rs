@@ -360,8 +360,9 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let initial_sync_ms = connect_start.elapsed().as_secs_f64() * 1000.0;
-    // Steady state: the server returns memory freed after the burst within a second or two.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Steady state: the server returns memory freed after the burst once it has been quiet
+    // for a second.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let rss_synced = proc_status_kib(pid, "VmRSS:")?;
     let cpu_synced = cpu_seconds(pid)?;
     let bytes_initial = counters.bytes.load(Ordering::Relaxed);

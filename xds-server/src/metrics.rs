@@ -32,6 +32,8 @@ pub struct CertificateLabel {
 
 #[derive(Debug)]
 pub struct Metrics {
+    /// Incremented on every push; read to tell a busy server from an idle one.
+    push_activity: AtomicU64,
     pub certificates_issued: Family<ReasonLabel, Counter>,
     pub certificate_expiry_seconds: Family<CertificateLabel, Gauge>,
     pub certificate_expiry_timestamp: Family<CertificateLabel, Gauge>,
@@ -118,6 +120,7 @@ impl Metrics {
             xds_refused_connections.clone(),
         );
         Metrics {
+            push_activity: AtomicU64::new(0),
             certificates_issued,
             certificate_expiry_seconds,
             certificate_expiry_timestamp,
@@ -131,6 +134,16 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
         }
+    }
+
+    pub fn record_push_activity(&self) {
+        self.push_activity
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn push_activity(&self) -> u64 {
+        self.push_activity
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn by_type(type_short: &str) -> TypeLabel {

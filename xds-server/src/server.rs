@@ -188,7 +188,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         current_mesh: Default::default(),
         renewals: tokio::sync::Notify::new(),
     });
-    tokio::spawn(release_freed_memory());
+    tokio::spawn(release_freed_memory(metrics.clone()));
 
     // The first load must succeed: there is no last good config to fall back to.
     control.reload().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -377,11 +377,24 @@ pub fn raise_fd_limit() {
 }
 
 /// Pushes build large responses briefly; glibc keeps freed memory mapped unless asked, which
-/// would make a burst of pushes look like a permanent cost in RSS.
-async fn release_freed_memory() {
+/// would make a burst of pushes look like a permanent cost in RSS. Trimming walks the whole
+/// heap under the allocator's locks, so it waits for a second with no push after a burst.
+async fn release_freed_memory(metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut seen = metrics.push_activity();
+    let mut trimmed = false;
     loop {
         tick.tick().await;
+        let now = metrics.push_activity();
+        if now != seen {
+            seen = now;
+            trimmed = false;
+            continue;
+        }
+        if trimmed {
+            continue;
+        }
+        trimmed = true;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only returns free memory to the OS.
         unsafe {
