@@ -38,10 +38,11 @@ use crate::snapshot::{self, Resource, ResourceSet, Snapshot, SnapshotCache, PUSH
 
 /// Largest xDS message accepted or sent: a 1,000-service mesh makes big CDS responses.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// Delta responses carry at most about this many bytes of resources; the rest follows once
-/// the proxy ACKs. tonic keeps each stream's encode buffer as large as the largest message it
-/// sent, so one 800 KB initial CDS response would cost 800 KB per connected proxy for as long
-/// as it stays connected.
+/// Delta responses carry at most about this many bytes of resources (at least one resource);
+/// the rest follows once the proxy ACKs. tonic keeps each stream's encode buffer as large as
+/// the largest message it sent, for as long as the proxy stays connected: a 1,000-service CDS
+/// in one response would cost ~550 KB per proxy. A single large resource (the outbound route
+/// configuration) still sets that size; see docs/benchmarks.md.
 const DELTA_CHUNK_BYTES: usize = 32 * 1024;
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);

@@ -64,7 +64,8 @@ struct ControlPlane {
     /// Layers of the last translation, reused where unchanged.
     shared_layers: std::sync::Mutex<Option<crate::translate::SharedLayers>>,
     certificates: Arc<WorkloadCertificates>,
-    /// The mesh now serving, re-translated when certificates are renewed.
+    /// The mesh now serving, re-translated when certificates are renewed. Its lock is held
+    /// while a mesh is applied.
     current_mesh: std::sync::Mutex<Option<Arc<Mesh>>>,
     /// Wakes the renewal task when the set of certificates changed.
     renewals: tokio::sync::Notify,
@@ -122,9 +123,12 @@ impl ControlPlane {
         for warning in &loaded.warnings {
             warn!(%warning, "config");
         }
+        // Held across the translation, so a renewal never re-applies the mesh being replaced.
+        let mut current = self.current_mesh.lock().expect("mesh lock");
         let mesh = Arc::new(loaded.mesh);
         self.apply(&mesh);
-        *self.current_mesh.lock().expect("mesh lock") = Some(mesh);
+        *current = Some(mesh);
+        drop(current);
         let mut status = self.config_status.write().expect("config status lock");
         status.generation += 1;
         status.loaded_at_unix = unix_now();
@@ -155,10 +159,13 @@ async fn renew_certificates(control: Arc<ControlPlane>) {
             .certificates
             .next_renewal()
             .is_some_and(|at| at <= SystemTime::now());
-        let mesh = control.current_mesh.lock().expect("mesh lock").clone();
-        if let (true, Some(mesh)) = (due, mesh) {
+        if !due {
+            continue;
+        }
+        let current = control.current_mesh.lock().expect("mesh lock");
+        if let Some(mesh) = current.as_ref() {
             info!("renewing workload certificates");
-            control.apply(&mesh);
+            control.apply(mesh);
         }
     }
 }
