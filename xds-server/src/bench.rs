@@ -30,6 +30,9 @@ pub struct BenchOptions {
     pub services: usize,
     pub xds_server: PathBuf,
     pub work_dir: PathBuf,
+    /// Also measure a certificate renewal wave: certificates are issued with a lifetime such
+    /// that every proxy's comes due this long after the server starts.
+    pub renew_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +58,16 @@ pub struct BenchReport {
     pub server_kib_per_proxy: f64,
     pub bytes_received_per_proxy_initial: u64,
     pub bytes_received_per_proxy_change: u64,
+    pub renewal: Option<RenewalReport>,
+}
+
+/// Every proxy's certificate renewed at once, and pushed over SDS.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenewalReport {
+    /// From the moment the certificates came due until each proxy received its new one.
+    pub due_to_received: Percentiles,
+    pub server_cpu_seconds: f64,
+    pub bytes_received_per_proxy: u64,
 }
 
 /// One Deployment (with `proxies / services` replicas, at least 1) and one Service per
@@ -121,6 +134,8 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 struct ClientProgress {
     /// When it ACKed endpoints of the watched cluster with a version other than the first.
     changed_at: Option<Instant>,
+    /// When it received a `default` secret other than its first.
+    renewed_at: Option<Instant>,
 }
 
 struct ClientCounters {
@@ -168,11 +183,29 @@ async fn simulated_proxy(
         .into_inner();
     let mut rds_subscribed = false;
     let mut first_watched_version: Option<String> = None;
+    let mut first_certificate_version: Option<String> = None;
     while let Some(response) = responses.message().await? {
         counters
             .bytes
             .fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
         let type_url = response.type_url.clone();
+        if type_url == SECRET {
+            if let Some(r) = response
+                .resources
+                .iter()
+                .find(|r| r.name == crate::translate::CERTIFICATE_SECRET)
+            {
+                match &first_certificate_version {
+                    None => first_certificate_version = Some(r.version.clone()),
+                    Some(first) if *first != r.version => {
+                        progress.send_modify(|p| {
+                            p.renewed_at.get_or_insert_with(Instant::now);
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if type_url == ENDPOINT {
             if let Some(r) = response
                 .resources
@@ -283,6 +316,11 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         })
         .collect();
 
+    // Certificates are backdated 60 s and renewed at 4/5 of their lifetime: a lifetime of
+    // (renew_after + 12 s) / 0.8 makes them due `renew_after` after issuance.
+    let renewal_ttl = options
+        .renew_after
+        .map(|after| (after + Duration::from_secs(12)).div_f64(0.8));
     let xds_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let log = std::fs::File::create(options.work_dir.join("xds-server.log"))?;
@@ -302,6 +340,12 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         .args(["--admin-address", &admin_address.to_string()])
         // The simulated proxies speak plaintext gRPC: TLS handshakes are not measured here.
         .arg("--plaintext-xds")
+        .args(renewal_ttl.iter().flat_map(|ttl| {
+            [
+                "--workload-cert-ttl".to_string(),
+                format!("{}ms", ttl.as_millis()),
+            ]
+        }))
         .arg("--state-dir")
         .arg(options.work_dir.join("xds-state"))
         .env("WARD_LOG", "warn")
@@ -311,6 +355,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         .spawn()
         .with_context(|| format!("starting {}", options.xds_server.display()))?;
     let pid = server.id().context("xds-server pid")?;
+    let server_started = Instant::now();
     let started = Instant::now();
     while admin_client::get(admin_address, "/healthz").await.is_err() {
         if started.elapsed() > Duration::from_secs(60) {
@@ -384,6 +429,37 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu_changed = cpu_seconds(pid)?;
     let bytes_change = counters.bytes.load(Ordering::Relaxed) - bytes_initial;
+    let renewal = match options.renew_after {
+        None => None,
+        Some(after) => {
+            let due = server_started + after;
+            if Instant::now() > due {
+                bail!("the renewal came due before the change was measured: use a larger --renew-after");
+            }
+            let cpu_before_renewal = cpu_seconds(pid)?;
+            let bytes_before_renewal = counters.bytes.load(Ordering::Relaxed);
+            wait_until(
+                after + Duration::from_secs(300),
+                "every proxy to receive its renewed certificate",
+                || progress.iter().all(|p| p.borrow().renewed_at.is_some()),
+            )
+            .await?;
+            let samples: Vec<f64> = progress
+                .iter()
+                .filter_map(|p| p.borrow().renewed_at)
+                .map(|t| t.saturating_duration_since(due).as_secs_f64() * 1000.0)
+                .collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let n = node_ids.len().max(1) as u64;
+            Some(RenewalReport {
+                due_to_received: percentiles(samples),
+                server_cpu_seconds: cpu_seconds(pid)? - cpu_before_renewal,
+                bytes_received_per_proxy: (counters.bytes.load(Ordering::Relaxed)
+                    - bytes_before_renewal)
+                    / n,
+            })
+        }
+    };
     let peak = proc_status_kib(pid, "VmHWM:")?;
     if std::env::var_os("WARD_BENCH_METRICS").is_some() {
         if let Ok((_, metrics)) = admin_client::get(admin_address, "/metrics").await {
@@ -408,6 +484,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         server_kib_per_proxy: (rss_synced.saturating_sub(rss_before)) as f64 / n,
         bytes_received_per_proxy_initial: (bytes_initial as f64 / n) as u64,
         bytes_received_per_proxy_change: (bytes_change as f64 / n) as u64,
+        renewal,
     })
 }
 
@@ -419,7 +496,17 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl BenchReport {
     pub fn render(&self) -> String {
-        format!(
+        let renewal = self.renewal.as_ref().map_or(String::new(), |r| {
+            format!(
+                "certificate renewal (all due at once) -> received: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; server CPU {:.2} s; {} bytes per proxy\n",
+                r.due_to_received.p50_ms,
+                r.due_to_received.p99_ms,
+                r.due_to_received.max_ms,
+                r.server_cpu_seconds,
+                r.bytes_received_per_proxy
+            )
+        });
+        let base = format!(
             "proxies {} services {}\n\
              initial sync (all proxies SYNCED on CDS/EDS/LDS/RDS/SDS): {:.0} ms\n\
              config change -> ACK: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the 100 ms debounce)\n\
@@ -440,7 +527,8 @@ impl BenchReport {
             self.server_kib_per_proxy,
             self.bytes_received_per_proxy_initial,
             self.bytes_received_per_proxy_change,
-        )
+        );
+        format!("{base}{renewal}")
     }
 }
 

@@ -128,6 +128,10 @@ enum BenchCommand {
         /// Also print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also measure a renewal wave: every certificate comes due this long after the
+        /// server starts (it must be after the initial sync and the change), e.g. 60s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        renew_after: Option<std::time::Duration>,
     },
     /// Workload certificate issuance rate, and renewing N certificates at once.
     Certs {
@@ -294,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             proxies,
             services,
             json,
+            renew_after,
         }) => {
             init_tracing();
             let work_dir = std::env::temp_dir().join(format!("ward-bench-{}", std::process::id()));
@@ -302,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 services,
                 xds_server: tools::sibling_binary("xds-server")?,
                 work_dir: work_dir.clone(),
+                renew_after,
             };
             let report = ward::bench::run_xds_bench(&options).await;
             let _ = std::fs::remove_dir_all(&work_dir);
