@@ -34,7 +34,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
 use crate::proxy_status::ProxyStatusRegistry;
-use crate::snapshot::{self, Resource, ResourceSet, Snapshot, SnapshotCache, PUSH_ORDER};
+use crate::snapshot::{
+    self, Resource, ResourceLayer, ResourceSet, Snapshot, SnapshotCache, PUSH_ORDER,
+};
 
 /// Largest xDS message accepted or sent: a 1,000-service mesh makes big CDS responses.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -812,6 +814,11 @@ impl DeltaStream {
 /// `set` no longer holds. Layers shared with the last ACKed set are skipped whole.
 fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>, Vec<String>) {
     let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    // ACKed layers whose replacement was handled through its precomputed diff.
+    let mut diffed: Vec<Arc<ResourceLayer>> = Vec::new();
+    let partial_has =
+        |r: &Resource| !state.partial.is_empty() && state.partial.get(&r.name) == Some(&r.version);
     for layer in &set.layers {
         let unchanged = state
             .acked_set
@@ -826,6 +833,37 @@ fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>
             );
             continue;
         }
+        // The proxy has the layer this one replaced: only the diff can be new to it.
+        let replaced = layer.base.as_ref().and_then(|diff| {
+            let from = diff.from.upgrade()?;
+            let acked = state.acked_set.as_ref()?;
+            acked.shares(&from).then_some((diff, from))
+        });
+        if let Some((diff, from)) = replaced {
+            for name in &diff.changed {
+                if !state.subscription.wants(name) || state.newly_subscribed.contains(name) {
+                    continue;
+                }
+                if let Some(resource) = layer.resources.get(name) {
+                    if !partial_has(resource) {
+                        changed.push(resource);
+                    }
+                }
+            }
+            changed.extend(
+                state
+                    .newly_subscribed
+                    .iter()
+                    .filter_map(|name| layer.resources.get(name)),
+            );
+            for name in &diff.removed {
+                if state.subscription.wants(name) && set.get(name).is_none() {
+                    removed.push(name.to_string());
+                }
+            }
+            diffed.push(from);
+            continue;
+        }
         for resource in layer.resources.values() {
             if !state.subscription.wants(&resource.name) {
                 continue;
@@ -838,16 +876,20 @@ fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>
                             .is_some_and(|r| r.version == resource.version)
                 }
                 None => state.initial_versions.get(&*resource.name) == Some(&resource.version),
-            } || state.partial.get(&resource.name) == Some(&resource.version);
+            } || partial_has(resource);
             if !has {
                 changed.push(resource);
             }
         }
     }
-    let mut removed = Vec::new();
     match &state.acked_set {
         Some(acked) => {
-            for layer in acked.layers.iter().filter(|l| !set.shares(l)) {
+            let handled = |l: &Arc<ResourceLayer>| diffed.iter().any(|d| Arc::ptr_eq(d, l));
+            for layer in acked
+                .layers
+                .iter()
+                .filter(|l| !set.shares(l) && !handled(l))
+            {
                 for name in layer.resources.keys() {
                     if state.subscription.wants(name) && set.get(name).is_none() {
                         removed.push(name.to_string());

@@ -3,7 +3,7 @@
 //! transport only reads snapshots and is told when one changes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -61,14 +61,34 @@ impl Resource {
 
 /// Resources built once and shared by every proxy that has them (the outbound clusters and
 /// endpoints of a mesh are the same for all its proxies).
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct ResourceLayer {
     pub version: String,
     pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
+    /// What changed from the layer this one replaced: computed once per config change, so a
+    /// push to a proxy that has the previous layer costs the size of the change, not of the
+    /// layer.
+    pub base: Option<LayerDiff>,
+}
+
+#[derive(Debug)]
+pub struct LayerDiff {
+    /// The replaced layer (weak: a chain of diffs does not keep old layers alive).
+    pub from: Weak<ResourceLayer>,
+    /// Names new in this layer or with another version.
+    pub changed: Vec<Arc<str>>,
+    /// Names the replaced layer had and this one does not.
+    pub removed: Vec<Arc<str>>,
+}
+
+impl PartialEq for ResourceLayer {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.resources == other.resources
+    }
 }
 
 impl ResourceLayer {
-    pub fn new(resources: impl IntoIterator<Item = Resource>) -> Arc<Self> {
+    fn build(resources: impl IntoIterator<Item = Resource>) -> Self {
         let resources: BTreeMap<Arc<str>, Arc<Resource>> = resources
             .into_iter()
             .map(|r| (r.name.clone(), Arc::new(r)))
@@ -79,7 +99,53 @@ impl ResourceLayer {
             hasher.update(r.version.as_bytes());
         }
         let version = hex::encode(&hasher.finalize()[..8]);
-        Arc::new(ResourceLayer { version, resources })
+        ResourceLayer {
+            version,
+            resources,
+            base: None,
+        }
+    }
+
+    pub fn new(resources: impl IntoIterator<Item = Resource>) -> Arc<Self> {
+        Arc::new(Self::build(resources))
+    }
+
+    /// A layer that replaces `previous`: `previous` itself when nothing changed (proxies that
+    /// have it are then known, by pointer, to have all of it), otherwise a new layer that
+    /// knows its difference from it.
+    pub fn replacing(
+        resources: impl IntoIterator<Item = Resource>,
+        previous: Option<&Arc<ResourceLayer>>,
+    ) -> Arc<Self> {
+        let mut layer = Self::build(resources);
+        let Some(old) = previous else {
+            return Arc::new(layer);
+        };
+        if old.version == layer.version {
+            return old.clone();
+        }
+        let changed = layer
+            .resources
+            .iter()
+            .filter(|(name, r)| {
+                old.resources
+                    .get(*name)
+                    .is_none_or(|o| o.version != r.version)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let removed = old
+            .resources
+            .keys()
+            .filter(|name| !layer.resources.contains_key(*name))
+            .cloned()
+            .collect();
+        layer.base = Some(LayerDiff {
+            from: Arc::downgrade(old),
+            changed,
+            removed,
+        });
+        Arc::new(layer)
     }
 }
 

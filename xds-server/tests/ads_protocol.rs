@@ -515,3 +515,74 @@ async fn delta_resends_the_endpoints_of_an_updated_cluster_so_envoy_can_warm_it(
         "the updated cluster's endpoints follow it"
     );
 }
+
+#[tokio::test]
+async fn delta_uses_a_replaced_layers_diff_and_sends_the_same_changes() {
+    let cluster = |name: &str, tag: &str| {
+        Resource::new(
+            CLUSTER,
+            name,
+            &Cluster {
+                name: name.to_string(),
+                alt_stat_name: tag.to_string(),
+                ..Default::default()
+            },
+        )
+    };
+    let h = start().await;
+    let first = ResourceLayer::replacing(
+        [cluster("a", "1"), cluster("b", "1"), cluster("c", "1")],
+        None,
+    );
+    let mut snap = Snapshot::default();
+    snap.insert(CLUSTER, vec![first.clone()]);
+    h.cache.set(NODE, snap);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client(h.address)
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = next(&mut responses).await;
+    assert_eq!(delta_names(&response), vec!["a", "b", "c"]);
+    ack(&tx, CLUSTER, &response.nonce).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The next layer replaces the first: `a` changed, `c` removed, `d` added, `b` the same.
+    let second = ResourceLayer::replacing(
+        [cluster("a", "2"), cluster("b", "1"), cluster("d", "1")],
+        Some(&first),
+    );
+    let diff = second.base.as_ref().expect("a diff from the first layer");
+    assert_eq!(
+        diff.changed
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        vec!["a", "d"]
+    );
+    let mut snap = Snapshot::default();
+    snap.insert(CLUSTER, vec![second.clone()]);
+    h.cache.set(NODE, snap);
+    let response = next(&mut responses).await;
+    assert_eq!(delta_names(&response), vec!["a", "d"]);
+    assert_eq!(response.removed_resources, vec!["c".to_string()]);
+    ack(&tx, CLUSTER, &response.nonce).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state_of(&h, "CDS"), "SYNCED");
+    // An unchanged replacement is the very same layer: nothing is sent.
+    let third = ResourceLayer::replacing(
+        [cluster("a", "2"), cluster("b", "1"), cluster("d", "1")],
+        Some(&second),
+    );
+    assert!(Arc::ptr_eq(&third, &second));
+    nothing_within(&mut responses, 200).await;
+}

@@ -142,15 +142,6 @@ pub struct SharedLayers {
     routes_by_namespace: BTreeMap<String, Arc<ResourceLayer>>,
 }
 
-/// The previous layer if nothing in it changed: proxies that have it are then known, by
-/// pointer, to have all of it, and a push to them skips it without comparing resources.
-fn reuse(new: Arc<ResourceLayer>, previous: Option<&Arc<ResourceLayer>>) -> Arc<ResourceLayer> {
-    match previous {
-        Some(old) if old.version == new.version => old.clone(),
-        _ => new,
-    }
-}
-
 impl SharedLayers {
     pub fn new(mesh: &Mesh, previous: Option<&SharedLayers>) -> Self {
         let mut clusters = Vec::new();
@@ -183,16 +174,13 @@ impl SharedLayers {
                     &outbound_route_config(mesh, &ns),
                 );
                 let old = previous.and_then(|p| p.routes_by_namespace.get(&ns));
-                let layer = reuse(ResourceLayer::new([routes]), old);
+                let layer = ResourceLayer::replacing([routes], old);
                 (ns, layer)
             })
             .collect();
         SharedLayers {
-            clusters: reuse(ResourceLayer::new(clusters), previous.map(|p| &p.clusters)),
-            endpoints: reuse(
-                ResourceLayer::new(endpoints),
-                previous.map(|p| &p.endpoints),
-            ),
+            clusters: ResourceLayer::replacing(clusters, previous.map(|p| &p.clusters)),
+            endpoints: ResourceLayer::replacing(endpoints, previous.map(|p| &p.endpoints)),
             routes_by_namespace,
         }
     }
