@@ -76,6 +76,17 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// curl arguments of the exam lab's POST (seed 000, section 4.2), as a student submits it.
+pub const POST_EXAM: &[&str] = &[
+    "-X",
+    "POST",
+    "exam-scheduler",
+    "-H",
+    "Content-Type: application/json",
+    "-d",
+    r#"{"matricola": "s123456", "exam": "NCS"}"#,
+];
+
 pub struct LocalMesh {
     pub root: PathBuf,
     pub config_dir: PathBuf,

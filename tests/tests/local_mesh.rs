@@ -5,17 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ward_e2e::{processes_mentioning, LocalMesh};
-
-const POST_EXAM: &[&str] = &[
-    "-X",
-    "POST",
-    "exam-scheduler",
-    "-H",
-    "Content-Type: application/json",
-    "-d",
-    r#"{"matricola": "s123456", "exam": "NCS"}"#,
-];
+use ward_e2e::{processes_mentioning, LocalMesh, POST_EXAM};
 
 fn proxy_states(mesh: &LocalMesh) -> anyhow::Result<Vec<(String, bool)>> {
     let status = mesh.status_json()?;

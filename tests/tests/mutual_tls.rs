@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ward_e2e::{processes_mentioning, LocalMesh};
+use ward_e2e::{processes_mentioning, LocalMesh, POST_EXAM};
 
 const PEER_AUTH_STRICT: &str = "\
 apiVersion: security.istio.io/v1beta1
@@ -143,6 +143,19 @@ fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("SECURED"), "{table}");
 
+    // A mistyped mode is refused with its place, and nothing changes.
+    let bad = mesh.root.join("peer-auth-typo.yaml");
+    std::fs::write(&bad, PEER_AUTH_STRICT.replace("STRICT", "STRICTLY")).unwrap();
+    let out = mesh.wardctl(&["apply", "-f", bad.to_str().unwrap()]).unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("peer-auth-typo.yaml:8:5: spec.mtls.mode: unknown mTLS mode `STRICTLY`"),
+        "{said}"
+    );
+    let (code, _) = no_mesh_get(&mesh);
+    assert_eq!(code, 0, "the refused edit changed nothing");
+
     // The lab's peer-auth.yaml: the client without a sidecar is cut off...
     apply(&mesh, "peer-auth.yaml", PEER_AUTH_STRICT);
     let (code, body) = no_mesh_get(&mesh);
@@ -153,20 +166,7 @@ fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
     assert!(body.is_empty(), "{body}");
 
     // ...while the meshed clients keep working, over mTLS.
-    let (code, body) = mesh
-        .curl_from(
-            Some("student-portal"),
-            &[
-                "-X",
-                "POST",
-                "exam-scheduler",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                r#"{"matricola": "s123456", "exam": "NCS"}"#,
-            ],
-        )
-        .unwrap();
+    let (code, body) = mesh.curl_from(Some("student-portal"), POST_EXAM).unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("Exam received"), "{body}");
     let (code, body) = get_scheduler(&mesh, "professor-tools");

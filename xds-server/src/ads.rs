@@ -819,18 +819,20 @@ fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>
     let mut diffed: Vec<Arc<ResourceLayer>> = Vec::new();
     let partial_has =
         |r: &Resource| !state.partial.is_empty() && state.partial.get(&r.name) == Some(&r.version);
+    // Newly subscribed names are sent whether or not they changed.
+    let newly_subscribed_in = |layer: &'s ResourceLayer| {
+        state
+            .newly_subscribed
+            .iter()
+            .filter_map(move |name| layer.resources.get(name))
+    };
     for layer in &set.layers {
         let unchanged = state
             .acked_set
             .as_ref()
             .is_some_and(|acked| acked.shares(layer));
         if unchanged {
-            changed.extend(
-                state
-                    .newly_subscribed
-                    .iter()
-                    .filter_map(|name| layer.resources.get(name)),
-            );
+            changed.extend(newly_subscribed_in(layer));
             continue;
         }
         // The proxy has the layer this one replaced: only the diff can be new to it.
@@ -850,12 +852,7 @@ fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>
                     }
                 }
             }
-            changed.extend(
-                state
-                    .newly_subscribed
-                    .iter()
-                    .filter_map(|name| layer.resources.get(name)),
-            );
+            changed.extend(newly_subscribed_in(layer));
             for name in &diff.removed {
                 if state.subscription.wants(name) && set.get(name).is_none() {
                     removed.push(name.to_string());

@@ -39,11 +39,11 @@ fn xds_transport_socket(credentials: &BootstrapCredentials) -> Value {
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
                 "tls_certificates": [ {
-                    "certificate_chain": { "filename": credentials.cert_chain.display().to_string() },
-                    "private_key": { "filename": credentials.private_key.display().to_string() }
+                    "certificate_chain": { "filename": credentials.files.cert_chain.display().to_string() },
+                    "private_key": { "filename": credentials.files.private_key.display().to_string() }
                 } ],
                 "validation_context": {
-                    "trusted_ca": { "filename": credentials.trust_bundle.display().to_string() },
+                    "trusted_ca": { "filename": credentials.files.trust_bundle.display().to_string() },
                     "match_typed_subject_alt_names": [ {
                         "san_type": "URI",
                         "matcher": { "exact": credentials.server_identity }

@@ -37,7 +37,7 @@ pub struct Metrics {
     pub certificates_issued: Family<ReasonLabel, Counter>,
     pub certificate_expiry_seconds: Family<CertificateLabel, Gauge>,
     pub certificate_expiry_timestamp: Family<CertificateLabel, Gauge>,
-    pub xds_refused_connections: Family<ReasonLabel, Counter>,
+    pub xds_refused_streams: Family<ReasonLabel, Counter>,
     registry: Registry,
     pub connected_proxies: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -98,7 +98,7 @@ impl Metrics {
         let certificates_issued = Family::<ReasonLabel, Counter>::default();
         let certificate_expiry_seconds = Family::<CertificateLabel, Gauge>::default();
         let certificate_expiry_timestamp = Family::<CertificateLabel, Gauge>::default();
-        let xds_refused_connections = Family::<ReasonLabel, Counter>::default();
+        let xds_refused_streams = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "certificates_issued",
             "Workload certificates signed, by reason (initial, renewal, identity-changed)",
@@ -117,14 +117,14 @@ impl Metrics {
         registry.register(
             "xds_refused_streams",
             "ADS streams or requests refused, by reason (no client certificate, identity mismatch, ...)",
-            xds_refused_connections.clone(),
+            xds_refused_streams.clone(),
         );
         Metrics {
             push_activity: AtomicU64::new(0),
             certificates_issued,
             certificate_expiry_seconds,
             certificate_expiry_timestamp,
-            xds_refused_connections,
+            xds_refused_streams,
             registry,
             connected_proxies,
             pushes,
@@ -208,7 +208,7 @@ impl Metrics {
     }
 
     pub fn refuse(&self, reason: &str) {
-        self.xds_refused_connections
+        self.xds_refused_streams
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })

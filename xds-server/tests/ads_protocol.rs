@@ -134,6 +134,25 @@ fn nacks(h: &Harness) -> String {
         .join("\n")
 }
 
+/// A delta ADS stream opened with `first` (which carries the node).
+async fn open_delta(
+    address: SocketAddr,
+    first: DeltaDiscoveryRequest,
+) -> (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    Streaming<DeltaDiscoveryResponse>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let responses = client(address)
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, responses)
+}
+
 /// A delta ACK of the response with `nonce`.
 async fn ack(tx: &mpsc::Sender<DeltaDiscoveryRequest>, type_url: &str, nonce: &str) {
     tx.send(DeltaDiscoveryRequest {
@@ -261,20 +280,15 @@ async fn delta_sends_only_changes_and_removals() {
         NODE,
         snapshot(&[("a", "1"), ("b", "1"), ("c", "1")], &["a"]),
     );
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest {
-        node: node(),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = client(h.address)
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_delta(
+        h.address,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
 
     let first = next(&mut responses).await;
     assert_eq!(delta_names(&first), vec!["a", "b", "c"]);
@@ -326,20 +340,15 @@ async fn delta_sends_only_changes_and_removals() {
 async fn delta_reconnect_with_matching_versions_gets_nothing_resent() {
     let h = start().await;
     h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "1")], &[]));
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest {
-        node: node(),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = client(h.address)
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_delta(
+        h.address,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let first = next(&mut responses).await;
     let versions: BTreeMap<String, String> = first
         .resources
@@ -351,21 +360,16 @@ async fn delta_reconnect_with_matching_versions_gets_nothing_resent() {
 
     // Reconnect: the proxy has a@1 and b@1; only the changed b comes back.
     h.cache.set(NODE, snapshot(&[("a", "1"), ("b", "2")], &[]));
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest {
-        node: node(),
-        type_url: CLUSTER.into(),
-        initial_resource_versions: versions.into_iter().collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = client(h.address)
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_tx, mut responses) = open_delta(
+        h.address,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            initial_resource_versions: versions.into_iter().collect(),
+            ..Default::default()
+        },
+    )
+    .await;
     let resent = next(&mut responses).await;
     assert_eq!(delta_names(&resent), vec!["b"]);
     assert!(resent.removed_resources.is_empty());
@@ -385,19 +389,22 @@ async fn delta_sends_a_large_set_in_chunks_and_holds_listeners_until_it_is_compl
         .iter()
         .map(|(n, t)| (n.as_str(), t.as_str()))
         .collect();
-    let mut snap = snapshot(&refs, &[]);
-    snap.insert(
-        LISTENER,
-        vec![ResourceLayer::new([Resource::new(
+    // The clusters, and one listener that must wait for all of them.
+    let with_listener = |clusters: &[(&str, &str)]| {
+        let mut snap = snapshot(clusters, &[]);
+        let listener = Listener {
+            name: "l".into(),
+            ..Default::default()
+        };
+        snap.insert(
             LISTENER,
-            "l",
-            &Listener {
-                name: "l".into(),
-                ..Default::default()
-            },
-        )])],
-    );
-    h.cache.set(NODE, snap);
+            vec![ResourceLayer::new([Resource::new(
+                LISTENER, "l", &listener,
+            )])],
+        );
+        snap
+    };
+    h.cache.set(NODE, with_listener(&refs));
 
     let mut c = client(h.address).await;
     let (tx, rx) = mpsc::channel(16);
@@ -451,19 +458,7 @@ async fn delta_sends_a_large_set_in_chunks_and_holds_listeners_until_it_is_compl
     // A later change of one cluster is one small response.
     let mut changed = refs.clone();
     changed[7].1 = "new";
-    let mut snap = snapshot(&changed, &[]);
-    snap.insert(
-        LISTENER,
-        vec![ResourceLayer::new([Resource::new(
-            LISTENER,
-            "l",
-            &Listener {
-                name: "l".into(),
-                ..Default::default()
-            },
-        )])],
-    );
-    h.cache.set(NODE, snap);
+    h.cache.set(NODE, with_listener(&changed));
     let update: DeltaDiscoveryResponse = next(&mut responses).await;
     assert_eq!(delta_names(&update), vec!["c007"]);
 }
@@ -473,20 +468,15 @@ async fn delta_resends_the_endpoints_of_an_updated_cluster_so_envoy_can_warm_it(
     let h = start().await;
     h.cache
         .set(NODE, snapshot(&[("a", "1"), ("b", "1")], &["a", "b"]));
-    let mut c = client(h.address).await;
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(DeltaDiscoveryRequest {
-        node: node(),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = c
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_delta(
+        h.address,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let cds: DeltaDiscoveryResponse = next(&mut responses).await;
     ack(&tx, CLUSTER, &cds.nonce).await;
     tx.send(DeltaDiscoveryRequest {
@@ -537,20 +527,15 @@ async fn delta_uses_a_replaced_layers_diff_and_sends_the_same_changes() {
     let mut snap = Snapshot::default();
     snap.insert(CLUSTER, vec![first.clone()]);
     h.cache.set(NODE, snap);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(DeltaDiscoveryRequest {
-        node: node(),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut responses = client(h.address)
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_delta(
+        h.address,
+        DeltaDiscoveryRequest {
+            node: node(),
+            type_url: CLUSTER.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let response = next(&mut responses).await;
     assert_eq!(delta_names(&response), vec!["a", "b", "c"]);
     ack(&tx, CLUSTER, &response.nonce).await;

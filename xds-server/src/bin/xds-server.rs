@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ward::bootstrap::{self, AdsProtocol, BootstrapParams};
+use ward::identity::ca::write_private;
 use ward::identity::{
-    write_bootstrap_credentials, CaOptions, CertificateAuthority, CertificatePolicy, KeyAlgorithm,
+    write_bootstrap_credentials, write_certificate_files, CaOptions, CertificateAuthority,
+    CertificatePolicy, KeyAlgorithm,
 };
 use ward::server::{self, ServerOptions};
 use ward::translate::TranslateOptions;
@@ -224,20 +226,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             trust_domain,
         } => {
-            let ca = CertificateAuthority::load_or_create(&CaOptions {
+            let ca = CertificateAuthority::load_or_create(&CaOptions::signing(
                 state_dir,
-                plugged_in_dir: None,
-                algorithm: KeyAlgorithm::default(),
-                extra_trust_roots: Vec::new(),
-                trust_domain,
-            })?;
+                None,
+                &trust_domain,
+            ))?;
             let (cert, key) = ca.issue_intermediate(&name, ttl)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let root = ca.trust_bundle_pem();
-            std::fs::write(out.join("ca-cert.pem"), &cert)?;
-            std::fs::write(out.join("ca-key.pem"), &key)?;
-            std::fs::write(out.join("root-cert.pem"), root)?;
-            std::fs::write(out.join("cert-chain.pem"), format!("{cert}{root}"))?;
+            // The intermediate's key, like the root's, is readable by its owner only.
+            write_private(&out.join("ca-key.pem"), &key, 0o600)?;
+            write_private(&out.join("ca-cert.pem"), &cert, 0o644)?;
+            write_private(&out.join("root-cert.pem"), root, 0o644)?;
+            write_private(&out.join("cert-chain.pem"), &format!("{cert}{root}"), 0o644)?;
             println!("intermediate CA {name} written to {}", out.display());
             Ok(())
         }
@@ -252,18 +253,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             identity
                 .parse::<ward::identity::spiffe::SpiffeId>()
                 .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
-            let ca = CertificateAuthority::load_or_create(&CaOptions {
+            let ca = CertificateAuthority::load_or_create(&CaOptions::signing(
                 state_dir,
-                plugged_in_dir: ca_dir,
-                algorithm: KeyAlgorithm::default(),
-                extra_trust_roots: Vec::new(),
-                trust_domain,
-            })?;
-            let cert = ca.issue(&identity, ttl)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            std::fs::write(out.join("cert.pem"), &cert.cert_chain_pem)?;
-            std::fs::write(out.join("key.pem"), &cert.private_key_pem)?;
-            std::fs::write(out.join("root.pem"), ca.trust_bundle_pem())?;
+                ca_dir,
+                &trust_domain,
+            ))?;
+            let (_, cert) = write_certificate_files(&ca, &identity, ttl, &out)?;
             println!(
                 "{identity}: serial {} valid until {} in {}",
                 cert.serial_hex,
@@ -293,13 +288,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let credentials = if plaintext_xds {
                 None
             } else {
-                let ca = CertificateAuthority::load_or_create(&CaOptions {
+                let ca = CertificateAuthority::load_or_create(&CaOptions::signing(
                     state_dir,
-                    plugged_in_dir: ca_dir,
-                    algorithm: KeyAlgorithm::default(),
-                    extra_trust_roots: Vec::new(),
-                    trust_domain: mesh.trust_domain.clone(),
-                })
+                    ca_dir,
+                    &mesh.trust_domain,
+                ))
                 .context("loading the CA to sign the proxy's bootstrap credential")?;
                 let node_id = ward::model::Mesh::node_id(w, i);
                 let dir = credentials_dir

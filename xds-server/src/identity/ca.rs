@@ -93,6 +93,23 @@ pub struct CaOptions {
     pub trust_domain: String,
 }
 
+impl CaOptions {
+    /// For commands that only sign: the default key type and no extra roots.
+    pub fn signing(
+        state_dir: PathBuf,
+        plugged_in_dir: Option<PathBuf>,
+        trust_domain: &str,
+    ) -> Self {
+        CaOptions {
+            state_dir,
+            plugged_in_dir,
+            algorithm: KeyAlgorithm::default(),
+            extra_trust_roots: Vec::new(),
+            trust_domain: trust_domain.to_string(),
+        }
+    }
+}
+
 /// A signed workload certificate and its private key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IssuedCertificate {
@@ -140,7 +157,7 @@ fn read(path: &Path) -> Result<String, CaError> {
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a key.
-pub(crate) fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+pub fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CaError::Io {

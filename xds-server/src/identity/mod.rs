@@ -8,4 +8,6 @@ pub mod spiffe;
 
 pub use ca::{CaError, CaOptions, CaSource, CertificateAuthority, IssuedCertificate, KeyAlgorithm};
 pub use certs::{CertificatePolicy, WorkloadCertificates};
-pub use credentials::{write_bootstrap_credentials, BootstrapCredentials};
+pub use credentials::{
+    write_bootstrap_credentials, write_certificate_files, BootstrapCredentials, CertificateFiles,
+};

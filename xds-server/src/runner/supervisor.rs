@@ -84,6 +84,7 @@ pub async fn run(options: SupervisorOptions) -> anyhow::Result<()> {
         xds: None,
         directory: Arc::new(RwLock::new(ServiceDirectory::from_mesh(&mesh))),
         last_error: None,
+        ca: None,
     };
     supervisor.start_xds_server().await?;
 
@@ -155,6 +156,8 @@ struct Supervisor {
     xds: Option<Child>,
     directory: Arc<RwLock<ServiceDirectory>>,
     last_error: Option<String>,
+    /// xds-server's CA, loaded once (after xds-server created it) to sign credentials.
+    ca: Option<Arc<crate::identity::CertificateAuthority>>,
 }
 
 /// xds-server's own state (the CA root) inside the runner's state directory.
@@ -520,19 +523,24 @@ impl Supervisor {
     /// The proxy's client certificate for the xDS channel, signed by the CA xds-server uses
     /// (the built-in root in the state directory, or `$WARD_CA_DIR`).
     fn bootstrap_credentials(
-        &self,
+        &mut self,
         mesh: &Mesh,
         workload: &Workload,
         node_id: &str,
     ) -> anyhow::Result<crate::identity::BootstrapCredentials> {
-        let ca = crate::identity::CertificateAuthority::load_or_create(&CaOptions {
-            state_dir: xds_state_dir(&self.options.state_dir),
-            plugged_in_dir: self.options.ca_dir.clone(),
-            algorithm: Default::default(),
-            extra_trust_roots: Vec::new(),
-            trust_domain: mesh.trust_domain.clone(),
-        })
-        .context("loading the CA for bootstrap credentials")?;
+        let ca = match &self.ca {
+            Some(ca) => ca.clone(),
+            None => {
+                let ca =
+                    crate::identity::CertificateAuthority::load_or_create(&CaOptions::signing(
+                        xds_state_dir(&self.options.state_dir),
+                        self.options.ca_dir.clone(),
+                        &mesh.trust_domain,
+                    ))
+                    .context("loading the CA for bootstrap credentials")?;
+                self.ca.insert(Arc::new(ca)).clone()
+            }
+        };
         let dir = self.options.state_dir.join("credentials").join(node_id);
         let server = crate::xds_listener::server_identity(&mesh.trust_domain, &mesh.root_namespace);
         Ok(crate::identity::write_bootstrap_credentials(
