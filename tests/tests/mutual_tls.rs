@@ -146,7 +146,9 @@ fn strict_peer_authentication_refuses_clients_without_a_sidecar() {
     // A mistyped mode is refused with its place, and nothing changes.
     let bad = mesh.root.join("peer-auth-typo.yaml");
     std::fs::write(&bad, PEER_AUTH_STRICT.replace("STRICT", "STRICTLY")).unwrap();
-    let out = mesh.wardctl(&["apply", "-f", bad.to_str().unwrap()]).unwrap();
+    let out = mesh
+        .wardctl(&["apply", "-f", bad.to_str().unwrap()])
+        .unwrap();
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
