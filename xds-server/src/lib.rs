@@ -2,12 +2,14 @@
 //! `model` (the resolved mesh) → `translate` (Envoy resources) → `snapshot` (per-proxy
 //! snapshots) → `ads` (the gRPC ADS server), wired together by `server`. Beside them:
 //! `identity` is the CA and the workload certificates, `bootstrap` renders Envoy bootstraps, `runner` is the local mesh behind `wardctl up`,
-//! `apps` holds the built-in stand-ins for the seed labs' container images.
+//! `apps` holds the built-in stand-ins for the seed labs' container images, and `check`
+//! predicts authorization decisions for `wardctl check`.
 
 pub mod ads;
 pub mod apps;
 pub mod bench;
 pub mod bootstrap;
+pub mod check;
 pub mod config;
 pub mod identity;
 pub mod metrics;

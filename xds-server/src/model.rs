@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+pub use wasm_authz::policy::AuthorizationPolicy;
+
 /// Where a resource came from, so later stages can still point at the user's file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourceRef {
@@ -27,6 +29,8 @@ pub struct Mesh {
     pub peer_authentications: Vec<PeerAuthentication>,
     /// Istio DestinationRules, sorted by (namespace, name).
     pub destination_rules: Vec<DestinationRule>,
+    /// Istio AuthorizationPolicies, sorted by (namespace, name).
+    pub authorization_policies: Vec<ScopedAuthorizationPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +138,15 @@ pub struct PeerAuthentication {
     pub mode: MtlsMode,
     /// `portLevelMtls`, by the workload's (container) port.
     pub port_level: BTreeMap<u16, MtlsMode>,
+    pub source: SourceRef,
+}
+
+/// An AuthorizationPolicy with its scope: the selector (None: every workload of its
+/// namespace, or of the mesh in the root namespace) and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedAuthorizationPolicy {
+    pub policy: AuthorizationPolicy,
+    pub selector: Option<BTreeMap<String, String>>,
     pub source: SourceRef,
 }
 
@@ -267,6 +280,23 @@ impl Mesh {
                     .max_by_key(|(score, _)| *score)
                     .map(|(_, r)| r)
             })
+    }
+
+    /// The AuthorizationPolicies that apply to `workload`, sorted by namespace and name: the
+    /// root namespace's (mesh-wide, or selecting in every namespace) and its own namespace's
+    /// (namespace-wide, or selecting it).
+    pub fn authorization_policies_for(&self, workload: &Workload) -> Vec<&AuthorizationPolicy> {
+        self.authorization_policies
+            .iter()
+            .filter(|p| {
+                let ns = &p.policy.namespace;
+                (*ns == workload.namespace || *ns == self.root_namespace)
+                    && p.selector
+                        .as_ref()
+                        .is_none_or(|s| selects(s, &workload.labels))
+            })
+            .map(|p| &p.policy)
+            .collect()
     }
 
     /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>` for a workload.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ward::bootstrap::AdsProtocol;
 use ward::runner::commands::{self, LogKind};
@@ -85,6 +86,37 @@ enum Command {
     /// Which workloads talk to which, and whether over mTLS, from the Envoys' connection
     /// counters (like `linkerd viz edges`).
     Edges {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predict the authorization decision for a request, and explain it (like
+    /// `istioctl x authz check`): ALLOW, DENY or REFUSED, the rule that decided, the
+    /// policies considered.
+    Check {
+        /// The destination workload: `name` or `namespace/name`.
+        to: String,
+        /// The client workload: `name` or `namespace/name`.
+        #[arg(long, required_unless_present = "no_mesh")]
+        from: Option<String>,
+        /// A client with no sidecar.
+        #[arg(long, conflicts_with = "from")]
+        no_mesh: bool,
+        #[arg(long, short = 'X', default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// `Name: value`, as curl's -H.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// The Service port called (default: the first).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The Host header (default: the Service name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Check against this config instead of the running mesh's.
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -274,6 +306,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Status => commands::status(&state_dir).await,
+        Command::Check {
+            to,
+            from,
+            no_mesh: _,
+            method,
+            path,
+            headers,
+            port,
+            host,
+            config,
+            json,
+        } => {
+            let dir = match config {
+                Some(dir) => dir,
+                None => state::read_state(&state_dir)?.config_dir,
+            };
+            let mesh = ward::config::load_path(&dir)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("loading {}", dir.display()))?
+                .mesh;
+            let qualified = |name: &str| match name.split_once('/') {
+                Some((ns, n)) => (ns.to_string(), n.to_string()),
+                None => ("default".to_string(), name.to_string()),
+            };
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    ward::check::parse_header(h)
+                        .with_context(|| format!("header `{h}` is not `Name: value`"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let query = ward::check::CheckQuery {
+                source: from.as_deref().map(qualified),
+                destination: qualified(&to),
+                method,
+                path,
+                headers,
+                port,
+                host,
+            };
+            let report = ward::check::check(&mesh, &query)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
         Command::Edges { json } => {
             let edges = ward::runner::inspect::edges(&state_dir).await?;
             if json {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::decode::{integer, Object, IGNORED};
 use super::diagnostic::Report;
+use super::authz::{self, AuthorizationPolicySpec};
 use super::istio::{self, DestinationRuleSpec, PeerAuthenticationSpec};
 use super::names::{self, Rule};
 use super::yaml::{Node, Position, Scalar, Value};
@@ -38,6 +39,8 @@ pub struct Meta {
     pub position: Position,
     /// Where `metadata.name` is written.
     pub name_position: Position,
+    /// `metadata.annotations` (Istio reads some on its own kinds, e.g. `istio.io/dry-run`).
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +99,7 @@ pub enum Document {
     MeshConfig(MeshConfigSpec),
     PeerAuthentication(PeerAuthenticationSpec),
     DestinationRule(DestinationRuleSpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
 /// What became of one YAML document.
@@ -118,6 +122,7 @@ impl Document {
             Document::MeshConfig(_) => "MeshConfig",
             Document::PeerAuthentication(_) => "PeerAuthentication",
             Document::DestinationRule(_) => "DestinationRule",
+            Document::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 
@@ -128,6 +133,7 @@ impl Document {
             Document::Deployment(d) => Some(&d.meta),
             Document::PeerAuthentication(p) => Some(&p.meta),
             Document::DestinationRule(r) => Some(&r.meta),
+            Document::AuthorizationPolicy(p) => Some(&p.meta),
             Document::MeshConfig(_) => None,
         }
     }
@@ -163,12 +169,17 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
         (v, "PeerAuthentication") if istio::SECURITY_VERSIONS.contains(&v) => {
             istio::decode_peer_authentication(&doc, report).map(Document::PeerAuthentication)
         }
+        (v, "AuthorizationPolicy") if istio::SECURITY_VERSIONS.contains(&v) => {
+            authz::decode_authorization_policy(&doc, report).map(Document::AuthorizationPolicy)
+        }
         (v, "DestinationRule") if istio::NETWORKING_VERSIONS.contains(&v) => {
             istio::decode_destination_rule(&doc, report).map(Document::DestinationRule)
         }
         _ => {
             let known = match kind.as_str() {
-                "PeerAuthentication" => " (Ward reads security.istio.io/v1beta1 and v1)",
+                "PeerAuthentication" | "AuthorizationPolicy" => {
+                    " (Ward reads security.istio.io/v1beta1 and v1)"
+                }
                 "DestinationRule" => " (Ward reads networking.istio.io/v1alpha3, v1beta1 and v1)",
                 "Namespace" | "ServiceAccount" | "Service" => " (Ward reads it as v1)",
                 "Deployment" => " (Ward reads it as apps/v1)",
@@ -232,13 +243,14 @@ pub(super) fn decode_meta(
     // The object's own labels and annotations are read for their shape only: Ward selects
     // and configures by the pod template's.
     meta.string_map("labels", report);
-    meta.string_map("annotations", report);
+    let annotations = meta.string_map("annotations", report);
     meta.finish(report);
     Some(Meta {
         name: name?,
         namespace,
         position: doc.position,
         name_position,
+        annotations,
     })
 }
 

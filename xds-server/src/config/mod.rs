@@ -5,10 +5,12 @@
 //! - `yaml`: a positioned YAML tree (duplicate keys refused, YAML 1.2 core schema scalars).
 //! - `decode`: typed access that reports wrong types and every key left unread.
 //! - `names`: Kubernetes' name rules.
-//! - `kinds`: the Kubernetes and Ward kinds understood; `istio`: Istio's.
+//! - `kinds`: the Kubernetes and Ward kinds understood; `istio`: Istio's; `authz`: Istio's
+//!   AuthorizationPolicy.
 //! - `resolve`: checks across documents, and the resolved `Mesh` with addresses.
 //! - `diagnostic`: `Diagnostic`, `ConfigError` and the per-file collector.
 
+mod authz;
 mod decode;
 mod diagnostic;
 mod istio;

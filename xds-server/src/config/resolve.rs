@@ -6,13 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::diagnostic::Diagnostic;
+use super::authz::{AuthorizationPolicySpec, ReferenceKind};
 use super::istio::{DestinationRuleSpec, PeerAuthenticationSpec};
 use super::kinds::{
     DeploymentSpec, Document, ServicePortSpec, ServiceSpec, TargetPort, DEFAULT_SERVICE_ACCOUNT,
 };
 use super::yaml::Position;
 use crate::model::{
-    DestinationRule, Instance, Mesh, PeerAuthentication, Service, ServiceAccount, ServicePort,
+    DestinationRule, Instance, Mesh, PeerAuthentication, ScopedAuthorizationPolicy, Service,
+    ServiceAccount, ServicePort,
     SourceRef, Workload,
 };
 
@@ -112,6 +114,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     let mut mesh_config: Option<(String, usize)> = None;
     let mut peer_authentications: Vec<(String, PeerAuthenticationSpec)> = Vec::new();
     let mut destination_rules: Vec<(String, DestinationRuleSpec)> = Vec::new();
+    let mut authorization_policies: Vec<(String, AuthorizationPolicySpec)> = Vec::new();
     let mut seen: BTreeMap<(&'static str, String, String), (String, usize)> = BTreeMap::new();
 
     for Located {
@@ -179,6 +182,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             }
             Document::PeerAuthentication(p) => peer_authentications.push((file, p)),
             Document::DestinationRule(r) => destination_rules.push((file, r)),
+            Document::AuthorizationPolicy(p) => authorization_policies.push((file, p)),
         }
     }
 
@@ -235,8 +239,21 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
         resolve_peer_authentications(peer_authentications, &workloads, &root_namespace, findings);
     let destination_rules =
         resolve_destination_rules(destination_rules, &resolved, &root_namespace, findings);
+    let authorization_policies = resolve_authorization_policies(
+        authorization_policies,
+        &workloads,
+        &AuthzContext {
+            root_namespace: &root_namespace,
+            trust_domain: &trust_domain,
+            namespaces: &namespaces,
+            service_accounts: &service_accounts,
+            complete,
+        },
+        findings,
+    );
 
     Mesh {
+        authorization_policies,
         peer_authentications,
         destination_rules,
         trust_domain,
@@ -255,6 +272,95 @@ fn selects(selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
     selector
         .iter()
         .all(|(k, v)| workload.labels.get(k) == Some(v))
+}
+
+/// What AuthorizationPolicy references are checked against.
+struct AuthzContext<'a> {
+    root_namespace: &'a str,
+    trust_domain: &'a str,
+    namespaces: &'a BTreeSet<String>,
+    service_accounts: &'a BTreeSet<(String, String)>,
+    /// False when some document could not be read (it may declare what looks missing).
+    complete: bool,
+}
+
+/// AuthorizationPolicies with `istioctl analyze`'s checks: a selector that selects nothing, a
+/// namespace or service account that does not exist.
+fn resolve_authorization_policies(
+    mut specs: Vec<(String, AuthorizationPolicySpec)>,
+    workloads: &[Workload],
+    context: &AuthzContext,
+    findings: &mut Findings,
+) -> Vec<ScopedAuthorizationPolicy> {
+    specs.sort_by(|(_, a), (_, b)| {
+        (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+    });
+    let service_account_exists = |ns: &str, sa: &str| {
+        context
+            .service_accounts
+            .contains(&(ns.to_string(), sa.to_string()))
+            || workloads
+                .iter()
+                .any(|w| w.namespace == ns && w.service_account == sa)
+    };
+    for (file, p) in &specs {
+        let mesh_wide = p.meta.namespace == context.root_namespace;
+        if let Some(selector) = &p.selector {
+            let selected = workloads
+                .iter()
+                .any(|w| (mesh_wide || w.namespace == p.meta.namespace) && selects(selector, w));
+            if !selected && context.complete {
+                let scope = if mesh_wide {
+                    "in the mesh".to_string()
+                } else {
+                    format!("in namespace {}", p.meta.namespace)
+                };
+                findings.push(
+                    false,
+                    file,
+                    p.selector_position,
+                    "spec.selector",
+                    format!("selects no workload {scope}: the policy has no effect"),
+                );
+            }
+        }
+        if !context.complete {
+            continue;
+        }
+        for reference in &p.references {
+            let problem = match &reference.kind {
+                ReferenceKind::Namespace(ns) => (!context.namespaces.contains(ns))
+                    .then(|| format!("namespace {ns} does not exist in this mesh: the value matches no workload")),
+                ReferenceKind::ServiceAccount {
+                    trust_domain,
+                    namespace,
+                    name,
+                } => {
+                    if let Some(td) = trust_domain.as_deref().filter(|td| *td != context.trust_domain) {
+                        Some(format!("trust domain {td} is not this mesh's ({}): no workload has this identity", context.trust_domain))
+                    } else if !service_account_exists(namespace, name) {
+                        Some(format!("service account {namespace}/{name} does not exist in this mesh (no ServiceAccount, no workload uses it): the value matches no workload"))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(message) = problem {
+                findings.push(false, file, reference.position, &reference.field, message);
+            }
+        }
+    }
+    specs
+        .into_iter()
+        .map(|(file, p)| ScopedAuthorizationPolicy {
+            policy: p.policy,
+            selector: p.selector,
+            source: SourceRef {
+                file,
+                line: p.meta.position.line,
+            },
+        })
+        .collect()
 }
 
 /// PeerAuthentications with the checks `istioctl analyze` makes: a selector that selects

@@ -285,8 +285,14 @@ pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     }
     sources.push((file.display().to_string(), text.clone()));
     sources.sort();
-    if let Err(e) = config::load_sources(&sources) {
-        bail!("{} not applied:\n{e}", file.display());
+    let loaded = match config::load_sources(&sources) {
+        Ok(loaded) => loaded,
+        Err(e) => bail!("{} not applied:\n{e}", file.display()),
+    };
+    // Like `kubectl apply`: warnings about the applied file go to the user, not only the log.
+    let applied = file.display().to_string();
+    for warning in loaded.warnings.iter().filter(|w| w.file == applied) {
+        eprintln!("warning: {warning}");
     }
     let tmp = state
         .config_dir

@@ -10,7 +10,8 @@
 //! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
 //! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`.
 
-mod tls;
+pub mod rbac;
+pub mod tls;
 
 pub use tls::{
     cluster_tls, mesh_sni, secret_layer, ClusterTls, CERTIFICATE_SECRET, TRUST_BUNDLE_SECRET,
@@ -336,7 +337,9 @@ fn load_assignment(
 /// so `wardctl logs` shows who talked to whom and why a request failed.
 fn access_log(direction: &str) -> AccessLog {
     // Who the peer proved to be: the client's identity inbound, the server's outbound.
-    let peer = if direction.starts_with("inbound") {
+    let peer = if direction == "inbound" {
+        "peer=%DOWNSTREAM_PEER_URI_SAN% tls=%DOWNSTREAM_TLS_VERSION% rbac=%DYNAMIC_METADATA(envoy.filters.http.rbac)%"
+    } else if direction.starts_with("inbound") {
         "peer=%DOWNSTREAM_PEER_URI_SAN% tls=%DOWNSTREAM_TLS_VERSION%"
     } else {
         "peer=%UPSTREAM_PEER_URI_SAN% tls=%UPSTREAM_TLS_VERSION%"
@@ -462,8 +465,10 @@ fn inbound_listener(
 ) -> Resource {
     let name = format!("inbound|{}:{}", instance.address, port);
     let cluster = inbound_cluster_name(port);
-    let filter = if tcp {
-        network_filter(
+    let policies = mesh.authorization_policies_for(workload);
+    let filters = if tcp {
+        let mut filters = rbac::network_filters(&policies);
+        filters.push(network_filter(
             "envoy.filters.network.tcp_proxy",
             &TcpProxy {
                 stat_prefix: cluster.clone(),
@@ -471,9 +476,10 @@ fn inbound_listener(
                 access_log: vec![access_log("inbound-tcp")],
                 ..Default::default()
             },
-        )
+        ));
+        filters
     } else {
-        let mut http_filters = Vec::new();
+        let mut http_filters = rbac::http_filters(&policies);
         if let Some(module) = &options.wasm_module {
             http_filters.push(wasm_filter(module, workload, &mesh.identity(workload)));
         }
@@ -500,7 +506,7 @@ fn inbound_listener(
             }],
             ..Default::default()
         };
-        network_filter(
+        vec![network_filter(
             "envoy.filters.network.http_connection_manager",
             &http_connection_manager(
                 &format!("inbound_{port}"),
@@ -508,10 +514,10 @@ fn inbound_listener(
                 http_filters,
                 "inbound",
             ),
-        )
+        )]
     };
     let mode = mesh.effective_mtls(workload, port).mode;
-    let (listener_filters, filter_chains) = tls::inbound_chains(mode, vec![filter]);
+    let (listener_filters, filter_chains) = tls::inbound_chains(mode, filters);
     let listener = Listener {
         name: name.clone(),
         address: Some(socket_address(instance.address, port)),
