@@ -221,6 +221,39 @@ impl LocalMesh {
         }
     }
 
+    /// `wardctl apply -f` of `text` written to `name` under the mesh's scratch directory;
+    /// panics unless it is applied. Returns what apply printed (warnings go to stderr).
+    pub fn apply(&self, name: &str, text: &str) -> String {
+        let path = self.root.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = self
+            .wardctl(&["apply", "-f", path.to_str().unwrap()])
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "apply {name}: {printed}");
+        printed
+    }
+
+    /// The address of the first instance of `workload` (its sidecar's inbound address).
+    pub fn instance_address(&self, workload: &str) -> std::net::Ipv4Addr {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state_dir.join("state.json")).unwrap())
+                .unwrap();
+        state["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["workload"] == workload)
+            .and_then(|i| i["address"].as_str())
+            .unwrap_or_else(|| panic!("no instance of {workload}"))
+            .parse()
+            .unwrap()
+    }
+
     pub fn write_config(&self, name: &str, text: &str) -> anyhow::Result<()> {
         let tmp = self.config_dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)?;

@@ -41,13 +41,7 @@ fn runner_state(mesh: &LocalMesh) -> serde_json::Value {
 
 /// The address (instance address and port 8080) of exam-scheduler's sidecar.
 fn scheduler_address(mesh: &LocalMesh) -> String {
-    runner_state(mesh)["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["workload"] == "exam-scheduler")
-        .map(|i| format!("{}:8080", i["address"].as_str().unwrap()))
-        .unwrap()
+    format!("{}:8080", mesh.instance_address("exam-scheduler"))
 }
 
 /// `wardctl exec --no-mesh -- curl exam-scheduler`: (curl exit code, body).
@@ -71,17 +65,7 @@ fn no_mesh_get(mesh: &LocalMesh) -> (i32, String) {
 }
 
 fn apply(mesh: &LocalMesh, name: &str, text: &str) {
-    let path = mesh.root.join(name);
-    std::fs::write(&path, text).unwrap();
-    let out = mesh
-        .wardctl(&["apply", "-f", path.to_str().unwrap()])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "apply {name}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.apply(name, text);
 }
 
 fn certs_json(mesh: &LocalMesh, workload: &str) -> Vec<serde_json::Value> {

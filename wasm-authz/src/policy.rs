@@ -454,9 +454,11 @@ impl Source {
         }) && field(&self.remote_ip_blocks, &self.not_remote_ip_blocks, |b| {
             ip_match(b, request.remote_ip)
         }) && (tcp
-            || field(&self.request_principals, &self.not_request_principals, |p| {
-                request_principal_match(p, request.request_principal.as_deref())
-            }))
+            || field(
+                &self.request_principals,
+                &self.not_request_principals,
+                |p| request_principal_match(p, request.request_principal.as_deref()),
+            ))
     }
 }
 
@@ -546,11 +548,8 @@ impl Rule {
         if tcp && self.http_only() && action == Action::Allow {
             return false;
         }
-        let from = self.from.is_empty()
-            || self
-                .from
-                .iter()
-                .any(|s| s.matches(policy_ns, request, tcp));
+        let from =
+            self.from.is_empty() || self.from.iter().any(|s| s.matches(policy_ns, request, tcp));
         let to = self.to.is_empty() || self.to.iter().any(|o| o.matches(request, tcp));
         let when = self.when.iter().all(|c| {
             let http_only = ConditionKey::parse(&c.key).is_some_and(|k| k.http_only());
@@ -706,9 +705,13 @@ mod tests {
         let block = IpBlock::parse("10.1.0.0/16").unwrap();
         assert!(block.contains("10.1.2.3".parse().unwrap()));
         assert!(!block.contains("10.2.0.1".parse().unwrap()));
-        assert!(IpBlock::parse("1.2.3.4").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(IpBlock::parse("1.2.3.4")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
         assert!(IpBlock::parse("1.2.3.4/33").is_none());
-        assert!(IpBlock::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(IpBlock::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
     }
 
     #[test]

@@ -136,7 +136,9 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
             None => "no sidecar",
         }
     );
-    let source_principal = (client_mtls).then(|| source.map(|s| mesh.identity(s))).flatten();
+    let source_principal = (client_mtls)
+        .then(|| source.map(|s| mesh.identity(s)))
+        .flatten();
     let policies: Vec<policy::AuthorizationPolicy> = mesh
         .authorization_policies_for(destination)
         .into_iter()
@@ -270,4 +272,3 @@ pub fn parse_header(text: &str) -> Option<(String, String)> {
     let name = name.trim();
     (!name.is_empty()).then(|| (name.to_ascii_lowercase(), value.trim().to_string()))
 }
-

@@ -69,12 +69,15 @@ fn strings(items: &[(Position, String, String)]) -> Vec<String> {
 fn check_pattern(items: &[(Position, String, String)], report: &mut Report) {
     for (at, path, value) in items {
         let inner = value.trim_start_matches('*').trim_end_matches('*');
-        if inner.contains('*') || (value.len() > 1 && value.starts_with('*') && value.ends_with('*'))
+        if inner.contains('*')
+            || (value.len() > 1 && value.starts_with('*') && value.ends_with('*'))
         {
             report.error(
                 *at,
                 path,
-                format!("`{value}`: `*` may only be the whole value, its first or its last character"),
+                format!(
+                    "`{value}`: `*` may only be the whole value, its first or its last character"
+                ),
             );
         }
     }
@@ -200,7 +203,9 @@ fn decode_source(
             report.error(
                 *at,
                 path,
-                format!("`{value}`: a service account is `name` or `namespace/name`, without wildcards"),
+                format!(
+                    "`{value}`: a service account is `name` or `namespace/name`, without wildcards"
+                ),
             );
             continue;
         }
@@ -374,8 +379,14 @@ fn check_split_rules(
             || (first.as_slice() == ["to"] && second.as_slice() == ["from"]);
         if split {
             let effect = match action {
-                Action::Allow => format!("as written, {path} allows its `{}` to every source", second[0]),
-                _ => format!("as written, {path} applies its `{}` to every source", second[0]),
+                Action::Allow => format!(
+                    "as written, {path} allows its `{}` to every source",
+                    second[0]
+                ),
+                _ => format!(
+                    "as written, {path} applies its `{}` to every source",
+                    second[0]
+                ),
             };
             report.warn(
                 *at,

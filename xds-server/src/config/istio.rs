@@ -40,7 +40,10 @@ pub struct DestinationRuleSpec {
 
 /// `selector.matchLabels` (Istio's WorkloadSelector); None when absent. An empty selector
 /// selects every workload in the namespace in Istio, so it counts as absent too.
-pub(super) fn workload_selector(spec: &Object, report: &mut Report) -> Option<BTreeMap<String, String>> {
+pub(super) fn workload_selector(
+    spec: &Object,
+    report: &mut Report,
+) -> Option<BTreeMap<String, String>> {
     let selector = spec.object("selector", report)?;
     let labels = selector.string_map("matchLabels", report);
     selector.finish(report);

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::authz::{self, AuthorizationPolicySpec};
 use super::decode::{integer, Object, IGNORED};
 use super::diagnostic::Report;
-use super::authz::{self, AuthorizationPolicySpec};
 use super::istio::{self, DestinationRuleSpec, PeerAuthenticationSpec};
 use super::names::{self, Rule};
 use super::yaml::{Node, Position, Scalar, Value};

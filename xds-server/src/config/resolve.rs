@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::diagnostic::Diagnostic;
 use super::authz::{AuthorizationPolicySpec, ReferenceKind};
+use super::diagnostic::Diagnostic;
 use super::istio::{DestinationRuleSpec, PeerAuthenticationSpec};
 use super::kinds::{
     DeploymentSpec, Document, ServicePortSpec, ServiceSpec, TargetPort, DEFAULT_SERVICE_ACCOUNT,
@@ -14,8 +14,7 @@ use super::kinds::{
 use super::yaml::Position;
 use crate::model::{
     DestinationRule, Instance, Mesh, PeerAuthentication, ScopedAuthorizationPolicy, Service,
-    ServiceAccount, ServicePort,
-    SourceRef, Workload,
+    ServiceAccount, ServicePort, SourceRef, Workload,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -329,14 +328,20 @@ fn resolve_authorization_policies(
         }
         for reference in &p.references {
             let problem = match &reference.kind {
-                ReferenceKind::Namespace(ns) => (!context.namespaces.contains(ns))
-                    .then(|| format!("namespace {ns} does not exist in this mesh: the value matches no workload")),
+                ReferenceKind::Namespace(ns) => (!context.namespaces.contains(ns)).then(|| {
+                    format!(
+                        "namespace {ns} does not exist in this mesh: the value matches no workload"
+                    )
+                }),
                 ReferenceKind::ServiceAccount {
                     trust_domain,
                     namespace,
                     name,
                 } => {
-                    if let Some(td) = trust_domain.as_deref().filter(|td| *td != context.trust_domain) {
+                    if let Some(td) = trust_domain
+                        .as_deref()
+                        .filter(|td| *td != context.trust_domain)
+                    {
                         Some(format!("trust domain {td} is not this mesh's ({}): no workload has this identity", context.trust_domain))
                     } else if !service_account_exists(namespace, name) {
                         Some(format!("service account {namespace}/{name} does not exist in this mesh (no ServiceAccount, no workload uses it): the value matches no workload"))

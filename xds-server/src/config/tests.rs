@@ -561,11 +561,11 @@ fn service_type_and_cluster_ip_are_warned_about() {
 #[test]
 fn unsupported_kinds_are_warned_about_and_empty_documents_skipped() {
     let text = "# nothing here\n---\napiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
+kind: RequestAuthentication
 metadata:
   name: default
 spec:
-  action: DENY
+  jwtRules: []
 ---
 ---
 apiVersion: apps/v1beta1
@@ -576,7 +576,7 @@ metadata: {name: old}
     assert_eq!(
         warnings,
         vec![
-            "p.yaml:4:1: kind AuthorizationPolicy (apiVersion security.istio.io/v1) is not supported by Ward; document ignored",
+            "p.yaml:4:1: kind RequestAuthentication (apiVersion security.istio.io/v1) is not supported by Ward; document ignored",
             "p.yaml:12:1: kind Deployment (apiVersion apps/v1beta1) is not supported by Ward (Ward reads it as apps/v1); document ignored",
         ]
     );

@@ -198,6 +198,7 @@ pub fn proxy_snapshot(
 ) -> Snapshot {
     let mut clusters = Vec::new();
     let mut listeners = Vec::new();
+    let mut inbound_routes = Vec::new();
     let tcp_inbound_ports: Vec<u16> = mesh
         .services_of(workload)
         .flat_map(|s| {
@@ -210,9 +211,9 @@ pub fn proxy_snapshot(
     for port in mesh.inbound_ports(workload) {
         clusters.push(inbound_cluster(instance, port));
         let tcp = tcp_inbound_ports.contains(&port);
-        listeners.push(inbound_listener(
-            mesh, workload, instance, port, tcp, options,
-        ));
+        let (listener, route) = inbound_listener(mesh, workload, instance, port, tcp, options);
+        listeners.push(listener);
+        inbound_routes.extend(route);
     }
     listeners.push(outbound_listener(instance));
 
@@ -223,8 +224,10 @@ pub fn proxy_snapshot(
     );
     snapshot.insert(snapshot::ENDPOINT, vec![shared.endpoints.clone()]);
     snapshot.insert(snapshot::LISTENER, vec![ResourceLayer::new(listeners)]);
-    let routes = shared.routes_by_namespace.get(&workload.namespace).cloned();
-    snapshot.insert(snapshot::ROUTE, routes.into_iter().collect());
+    let outbound_routes = shared.routes_by_namespace.get(&workload.namespace).cloned();
+    let mut routes: Vec<_> = outbound_routes.into_iter().collect();
+    routes.push(ResourceLayer::new(inbound_routes));
+    snapshot.insert(snapshot::ROUTE, routes);
     snapshot.insert(snapshot::SECRET, secrets.into_iter().collect());
     snapshot
 }
@@ -462,10 +465,11 @@ fn inbound_listener(
     port: u16,
     tcp: bool,
     options: &TranslateOptions,
-) -> Resource {
+) -> (Resource, Option<Resource>) {
     let name = format!("inbound|{}:{}", instance.address, port);
     let cluster = inbound_cluster_name(port);
     let policies = mesh.authorization_policies_for(workload);
+    let mut route = None;
     let filters = if tcp {
         let mut filters = rbac::network_filters(&policies);
         filters.push(network_filter(
@@ -479,38 +483,47 @@ fn inbound_listener(
         ));
         filters
     } else {
-        let mut http_filters = rbac::http_filters(&policies);
+        let mut http_filters = rbac::http_filters();
         if let Some(module) = &options.wasm_module {
             http_filters.push(wasm_filter(module, workload, &mesh.identity(workload)));
         }
         http_filters.push(router_filter());
-        let routes = RouteConfiguration {
-            name: cluster.clone(),
-            virtual_hosts: vec![VirtualHost {
-                name: "inbound".to_string(),
-                domains: vec!["*".to_string()],
-                routes: vec![Route {
-                    name: "default".to_string(),
-                    r#match: Some(prefix_match("/")),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            cluster.clone(),
-                        )),
-                        // Like Istio: no route timeout by default, the app decides.
-                        timeout: Some(duration_ms(0)),
+        let route_name = inbound_route_name(port);
+        route = Some(Resource::new(
+            snapshot::ROUTE,
+            &route_name,
+            &RouteConfiguration {
+                name: route_name.clone(),
+                virtual_hosts: vec![VirtualHost {
+                    name: "inbound".to_string(),
+                    domains: vec!["*".to_string()],
+                    routes: vec![Route {
+                        name: "default".to_string(),
+                        r#match: Some(prefix_match("/")),
+                        action: Some(route::Action::Route(RouteAction {
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                                cluster.clone(),
+                            )),
+                            // Like Istio: no route timeout by default, the app decides.
+                            timeout: Some(duration_ms(0)),
+                            ..Default::default()
+                        })),
                         ..Default::default()
-                    })),
+                    }],
+                    typed_per_filter_config: rbac::per_route_configs(&policies),
                     ..Default::default()
                 }],
                 ..Default::default()
-            }],
-            ..Default::default()
-        };
+            },
+        ));
         vec![network_filter(
             "envoy.filters.network.http_connection_manager",
             &http_connection_manager(
                 &format!("inbound_{port}"),
-                http_connection_manager::RouteSpecifier::RouteConfig(routes),
+                http_connection_manager::RouteSpecifier::Rds(Rds {
+                    config_source: Some(ads_config_source()),
+                    route_config_name: route_name,
+                }),
                 http_filters,
                 "inbound",
             ),
@@ -526,7 +539,12 @@ fn inbound_listener(
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
     };
-    Resource::new(snapshot::LISTENER, name, &listener)
+    (Resource::new(snapshot::LISTENER, name, &listener), route)
+}
+
+/// The RDS name of a sidecar's inbound routes for one port (unique within the proxy).
+pub fn inbound_route_name(port: u16) -> String {
+    format!("inbound|{port}")
 }
 
 fn outbound_listener(instance: &Instance) -> Resource {

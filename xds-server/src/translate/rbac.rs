@@ -5,9 +5,13 @@
 //! OR and `notValues` as a NOT of an OR.
 //!
 //! Filters, in order: AUDIT (action LOG), DENY, ALLOW; dry-run policies go to the same
-//! filter's shadow rules. A workload with no policy gets no RBAC filter.
+//! filter's shadow rules. HTTP rules travel per route (see [`HTTP_RBAC_FILTERS`]); on a plain
+//! TCP port the network filters sit in the listener, so a change reaches new connections
+//! and old ones are closed after the drain time.
 
 #![allow(deprecated)] // Istio matches JWT claims with the (deprecated) metadata principal.
+
+use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::listener::v3::Filter;
@@ -15,7 +19,7 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, rbac, Permission, Policy, Principal, Rbac as RbacRules,
 };
 use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher};
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{Rbac as HttpRbac, RbacPerRoute};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpFilter,
 };
@@ -25,7 +29,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     list_matcher, metadata_matcher, path_matcher, string_matcher, value_matcher, ListMatcher,
     MetadataMatcher, OrMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher,
 };
-use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use wasm_authz::policy::{
     is_path_template, Action, AuthorizationPolicy, Condition, ConditionKey, IpBlock, Operation,
     Rule, Source,
@@ -33,19 +37,39 @@ use wasm_authz::policy::{
 
 use super::{any, network_filter};
 
-pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 const DRY_RUN_ALLOW_PREFIX: &str = "istio_dry_run_allow_";
 const DRY_RUN_DENY_PREFIX: &str = "istio_dry_run_deny_";
 
-/// The inbound HTTP RBAC filters for a workload's policies.
-pub fn http_filters(policies: &[&AuthorizationPolicy]) -> Vec<HttpFilter> {
+/// The names of the inbound HTTP RBAC filters, in filter-chain order. Every inbound HTTP
+/// listener has all three, configured empty (an RBAC filter without rules enforces nothing);
+/// the rules reach them per route over RDS (`RBACPerRoute`), so a policy change is in force
+/// for the next request, even on a connection opened before it. Rules in the listener would
+/// only reach connections opened after the listener update.
+pub const HTTP_RBAC_FILTERS: [&str; 3] = ["ward.rbac.audit", "ward.rbac.deny", "ward.rbac.allow"];
+
+/// The empty RBAC filters every inbound HTTP connection manager carries.
+pub fn http_filters() -> Vec<HttpFilter> {
+    HTTP_RBAC_FILTERS
+        .iter()
+        .map(|name| HttpFilter {
+            name: name.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                &HttpRbac::default(),
+            ))),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The RBAC configs for a workload's policies, by filter name ([`HTTP_RBAC_FILTERS`]); a
+/// filter with nothing to enforce or shadow is left out.
+pub fn http_configs(policies: &[&AuthorizationPolicy]) -> Vec<(&'static str, HttpRbac)> {
     filters(policies, false)
         .into_iter()
-        .map(|(rules, shadow_rules, prefix)| HttpFilter {
-            name: HTTP_RBAC.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&HttpRbac {
+        .map(|(filter, rules, shadow_rules, prefix)| {
+            let config = HttpRbac {
                 // Each filter's decision gets its own keys in the access log's dynamic
                 // metadata (`ward_deny_enforced_effective_policy_id`, ...); without a prefix
                 // the ALLOW filter would overwrite what the DENY filter recorded.
@@ -54,9 +78,17 @@ pub fn http_filters(policies: &[&AuthorizationPolicy]) -> Vec<HttpFilter> {
                 shadow_rules,
                 shadow_rules_stat_prefix: prefix.to_string(),
                 ..Default::default()
-            }))),
-            ..Default::default()
+            };
+            (filter, config)
         })
+        .collect()
+}
+
+/// `typed_per_filter_config` for the inbound virtual host.
+pub fn per_route_configs(policies: &[&AuthorizationPolicy]) -> HashMap<String, Any> {
+    http_configs(policies)
+        .into_iter()
+        .map(|(filter, rbac)| (filter.to_string(), any(&RbacPerRoute { rbac: Some(rbac) })))
         .collect()
 }
 
@@ -64,7 +96,7 @@ pub fn http_filters(policies: &[&AuthorizationPolicy]) -> Vec<HttpFilter> {
 pub fn network_filters(policies: &[&AuthorizationPolicy]) -> Vec<Filter> {
     filters(policies, true)
         .into_iter()
-        .map(|(rules, shadow_rules, prefix)| {
+        .map(|(_, rules, shadow_rules, prefix)| {
             network_filter(
                 NETWORK_RBAC,
                 &NetworkRbac {
@@ -79,7 +111,13 @@ pub fn network_filters(policies: &[&AuthorizationPolicy]) -> Vec<Filter> {
         .collect()
 }
 
-type FilterRules = (Option<RbacRules>, Option<RbacRules>, &'static str);
+/// (HTTP filter name, enforced rules, shadow rules, shadow stat prefix) of one filter.
+type FilterRules = (
+    &'static str,
+    Option<RbacRules>,
+    Option<RbacRules>,
+    &'static str,
+);
 
 fn rules_prefix(rules: &RbacRules) -> String {
     match rbac::Action::try_from(rules.action) {
@@ -97,7 +135,8 @@ fn filters(policies: &[&AuthorizationPolicy], tcp: bool) -> Vec<FilterRules> {
         (Action::Allow, rbac::Action::Allow),
     ]
     .into_iter()
-    .filter_map(|(action, envoy_action)| {
+    .zip(HTTP_RBAC_FILTERS)
+    .filter_map(|((action, envoy_action), filter)| {
         let of = |dry_run: bool| -> Vec<&AuthorizationPolicy> {
             policies
                 .iter()
@@ -124,7 +163,7 @@ fn filters(policies: &[&AuthorizationPolicy], tcp: bool) -> Vec<FilterRules> {
         } else {
             DRY_RUN_ALLOW_PREFIX
         };
-        Some((rules(&enforced), rules(&shadow), prefix))
+        Some((filter, rules(&enforced), rules(&shadow), prefix))
     })
     .collect()
 }
@@ -148,7 +187,12 @@ fn envoy_policies(policy: &AuthorizationPolicy, tcp: bool) -> Vec<(String, Polic
         .iter()
         .enumerate()
         .filter(|(_, rule)| !(tcp && policy.action == Action::Allow && rule.http_only()))
-        .map(|(i, rule)| (policy.rule_id(i), envoy_policy(rule, &policy.namespace, tcp)))
+        .map(|(i, rule)| {
+            (
+                policy.rule_id(i),
+                envoy_policy(rule, &policy.namespace, tcp),
+            )
+        })
         .collect()
 }
 
@@ -221,9 +265,11 @@ fn source_ids(source: &Source, policy_ns: &str, tcp: bool) -> Vec<Principal> {
         );
     }
     push(&source.namespaces, &source.not_namespaces, &namespace_id);
-    push(&source.remote_ip_blocks, &source.not_remote_ip_blocks, &|v| {
-        id(principal::Identifier::RemoteIp(cidr(v)))
-    });
+    push(
+        &source.remote_ip_blocks,
+        &source.not_remote_ip_blocks,
+        &|v| id(principal::Identifier::RemoteIp(cidr(v))),
+    );
     push(&source.ip_blocks, &source.not_ip_blocks, &|v| {
         id(principal::Identifier::DirectRemoteIp(cidr(v)))
     });
@@ -231,9 +277,11 @@ fn source_ids(source: &Source, policy_ns: &str, tcp: bool) -> Vec<Principal> {
 }
 
 fn authenticated(matcher: StringMatcher) -> Principal {
-    id(principal::Identifier::Authenticated(principal::Authenticated {
-        principal_name: Some(matcher),
-    }))
+    id(principal::Identifier::Authenticated(
+        principal::Authenticated {
+            principal_name: Some(matcher),
+        },
+    ))
 }
 
 /// `principals`: SPIFFE ids without the scheme, as Istio writes them.
@@ -464,11 +512,15 @@ fn condition_matchers(
                 principals.push(not_id(matcher(not_values)));
             }
         }
-        ConditionKey::DestinationIp | ConditionKey::DestinationPort | ConditionKey::ConnectionSni => {
+        ConditionKey::DestinationIp
+        | ConditionKey::DestinationPort
+        | ConditionKey::ConnectionSni => {
             let one = |v: &str| match key {
                 ConditionKey::DestinationIp => rule(permission::Rule::DestinationIp(cidr(v))),
                 ConditionKey::DestinationPort => port_rule(v),
-                _ => rule(permission::Rule::RequestedServerName(glob_matcher(v, false))),
+                _ => rule(permission::Rule::RequestedServerName(glob_matcher(
+                    v, false,
+                ))),
             };
             if !values.is_empty() {
                 permissions.push(or_rules(values.iter().map(|v| one(v)).collect()));
