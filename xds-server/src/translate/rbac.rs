@@ -380,14 +380,7 @@ fn jwt_claim_id(claim: &[&str], value: ValueMatcher) -> Principal {
 
 /// A claim that may be a string or a list of strings (`aud`, `azp`, custom claims).
 fn claim_values(values: &[String]) -> ValueMatcher {
-    let strings = || ValueMatcher {
-        match_pattern: Some(value_matcher::MatchPattern::OrMatch(OrMatcher {
-            value_matchers: values
-                .iter()
-                .map(|v| ValueMatcher::string(glob_matcher(v, false)))
-                .collect(),
-        })),
-    };
+    let strings = || any_of(values);
     ValueMatcher {
         match_pattern: Some(value_matcher::MatchPattern::OrMatch(OrMatcher {
             value_matchers: vec![
@@ -402,6 +395,22 @@ fn claim_values(values: &[String]) -> ValueMatcher {
                 },
                 strings(),
             ],
+        })),
+    }
+}
+
+/// One string value matcher per value, OR-ed (Envoy wants two or more in an OR).
+fn any_of(values: &[String]) -> ValueMatcher {
+    let mut matchers: Vec<ValueMatcher> = values
+        .iter()
+        .map(|v| ValueMatcher::string(glob_matcher(v, false)))
+        .collect();
+    if matchers.len() == 1 {
+        return matchers.remove(0);
+    }
+    ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::OrMatch(OrMatcher {
+            value_matchers: matchers,
         })),
     }
 }
@@ -538,14 +547,7 @@ fn condition_matchers(
                     path: vec![metadata_matcher::PathSegment {
                         segment: Some(metadata_matcher::path_segment::Segment::Key(key.clone())),
                     }],
-                    value: Some(ValueMatcher {
-                        match_pattern: Some(value_matcher::MatchPattern::OrMatch(OrMatcher {
-                            value_matchers: list
-                                .iter()
-                                .map(|v| ValueMatcher::string(glob_matcher(v, false)))
-                                .collect(),
-                        })),
-                    }),
+                    value: Some(any_of(list)),
                     invert: false,
                 }))
             };
