@@ -35,5 +35,24 @@ run $WARDCTL exec professor-tools -- curl -s http://exam-scheduler
 echo
 run $WARDCTL edges
 run $WARDCTL certs exam-scheduler
-echo "# Every hop went app -> client Envoy -> server Envoy -> app; the server side's access log:"
+echo
+echo "# Sections 4.2.2-4.2.3: the lab's AuthorizationPolicies. authz-professor.yaml and"
+echo "# authz-student.yaml have matchLabels beside selector, not under it: Ward says so, and,"
+echo "# as on Kubernetes, the policies apply to the whole namespace."
+for f in authz-scheduler authz-professor authz-student; do
+  run $WARDCTL apply -f config/exam-lab/policies/$f.yaml
+done
+echo "# student-portal may POST, not GET; professor-tools may GET, not POST:"
+run $WARDCTL exec student-portal -- curl -s -X POST exam-scheduler -H 'Content-Type: application/json' -d '{"matricola": "s654321", "exam": "ISS"}'
+echo
+run $WARDCTL exec student-portal -- curl -s -w '  (%{http_code})\n' http://exam-scheduler
+run $WARDCTL exec professor-tools -- curl -s -w '  (%{http_code})\n' http://exam-scheduler
+run $WARDCTL exec professor-tools -- curl -s -w '  (%{http_code})\n' -X POST exam-scheduler -d '{}'
+echo "# Nobody may call student-portal or professor-tools:"
+run $WARDCTL exec exam-scheduler -- curl -s -w '  (%{http_code})\n' http://student-portal
+echo "# wardctl check predicts a decision, and names the rule that makes it:"
+run $WARDCTL check exam-scheduler --from professor-tools -X GET
+run $WARDCTL check exam-scheduler --from professor-tools -X POST
+echo "# Every hop went app -> client Envoy -> server Envoy -> app; the server side's access log"
+echo "# names the rule that allowed or denied each request (rbac=...):"
 run $WARDCTL logs exam-scheduler --only proxy

@@ -165,6 +165,37 @@ enum BenchCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         renew_after: Option<std::time::Duration>,
     },
+    /// Closed-loop HTTP load on the running local mesh (like Locust users): requests per
+    /// second and latency percentiles, from a workload's sidecar or straight to the app.
+    Http {
+        /// The Service to call (the Host header): `name` in the client's namespace.
+        to: String,
+        /// The client workload, whose sidecar sends the requests.
+        #[arg(long, required_unless_present = "direct")]
+        from: Option<String>,
+        /// No mesh at all: connect straight to the destination app, past every sidecar.
+        #[arg(long, conflicts_with = "from")]
+        direct: bool,
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+        duration: std::time::Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        warmup: std::time::Duration,
+        /// Pause between a response and the user's next request (seed 002 used 100ms).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        think_time: std::time::Duration,
+        #[arg(long, short = 'X', default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        #[arg(long, short = 'd')]
+        data: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Workload certificate issuance rate, and renewing N certificates at once.
     Certs {
         #[arg(long, default_value_t = 5000)]
@@ -395,6 +426,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", report.render());
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Http {
+            to,
+            from,
+            direct: _,
+            users,
+            duration,
+            warmup,
+            think_time,
+            method,
+            path,
+            headers,
+            data,
+            json,
+        }) => {
+            let state = state::read_state(&state_dir)?;
+            let instance = |workload: &str| {
+                state
+                    .instances
+                    .iter()
+                    .find(|i| i.workload == workload)
+                    .with_context(|| format!("no workload {workload} in the running mesh"))
+            };
+            let target = match &from {
+                Some(client) => {
+                    let i = instance(client)?;
+                    SocketAddr::from((i.address, i.outbound_port))
+                }
+                None => {
+                    let i = instance(&to)?;
+                    let port = *i
+                        .ports
+                        .first()
+                        .with_context(|| format!("{to} has no port"))?;
+                    SocketAddr::from((i.app_address, port))
+                }
+            };
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    ward::check::parse_header(h)
+                        .with_context(|| format!("header `{h}` is not `Name: value`"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = ward::loadgen::LoadOptions {
+                target,
+                host: to,
+                method: method.parse().context("--method")?,
+                path,
+                headers,
+                body: data,
+                users,
+                duration,
+                warmup,
+                think_time,
+            };
+            let report = ward::loadgen::run(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
             }
             Ok(())
         }

@@ -335,7 +335,7 @@ fn decode_rule(
                     .push(decode_source(&source, policy_ns, references, report));
                 source.finish(report);
             }
-            None => from.missing("source", report),
+            None => missing_parent(&from, "source", report),
         }
         from.finish(report);
     }
@@ -348,7 +348,7 @@ fn decode_rule(
                 rule.to.push(decode_operation(&operation, report));
                 operation.finish(report);
             }
-            None => to.missing("operation", report),
+            None => missing_parent(&to, "operation", report),
         }
         to.finish(report);
     }
@@ -362,6 +362,26 @@ fn decode_rule(
         when.finish(report);
     }
     rule
+}
+
+/// `source`/`operation` missing, as Istio rejects it; when its fields sit beside it instead of
+/// under it (an indentation slip, as in seed 002's section 7.3), say so.
+fn missing_parent(object: &Object, key: &str, report: &mut Report) {
+    let beside: Vec<String> = object.keys().into_iter().filter(|k| k != key).collect();
+    if beside.is_empty() {
+        object.missing(key, report);
+        return;
+    }
+    // Reported here; not again as "ignored".
+    object.skip(&beside.iter().map(String::as_str).collect::<Vec<_>>());
+    report.error(
+        object.position_of(key),
+        &object.field_path(key),
+        format!(
+            "required field is missing or empty: `{}` is written beside `{key}:`, not under it; indent it under `{key}:`",
+            beside.join("`, `")
+        ),
+    );
 }
 
 /// The classic YAML slip: a `-` too many before `to:` (or `from:`) splits one rule into a

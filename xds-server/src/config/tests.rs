@@ -949,3 +949,158 @@ spec:
         "{errors:?}"
     );
 }
+
+fn authorization_policy(name: &str, spec: &str) -> String {
+    format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{spec}")
+}
+
+fn lab_with(policy: &str) -> Vec<(String, String)> {
+    let mut files = exam_lab();
+    files.push(("authz.yaml".into(), policy.into()));
+    files
+}
+
+fn lab_warnings(policy: &str) -> Vec<String> {
+    match load_sources(&lab_with(policy)) {
+        Ok(loaded) => loaded
+            .warnings
+            .iter()
+            .filter(|w| w.file == "authz.yaml")
+            .map(ToString::to_string)
+            .collect(),
+        Err(e) => panic!("expected success, got:\n{e}"),
+    }
+}
+
+fn lab_errors(policy: &str) -> Vec<String> {
+    match load_sources(&lab_with(policy)) {
+        Err(ConfigError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+        other => panic!("expected errors, got {other:#?}"),
+    }
+}
+
+#[test]
+fn the_labs_authorization_policies_load_with_their_scopes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/exam-lab");
+    let mut files = exam_lab();
+    for name in [
+        "authz-scheduler.yaml",
+        "authz-professor.yaml",
+        "authz-student.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join("policies").join(name)).unwrap();
+        files.push((name.to_string(), text));
+    }
+    let loaded = load_sources(&files).unwrap();
+    let mesh = &loaded.mesh;
+    let names = |workload: &str| -> Vec<String> {
+        let w = mesh.workload("default", workload).unwrap();
+        mesh.authorization_policies_for(w)
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    // matchLabels beside selector: namespace-wide, as Kubernetes would prune it.
+    assert_eq!(
+        names("exam-scheduler"),
+        [
+            "allow-scheduler-access",
+            "deny-professor-inbound",
+            "deny-student-inbound"
+        ]
+    );
+    assert_eq!(
+        names("student-portal"),
+        ["deny-professor-inbound", "deny-student-inbound"]
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(warnings.iter().any(|w| w.starts_with(
+        "authz-professor.yaml:8:4: spec.matchLabels: unknown field, ignored as Kubernetes prunes it: did you mean spec.selector.matchLabels"
+    )), "{warnings:#?}");
+    let scheduler = mesh
+        .authorization_policies
+        .iter()
+        .find(|p| p.policy.name == "allow-scheduler-access")
+        .unwrap();
+    assert_eq!(scheduler.policy.rules.len(), 2);
+    assert_eq!(
+        scheduler.policy.rules[0].from[0].principals,
+        ["cluster.local/ns/default/sa/student-portal-sa"]
+    );
+}
+
+#[test]
+fn authorization_references_to_nothing_are_warned_about() {
+    let policy = authorization_policy(
+        "p",
+        "  selector: {matchLabels: {app: nothing}}\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/ghost\", \"other.td/ns/default/sa/student-portal-sa\"]\n        namespaces: [\"nowhere\"]\n",
+    );
+    let warnings = lab_warnings(&policy);
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
+    assert!(warnings[0]
+        .starts_with("authz.yaml:7:3: spec.selector: selects no workload in namespace default"));
+    assert!(warnings[1].contains(
+        "spec.rules[0].from[0].source.principals[0]: service account default/ghost does not exist"
+    ));
+    assert!(warnings[2]
+        .contains("principals[1]: trust domain other.td is not this mesh's (cluster.local)"));
+    assert!(warnings[3].contains("source.namespaces[0]: namespace nowhere does not exist"));
+}
+
+#[test]
+fn a_dash_too_many_splitting_one_rule_is_warned_about() {
+    let policy = authorization_policy(
+        "p",
+        "  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/student-portal-sa\"]\n  - to:\n    - operation:\n        methods: [\"GET\"]\n",
+    );
+    let warnings = lab_warnings(&policy);
+    assert_eq!(
+        warnings,
+        ["authz.yaml:11:5: spec.rules[1]: spec.rules[0] has only `from` and spec.rules[1] only `to`: if they are one rule, remove the `-` before `to`; as written, spec.rules[1] allows its `to` to every source"]
+    );
+}
+
+#[test]
+fn what_istio_rejects_or_ward_cannot_enforce_is_an_error() {
+    let errors = lab_errors(&authorization_policy(
+        "p",
+        "  action: CUSTOM\n  provider: {name: opa}\n  rules:\n  - to:\n    - operation:\n        ports: [\"http\"]\n        paths: [\"/a/{x}\", \"/a*b\"]\n    when:\n    - key: source.ip\n      values: [\"10.0.0.300\"]\n    - key: request.headers\n      values: [a]\n    - key: destination.port\n",
+    ));
+    let expected = [
+        "authz.yaml:7:3: spec.action: CUSTOM (external authorizers) is not supported by Ward",
+        "authz.yaml:12:17: spec.rules[0].to[0].operation.ports[0]: `http` is not a port number",
+        "authz.yaml:13:17: spec.rules[0].to[0].operation.paths[0]: `/a/{x}`: a path template needs",
+        "authz.yaml:13:27: spec.rules[0].to[0].operation.paths[1]: `/a*b`: `*` may only be",
+        "authz.yaml:16:16: spec.rules[0].when[0].values[0]: `10.0.0.300` is not an IP address",
+        "authz.yaml:17:7: spec.rules[0].when[1].key: unknown condition key `request.headers`",
+        "authz.yaml:19:7: spec.rules[0].when[2]: a condition needs `values` or `notValues`",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, want) in errors.iter().zip(expected) {
+        assert!(error.starts_with(want), "{errors:#?}\nwanted: {want}");
+    }
+}
+
+#[test]
+fn jwt_fields_are_accepted_with_a_warning_and_dry_run_is_read() {
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        notRequestPrincipals: [\"*\"]\n";
+    let warnings = lab_warnings(policy);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].starts_with("authz.yaml:11:9: spec.rules[0].from[0].source.notRequestPrincipals: needs JWT authentication"));
+    let mesh = load_sources(&lab_with(policy)).unwrap().mesh;
+    assert!(mesh.authorization_policies[0].policy.dry_run);
+}
+
+#[test]
+fn fields_beside_operation_instead_of_under_it_are_pointed_at() {
+    // Seed 002, section 7.3, as printed: `methods` at the level of `operation`.
+    let errors = lab_errors(&authorization_policy(
+        "productpage-login",
+        "  action: ALLOW\n  rules:\n  - to:\n    - operation:\n      methods: [\"GET\"]\n",
+    ));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("authz.yaml:10:7: spec.rules[0].to[0].operation: required field is missing or empty: `methods` is written beside `operation:`, not under it"),
+        "{errors:#?}"
+    );
+}
