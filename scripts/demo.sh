@@ -7,6 +7,7 @@ scripts/setup.sh
 export WARD_STATE_DIR="${WARD_STATE_DIR:-$PWD/.ward-tools/demo-state}"
 WARDCTL=target/debug/wardctl
 $WARDCTL down >/dev/null 2>&1 || true
+rm -rf "$WARD_STATE_DIR/logs"   # only this run's logs
 trap '$WARDCTL down' EXIT
 
 run() { echo; echo "\$ $*"; "$@"; }
@@ -55,4 +56,5 @@ run $WARDCTL check exam-scheduler --from professor-tools -X GET
 run $WARDCTL check exam-scheduler --from professor-tools -X POST
 echo "# Every hop went app -> client Envoy -> server Envoy -> app; the server side's access log"
 echo "# names the rule that allowed or denied each request (rbac=...):"
+sleep 1   # Envoy flushes its access log every 200 ms
 run $WARDCTL logs exam-scheduler --only proxy

@@ -181,6 +181,17 @@ impl LocalMesh {
         Ok((code, body.to_string()))
     }
 
+    /// `wardctl exec --no-mesh -- curl -s -m 5 HOST`: (curl exit code, body).
+    pub fn no_mesh_get(&self, host: &str) -> (i32, String) {
+        let out = self
+            .wardctl(&["exec", "--no-mesh", "--", "curl", "-s", "-m", "5", host])
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
         let output = Command::new("curl")
             .args([

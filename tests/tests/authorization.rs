@@ -219,19 +219,8 @@ fn exam_lab_policies_decide_as_in_the_lab_and_wardctl_check_agrees() {
         );
     }
     // And the plaintext client really is refused (curl exit 52 or 56, no HTTP status).
-    let out = mesh
-        .wardctl(&[
-            "exec",
-            "--no-mesh",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "exam-scheduler",
-        ])
-        .unwrap();
-    assert!(matches!(out.status.code(), Some(52 | 56)), "{out:?}");
+    let (code, body) = mesh.no_mesh_get("exam-scheduler");
+    assert!(matches!(code, 52 | 56), "curl exit {code}: {body}");
 }
 
 const DENY_ALL: &str = "\

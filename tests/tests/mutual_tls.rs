@@ -46,22 +46,7 @@ fn scheduler_address(mesh: &LocalMesh) -> String {
 
 /// `wardctl exec --no-mesh -- curl exam-scheduler`: (curl exit code, body).
 fn no_mesh_get(mesh: &LocalMesh) -> (i32, String) {
-    let out = mesh
-        .wardctl(&[
-            "exec",
-            "--no-mesh",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "exam-scheduler",
-        ])
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    mesh.no_mesh_get("exam-scheduler")
 }
 
 fn apply(mesh: &LocalMesh, name: &str, text: &str) {

@@ -247,10 +247,15 @@ async fn subscribe_children(
         }
     }
     if response.type_url == LISTENER && !*rds_subscribed {
+        // As Envoy does: the routes its listeners name, the shared outbound table and the
+        // sidecar's own inbound route (every generated workload listens on 8080).
         tx.send(request(
             ROUTE,
             None,
-            vec![crate::translate::OUTBOUND_ROUTE.to_string()],
+            vec![
+                crate::translate::OUTBOUND_ROUTE.to_string(),
+                crate::translate::inbound_route_name(8080),
+            ],
             "",
         ))
         .await?;

@@ -205,6 +205,17 @@ enum BenchCommand {
     },
 }
 
+/// `-H 'Name: value'` arguments, as curl takes them.
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .map(|h| {
+            ward::check::parse_header(h)
+                .with_context(|| format!("header `{h}` is not `Name: value`"))
+        })
+        .collect()
+}
+
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -361,13 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some((ns, n)) => (ns.to_string(), n.to_string()),
                 None => ("default".to_string(), name.to_string()),
             };
-            let headers = headers
-                .iter()
-                .map(|h| {
-                    ward::check::parse_header(h)
-                        .with_context(|| format!("header `{h}` is not `Name: value`"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let headers = parse_headers(&headers)?;
             let query = ward::check::CheckQuery {
                 source: from.as_deref().map(qualified),
                 destination: qualified(&to),
@@ -465,13 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     SocketAddr::from((i.app_address, port))
                 }
             };
-            let headers = headers
-                .iter()
-                .map(|h| {
-                    ward::check::parse_header(h)
-                        .with_context(|| format!("header `{h}` is not `Name: value`"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let headers = parse_headers(&headers)?;
             let options = ward::loadgen::LoadOptions {
                 target,
                 host: to,
