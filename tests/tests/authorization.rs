@@ -626,9 +626,20 @@ fn tcp_ports_drop_http_only_rules_closed() {
     // connection is closed without a response.
     mesh.apply("tcp.yaml", &policy("ALLOW", "{methods: [GET]}"));
     assert_eq!(raw_http(&address, request), (None, String::new()));
+    // wardctl check knows the port is TCP: the GET rule cannot match there.
+    let report = check(&mesh, Some("reviews"), "ratings", "GET", "/");
+    assert_eq!(
+        (report["verdict"].as_str(), report["http"].as_bool()),
+        (Some("DENY"), Some(false)),
+        "{report}"
+    );
     // ALLOW by port: TCP fields work.
     mesh.apply("tcp.yaml", &policy("ALLOW", "{ports: [\"5678\"]}"));
     assert_eq!(raw_http(&address, request).0, Some(200));
+    assert_eq!(
+        check(&mesh, Some("reviews"), "ratings", "GET", "/")["verdict"],
+        "ALLOW"
+    );
     // DENY with an HTTP-only field: the field is dropped, so the rule denies everything.
     mesh.apply("tcp.yaml", &policy("DENY", "{methods: [POST]}"));
     assert_eq!(raw_http(&address, request), (None, String::new()));

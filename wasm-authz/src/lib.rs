@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+pub mod jwt;
 pub mod policy;
 #[cfg(target_arch = "wasm32")]
 mod shim;

@@ -348,6 +348,9 @@ pub struct Request {
     pub http: Option<HttpRequest>,
     /// `<iss>/<sub>` of a validated JWT.
     pub request_principal: Option<String>,
+    /// The validated JWT's payload (`scope`/`permission` split into lists), for
+    /// `request.auth.*` conditions.
+    pub request_claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -486,6 +489,25 @@ impl Operation {
     }
 }
 
+/// The string values of a (nested) JWT claim: a string, or the strings of a list.
+fn claim_strings(request: &Request, path: &[&str]) -> Vec<String> {
+    let Some(claims) = &request.request_claims else {
+        return Vec::new();
+    };
+    let mut value = claims.get(path[0]);
+    for key in &path[1..] {
+        value = value.and_then(|v| v.get(key));
+    }
+    match value {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn path_without_query(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
@@ -529,11 +551,27 @@ impl Condition {
             ConditionKey::RequestPrincipal => field(&self.values, &self.not_values, |p| {
                 request_principal_match(p, request.request_principal.as_deref())
             }),
-            // No JWT support yet: these attributes are never present.
-            ConditionKey::RequestAudiences
-            | ConditionKey::RequestPresenter
-            | ConditionKey::RequestClaim(_)
-            | ConditionKey::EnvoyFilterMetadata { .. } => {
+            ConditionKey::RequestAudiences => {
+                let values = claim_strings(request, &["aud"]);
+                field(&self.values, &self.not_values, |p| {
+                    values.iter().any(|v| glob_match(p, v))
+                })
+            }
+            ConditionKey::RequestPresenter => {
+                let values = claim_strings(request, &["azp"]);
+                field(&self.values, &self.not_values, |p| {
+                    values.iter().any(|v| glob_match(p, v))
+                })
+            }
+            ConditionKey::RequestClaim(path) => {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                let values = claim_strings(request, &path);
+                field(&self.values, &self.not_values, |p| {
+                    values.iter().any(|v| glob_match(p, v))
+                })
+            }
+            // No filter Ward configures sets this metadata.
+            ConditionKey::EnvoyFilterMetadata { .. } => {
                 field(&self.values, &self.not_values, |_| false)
             }
         }
@@ -839,6 +877,45 @@ mod tests {
         assert!(evaluate(&policies, &http(Some(STUDENT), "GET", "/")).allowed);
         let other = "spiffe://cluster.local/ns/default/sa/other";
         assert!(!evaluate(&policies, &http(Some(other), "GET", "/")).allowed);
+    }
+
+    #[test]
+    fn request_principals_and_claims_come_from_the_verified_token() {
+        let rule = Rule {
+            from: vec![Source {
+                request_principals: vec!["testing@secure.istio.io/*".into()],
+                ..Default::default()
+            }],
+            when: vec![
+                Condition {
+                    key: "request.auth.claims[groups]".into(),
+                    values: vec!["group1".into()],
+                    not_values: vec![],
+                },
+                Condition {
+                    key: "request.auth.claims[nested][key1]".into(),
+                    values: vec!["valueB".into()],
+                    not_values: vec![],
+                },
+            ],
+            ..Default::default()
+        };
+        let policies = [policy(Action::Allow, vec![rule])];
+        let mut request = http(None, "GET", "/");
+        assert!(!evaluate(&policies, &request).allowed);
+        request.request_principal = Some("testing@secure.istio.io/alice".into());
+        request.request_claims = serde_json::json!({
+            "groups": ["group2", "group1"],
+            "nested": {"key1": ["valueA", "valueB"]}
+        })
+        .as_object()
+        .cloned();
+        assert!(evaluate(&policies, &request).allowed);
+        request.request_claims =
+            serde_json::json!({"groups": "group2", "nested": {"key1": "valueB"}})
+                .as_object()
+                .cloned();
+        assert!(!evaluate(&policies, &request).allowed);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::Serialize;
 use wasm_authz::policy::{self, HttpRequest, Reason, Request};
 
 use crate::model::{Mesh, MtlsMode, Service, ServicePort, Workload};
-use crate::translate::service_fqdn;
 use crate::translate::tls::{cluster_tls, ClusterTls};
+use crate::translate::{is_tcp_port, service_fqdn};
 
 /// One request to predict.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub struct CheckQuery {
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
     Allow,
-    /// RBAC answers 403 `RBAC: access denied`.
+    /// RBAC answers 403 `RBAC: access denied` (on a TCP port: closes the connection).
     Deny,
     /// The connection fails before any request: STRICT mTLS and a plaintext client.
     Refused,
@@ -47,6 +47,8 @@ pub struct CheckReport {
     pub reason: String,
     pub source_principal: Option<String>,
     pub destination_port: u16,
+    /// False on a plain TCP port, where only connection attributes count.
+    pub http: bool,
     pub mtls: String,
     pub considered: Vec<ConsideredPolicy>,
     /// Dry-run rules and what they would have done.
@@ -152,13 +154,17 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         destination_ip: instance_ip(destination),
         destination_port: port.target_port,
         sni: None,
-        http: Some(HttpRequest {
+        // A plain TCP port sees no request: HTTP-only rules are handled as on Envoy's
+        // network filter.
+        http: (!is_tcp_port(port)).then(|| HttpRequest {
             method: query.method.clone(),
             path: query.path.clone(),
             host: query.host.clone().unwrap_or_else(|| service.name.clone()),
             headers: query.headers.clone(),
         }),
+        // The sidecars do not authenticate JWTs yet, so no request has a principal.
         request_principal: None,
+        request_claims: None,
     };
     let considered = mesh
         .authorization_policies
@@ -208,6 +214,7 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         reason,
         source_principal,
         destination_port: port.target_port,
+        http: !is_tcp_port(port),
         mtls,
         considered,
         dry_run: evaluation
@@ -240,7 +247,16 @@ impl fmt::Display for CheckReport {
             "  source principal: {}",
             self.source_principal.as_deref().unwrap_or("none")
         )?;
-        writeln!(f, "  destination port: {}", self.destination_port)?;
+        let protocol = if self.http {
+            "HTTP"
+        } else {
+            "TCP: method, path and headers do not apply"
+        };
+        writeln!(
+            f,
+            "  destination port: {} ({protocol})",
+            self.destination_port
+        )?;
         if self.considered.is_empty() {
             writeln!(f, "  policies considered: none select the destination")?;
         } else {

@@ -120,7 +120,7 @@ pub fn inbound_cluster_name(port: u16) -> String {
 }
 
 /// Ports whose traffic is plain TCP rather than HTTP, by Istio's naming conventions.
-fn is_tcp_port(port: &ServicePort) -> bool {
+pub fn is_tcp_port(port: &ServicePort) -> bool {
     let by_app_protocol = port.app_protocol.as_deref().map(|p| {
         matches!(
             p.to_ascii_lowercase().as_str(),

@@ -1,0 +1,329 @@
+//! End-user JWT authentication with Istio's `RequestAuthentication` semantics, as a plain
+//! library (no proxy-wasm here, so it is tested natively against Istio's sample tokens).
+//!
+//! - No token: authentication passes with no request principal (an AuthorizationPolicy that
+//!   requires one denies later, with 403).
+//! - A token that is malformed, badly signed, expired, not yet valid, from an issuer no rule
+//!   names, for the wrong audience, or with a `kid` the JWKS lacks: 401, with Envoy
+//!   `jwt_authn`'s message (what Istio users see).
+//! - More than one token: 401.
+//! - `alg: none` and HMAC algorithms are refused: the keys are public, and accepting HS256
+//!   with a public RSA key as the secret is the classic algorithm-confusion attack.
+//!
+//! Signatures: RS256/384/512 and PS256/384/512 today. ES256/384 and EdDSA are refused as
+//! unsupported (never accepted unverified).
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rsa::signature::Verifier;
+use rsa::{BigUint, RsaPublicKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Sha256, Sha384, Sha512};
+
+/// Seconds of clock difference tolerated on `exp` and `nbf` (Envoy's default).
+pub const CLOCK_SKEW_SECONDS: i64 = 60;
+
+/// One `jwtRules` entry of a RequestAuthentication, resolved: the JWKS is inline by now
+/// (xds-server fetches `jwksUri`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtRule {
+    pub issuer: String,
+    /// Accepted `aud` values; empty accepts any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The JWKS document, as JSON text.
+    pub jwks: String,
+    /// Where the token is: `(header, prefix)`; default `Authorization: Bearer `.
+    #[serde(default)]
+    pub from_headers: Vec<(String, String)>,
+    /// Query parameters holding the token; default `access_token`.
+    #[serde(default)]
+    pub from_params: Vec<String>,
+}
+
+/// Why a request's token was refused: each renders as Envoy's `jwt_authn` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    Malformed,
+    BadHeader,
+    BadPayload,
+    /// `none`, HMAC, or an algorithm Ward does not verify.
+    UnsupportedAlgorithm(String),
+    UnknownIssuer,
+    UnknownKid,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    MultipleTokens,
+    /// The configured JWKS cannot be used.
+    BadJwks(String),
+}
+
+impl fmt::Display for JwtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwtError::Malformed => f.write_str(
+                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            ),
+            JwtError::BadHeader => f.write_str("Jwt header is an invalid JSON"),
+            JwtError::BadPayload => f.write_str("Jwt payload is an invalid JSON"),
+            JwtError::UnsupportedAlgorithm(alg) => {
+                write!(f, "Jwt algorithm `{alg}` is not supported")
+            }
+            JwtError::UnknownIssuer => f.write_str("Jwt issuer is not configured"),
+            JwtError::UnknownKid => {
+                f.write_str("Jwks doesn't have key to match kid or alg from Jwt")
+            }
+            JwtError::BadSignature => f.write_str("Jwt verification fails"),
+            JwtError::Expired => f.write_str("Jwt is expired"),
+            JwtError::NotYetValid => f.write_str("Jwt not yet valid"),
+            JwtError::WrongAudience => f.write_str("Audiences in Jwt are not allowed"),
+            JwtError::MultipleTokens => f.write_str("Jwt is duplicated: more than one token"),
+            JwtError::BadJwks(why) => write!(f, "Jwks is invalid: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for JwtError {}
+
+/// A token whose signature, issuer, audience and times were checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedJwt {
+    pub issuer: String,
+    pub subject: String,
+    /// The payload, with space-delimited `scope` and `permission` split into lists, as Istio
+    /// configures Envoy's `jwt_authn` to do.
+    pub claims: Map<String, Value>,
+}
+
+impl VerifiedJwt {
+    /// Istio's request principal: `<iss>/<sub>`.
+    pub fn principal(&self) -> String {
+        format!("{}/{}", self.issuer, self.subject)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+fn decode_part(part: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()
+}
+
+fn rsa_key(jwk: &Jwk) -> Result<RsaPublicKey, JwtError> {
+    let n = jwk.n.as_deref().and_then(decode_part);
+    let e = jwk.e.as_deref().and_then(decode_part);
+    let (Some(n), Some(e)) = (n, e) else {
+        return Err(JwtError::BadJwks("an RSA key without n or e".into()));
+    };
+    RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+        .map_err(|e| JwtError::BadJwks(e.to_string()))
+}
+
+fn verify_rsa(alg: &str, key: RsaPublicKey, message: &[u8], signature: &[u8]) -> bool {
+    macro_rules! check {
+        ($scheme:ident, $hash:ty) => {{
+            let Ok(signature) = rsa::$scheme::Signature::try_from(signature) else {
+                return false;
+            };
+            rsa::$scheme::VerifyingKey::<$hash>::new(key)
+                .verify(message, &signature)
+                .is_ok()
+        }};
+    }
+    match alg {
+        "RS256" => check!(pkcs1v15, Sha256),
+        "RS384" => check!(pkcs1v15, Sha384),
+        "RS512" => check!(pkcs1v15, Sha512),
+        "PS256" => check!(pss, Sha256),
+        "PS384" => check!(pss, Sha384),
+        "PS512" => check!(pss, Sha512),
+        _ => false,
+    }
+}
+
+/// Checks one token against the rules: signature with the issuer's JWKS, then times and
+/// audience. `now` is Unix seconds.
+pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, JwtError> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
+        return Err(JwtError::Malformed);
+    };
+    let header: Header = decode_part(header_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(JwtError::BadHeader)?;
+    let mut claims: Map<String, Value> = decode_part(payload_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(JwtError::BadPayload)?;
+    let signature = decode_part(signature_b64).ok_or(JwtError::Malformed)?;
+    if !matches!(
+        header.alg.as_str(),
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512"
+    ) {
+        return Err(JwtError::UnsupportedAlgorithm(header.alg));
+    }
+    let issuer = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let rule = rules
+        .iter()
+        .find(|r| r.issuer == issuer)
+        .ok_or(JwtError::UnknownIssuer)?;
+    let jwks: Jwks =
+        serde_json::from_str(&rule.jwks).map_err(|e| JwtError::BadJwks(e.to_string()))?;
+    let candidates: Vec<&Jwk> = jwks
+        .keys
+        .iter()
+        .filter(|k| k.kty == "RSA")
+        .filter(|k| header.kid.is_none() || k.kid == header.kid)
+        .filter(|k| k.alg.as_deref().is_none_or(|a| a == header.alg))
+        .collect();
+    if candidates.is_empty() {
+        return Err(JwtError::UnknownKid);
+    }
+    let message = format!("{header_b64}.{payload_b64}");
+    let mut verified = false;
+    for jwk in candidates {
+        if verify_rsa(&header.alg, rsa_key(jwk)?, message.as_bytes(), &signature) {
+            verified = true;
+            break;
+        }
+    }
+    if !verified {
+        return Err(JwtError::BadSignature);
+    }
+    let time = |name: &str| claims.get(name).and_then(Value::as_i64);
+    if time("exp").is_some_and(|exp| now > exp + CLOCK_SKEW_SECONDS) {
+        return Err(JwtError::Expired);
+    }
+    if time("nbf").is_some_and(|nbf| now + CLOCK_SKEW_SECONDS < nbf) {
+        return Err(JwtError::NotYetValid);
+    }
+    if !rule.audiences.is_empty() {
+        let audiences: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !audiences
+            .iter()
+            .any(|a| rule.audiences.iter().any(|r| r == a))
+        {
+            return Err(JwtError::WrongAudience);
+        }
+    }
+    for name in ["scope", "permission"] {
+        if let Some(Value::String(text)) = claims.get(name) {
+            let list = text
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect();
+            claims.insert(name.to_string(), Value::Array(list));
+        }
+    }
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Ok(VerifiedJwt {
+        issuer,
+        subject,
+        claims,
+    })
+}
+
+/// The tokens a request carries where the rules look: the configured headers (prefix
+/// stripped) and query parameters, or `Authorization: Bearer` and `access_token` when a rule
+/// names neither.
+pub fn extract_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &str) -> Vec<String> {
+    let mut locations_h: Vec<(String, String)> = Vec::new();
+    let mut locations_p: Vec<String> = Vec::new();
+    for rule in rules {
+        if rule.from_headers.is_empty() && rule.from_params.is_empty() {
+            locations_h.push(("authorization".into(), "Bearer ".into()));
+            locations_p.push("access_token".into());
+        }
+        locations_h.extend(
+            rule.from_headers
+                .iter()
+                .map(|(h, p)| (h.to_ascii_lowercase(), p.clone())),
+        );
+        locations_p.extend(rule.from_params.iter().cloned());
+    }
+    locations_h.sort();
+    locations_h.dedup();
+    locations_p.sort();
+    locations_p.dedup();
+    let mut tokens = Vec::new();
+    for (name, value) in headers {
+        for (header, prefix) in &locations_h {
+            if name.to_ascii_lowercase() == *header {
+                if let Some(token) = value.strip_prefix(prefix.as_str()) {
+                    tokens.push(token.trim().to_string());
+                }
+            }
+        }
+    }
+    if let Some((_, query)) = path.split_once('?') {
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if locations_p.iter().any(|p| p == key) && !value.is_empty() {
+                tokens.push(value.to_string());
+            }
+        }
+    }
+    tokens.dedup();
+    tokens
+}
+
+/// Istio's request authentication for one request: Ok(None) without a token, Ok(Some) with
+/// one valid token, Err (401) otherwise.
+pub fn authenticate(
+    rules: &[JwtRule],
+    headers: &[(String, String)],
+    path: &str,
+    now: i64,
+) -> Result<Option<VerifiedJwt>, JwtError> {
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    match extract_tokens(rules, headers, path).as_slice() {
+        [] => Ok(None),
+        [token] => verify(token, rules, now).map(Some),
+        _ => Err(JwtError::MultipleTokens),
+    }
+}
+
+#[cfg(test)]
+mod tests;
