@@ -8,7 +8,9 @@
 //!    gets a listener on each; every request of a set built from the strings the case's
 //!    policies mention (methods, paths, hosts, header values) goes to both, and the statuses
 //!    must agree. TCP cases compare whether the connection is served. `wardctl check`'s
-//!    engine (`wasm_authz::policy::evaluate`) must predict each of Envoy's decisions too.
+//!    engine (`wasm_authz::policy::evaluate`) must predict each of Envoy's decisions too, and
+//!    a third listener per HTTP case, enforcing the same policies with Ward's wasm filter
+//!    instead of RBAC, must answer every request as the RBAC listener does.
 //! 2. **Structure.** Ward's filters as Envoy itself renders them (`/config_dump`, keys turned
 //!    to camelCase) must equal Istio's expected `typedConfig`, except for the differences
 //!    listed in [`KNOWN_DIFFERENCES`]. This covers what plaintext requests cannot reach
@@ -256,17 +258,20 @@ fn inline(text: &str) -> DataSource {
     }
 }
 
-/// An HTTP connection manager answering 200 `ok`, behind the given HTTP RBAC filters.
-fn http_manager(name: &str, rbac: &[Any]) -> Filter {
-    let mut http_filters: Vec<HttpFilter> = rbac
-        .iter()
+/// HTTP filters for RBAC configs, named `rbac-N`.
+fn rbac_filters(rbac: &[Any]) -> Vec<HttpFilter> {
+    rbac.iter()
         .enumerate()
         .map(|(i, config)| HttpFilter {
             name: format!("rbac-{i}"),
             config_type: Some(http_filter::ConfigType::TypedConfig(config.clone())),
             ..Default::default()
         })
-        .collect();
+        .collect()
+}
+
+/// An HTTP connection manager answering 200 `ok`, behind the given HTTP filters.
+fn http_manager(name: &str, mut http_filters: Vec<HttpFilter>) -> Filter {
     http_filters.push(HttpFilter {
         name: "envoy.filters.http.router".to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -311,13 +316,38 @@ fn http_manager(name: &str, rbac: &[Any]) -> Filter {
 /// bytes, before anything answers.
 fn ward_listener(name: &str, ip: &str, built: &Built) -> Listener {
     let filters = match built {
-        Built::Http(configs) => vec![http_manager(name, configs)],
+        Built::Http(configs) => vec![http_manager(name, rbac_filters(configs))],
         Built::Tcp(rbac) => {
             let mut filters = rbac.clone();
-            filters.push(http_manager(name, &[]));
+            filters.push(http_manager(name, Vec::new()));
             filters
         }
     };
+    listener(name, ip, filters)
+}
+
+/// The same case enforced by Ward's wasm engine instead of RBAC: the `ward-authz` filter
+/// with the case's policies in its configuration.
+fn wasm_listener(
+    name: &str,
+    ip: &str,
+    policies: &[wasm_authz::policy::AuthorizationPolicy],
+) -> Listener {
+    let configuration = json!({
+        "workload": "httpbin",
+        "namespace": "foo",
+        "identity": "spiffe://cluster.local/ns/foo/sa/httpbin",
+        "version": "golden",
+        "authorization": {"policies": policies}
+    });
+    let filter = ward::translate::wasm_http_filter(
+        &ward_e2e::wasm_module().display().to_string(),
+        configuration.to_string(),
+    );
+    listener(name, ip, vec![http_manager(name, vec![filter])])
+}
+
+fn listener(name: &str, ip: &str, filters: Vec<Filter>) -> Listener {
     Listener {
         name: name.to_string(),
         address: Some(address(ip, PORT)),
@@ -636,6 +666,7 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
     assert!(cases.len() >= 25, "golden data missing: {}", cases.len());
 
     let mut ward_listeners = Vec::new();
+    let mut wasm_ips = BTreeMap::new();
     let mut istio_listeners = Vec::new();
     let mut compared = Vec::new();
     for case in &cases {
@@ -665,6 +696,12 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
                 }
                 let index = compared.len() + 1;
                 let (ward_ip, istio_ip) = (ip(1, index), ip(2, index));
+                if !case.tcp {
+                    let wasm_ip = ip(3, index);
+                    let name = format!("wasm/{}", case.id);
+                    ward_listeners.push(wasm_listener(&name, &wasm_ip, &policies));
+                    wasm_ips.insert(case.id.clone(), wasm_ip);
+                }
                 ward_listeners.push(ward_listener(&case.id, &ward_ip, &built));
                 istio_listeners.push(istio_listener(&case.id, &istio_ip, case));
                 compared.push((case, ward_ip, istio_ip, policies));
@@ -702,6 +739,7 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
     let mut decision_mismatches = Vec::new();
     let mut requests = 0;
     let mut check_mismatches = Vec::new();
+    let mut engine_mismatches = Vec::new();
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
     for (case, ward_ip, istio_ip, policies) in &compared {
         let predicted = |http: Option<wasm_authz::policy::HttpRequest>| {
@@ -733,6 +771,10 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
             requests += 1;
             let (ward, istio) = (send(ward_ip, &probe), send(istio_ip, &probe));
             *statuses.entry(ward).or_insert(0) += 1;
+            let wasm = send(&wasm_ips[&case.id], &probe);
+            if wasm != ward {
+                engine_mismatches.push(format!("{}: {probe:?}: RBAC {ward}, wasm {wasm}", case.id));
+            }
             if ward != istio {
                 decision_mismatches.push(format!(
                     "{}: {probe:?}: Ward {ward}, Istio {istio}",
@@ -788,6 +830,11 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
         decision_mismatches.is_empty(),
         "Ward and Istio decide differently:\n{}",
         decision_mismatches.join("\n")
+    );
+    assert!(
+        engine_mismatches.is_empty(),
+        "Ward's wasm engine decides differently from its RBAC filters:\n{}",
+        engine_mismatches.join("\n")
     );
     assert!(
         check_mismatches.is_empty(),

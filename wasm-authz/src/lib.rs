@@ -4,8 +4,11 @@
 //! the configuration the control plane sends ([`FilterConfig`]) and the per-request decision
 //! ([`Engine`]) live here; `shim` (wasm32 only) maps them onto proxy-wasm's host calls.
 //!
-//! Today the filter authorizes nothing: it only marks responses with [`MARKER_HEADER`] so
-//! end-to-end tests can prove the module is loaded and configured for the right workload.
+//! Every response is marked with [`MARKER_HEADER`], so end-to-end tests can prove the module is
+//! loaded and configured for the right workload. With an `authorization` section the filter
+//! is also an authorization engine: it authenticates JWTs ([`jwt`], 401) and evaluates the
+//! workload's AuthorizationPolicies ([`policy`], 403), with the same semantics as the RBAC
+//! filters the control plane builds.
 
 use std::fmt;
 
@@ -25,7 +28,7 @@ pub const MARKER_HEADER: &str = "x-ward-wasm";
 /// Unknown fields are ignored so the control plane can roll out new fields before every
 /// sidecar runs a module that understands them; a config the module cannot use makes the
 /// plugin fail, and with `fail_open: false` that denies every request.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct FilterConfig {
     /// Deployment name of the workload this sidecar belongs to.
     pub workload: String,
@@ -34,6 +37,44 @@ pub struct FilterConfig {
     pub identity: String,
     /// Version of the mesh config this filter config was generated from (for logs).
     pub version: String,
+    /// Policies and JWT rules to enforce here; absent: the filter only marks responses.
+    #[serde(default)]
+    pub authorization: Option<AuthorizationConfig>,
+}
+
+/// What the filter enforces for its workload.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationConfig {
+    #[serde(default)]
+    pub policies: Vec<policy::AuthorizationPolicy>,
+    #[serde(default)]
+    pub jwt_rules: Vec<jwt::JwtRule>,
+}
+
+/// The request as the proxy sees it, after Envoy's path normalization.
+#[derive(Debug, Clone, Default)]
+pub struct HttpInput {
+    /// Every header, pseudo-headers (`:method`, `:path`, `:authority`) included.
+    pub headers: Vec<(String, String)>,
+    /// The peer's SPIFFE id from its client certificate.
+    pub source_principal: Option<String>,
+    pub source_ip: Option<std::net::IpAddr>,
+    pub destination_ip: Option<std::net::IpAddr>,
+    pub destination_port: u16,
+    pub sni: Option<String>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+impl HttpInput {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Why a plugin configuration was rejected.
@@ -100,17 +141,24 @@ impl FilterConfig {
 }
 
 /// What the filter does with one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub verdict: Verdict,
     /// Headers to add to the response on its way back to the client.
     pub response_headers: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Let the request through unchanged (the only verdict until authorization lands).
+    /// Let the request through unchanged.
     Allow,
+    /// Answer locally: 401 for a bad token, 403 `RBAC: access denied` for a policy.
+    Deny {
+        status: u32,
+        body: String,
+        /// The rule that decided (`ns[..]-policy[..]-rule[..]`), or why (`none`, the JWT error).
+        reason: String,
+    },
 }
 
 /// Decides per request from the configuration; built once per plugin configuration.
@@ -130,11 +178,77 @@ impl Engine {
         &self.config
     }
 
-    /// Every request is allowed and its response marked with `<workload>.<namespace>`.
-    pub fn decide(&self) -> Decision {
+    /// The marker every response carries: [`MARKER_HEADER`] with `<workload>.<namespace>`.
+    pub fn marker(&self) -> (String, String) {
+        (MARKER_HEADER.to_string(), self.marker.clone())
+    }
+
+    /// Decides one request; every response is marked with `<workload>.<namespace>`.
+    pub fn decide(&self, input: &HttpInput) -> Decision {
+        let mut response_headers = vec![self.marker()];
+        let Some(authorization) = &self.config.authorization else {
+            return Decision {
+                verdict: Verdict::Allow,
+                response_headers,
+            };
+        };
+        let path = input.header(":path");
+        let token = jwt::authenticate(&authorization.jwt_rules, &input.headers, &path, input.now);
+        let token = match token {
+            Ok(token) => token,
+            Err(error) => {
+                response_headers.push((
+                    "www-authenticate".to_string(),
+                    format!("Bearer realm=\"{}\", error=\"invalid_token\"", self.marker),
+                ));
+                return Decision {
+                    verdict: Verdict::Deny {
+                        status: 401,
+                        body: error.to_string(),
+                        reason: error.to_string(),
+                    },
+                    response_headers,
+                };
+            }
+        };
+        let request = policy::Request {
+            source_principal: input.source_principal.clone(),
+            source_ip: input.source_ip,
+            remote_ip: input.source_ip,
+            destination_ip: input.destination_ip,
+            destination_port: input.destination_port,
+            sni: input.sni.clone(),
+            http: Some(policy::HttpRequest {
+                method: input.header(":method"),
+                path,
+                host: input.header(":authority"),
+                headers: input
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| !n.starts_with(':'))
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                    .collect(),
+            }),
+            request_principal: token.as_ref().map(jwt::VerifiedJwt::principal),
+            request_claims: token.map(|t| t.claims),
+        };
+        let evaluation = policy::evaluate(&authorization.policies, &request);
+        let verdict = if evaluation.allowed {
+            Verdict::Allow
+        } else {
+            let reason = match evaluation.reason {
+                policy::Reason::DeniedBy(rule) => rule,
+                _ => "none".to_string(),
+            };
+            Verdict::Deny {
+                status: 403,
+                body: "RBAC: access denied".to_string(),
+                reason,
+            }
+        };
         Decision {
-            verdict: Verdict::Allow,
-            response_headers: vec![(MARKER_HEADER.to_string(), self.marker.clone())],
+            verdict,
+            response_headers,
         }
     }
 }
@@ -160,6 +274,7 @@ mod tests {
                 namespace: "default".into(),
                 identity: "spiffe://cluster.local/ns/default/sa/exam-scheduler".into(),
                 version: "v7".into(),
+                authorization: None,
             }
         );
     }
@@ -234,7 +349,7 @@ mod tests {
     fn engine_allows_and_marks_with_workload_and_namespace() {
         let engine = Engine::new(FilterConfig::from_json(VALID.as_bytes()).unwrap());
         assert_eq!(
-            engine.decide(),
+            engine.decide(&HttpInput::default()),
             Decision {
                 verdict: Verdict::Allow,
                 response_headers: vec![("x-ward-wasm".into(), "exam-scheduler.default".into())],

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::{Decision, Engine, FilterConfig, Verdict};
+use crate::{Decision, Engine, FilterConfig, HttpInput, Verdict};
 
 proxy_wasm::main! {{
     // Pass everything to the host: Envoy filters by its own `wasm` log level.
@@ -50,6 +50,7 @@ impl RootContext for WardRoot {
             context_id,
             engine,
             decision: None,
+            replied: false,
         }))
     }
 
@@ -63,30 +64,95 @@ struct WardHttp {
     engine: Rc<Engine>,
     /// Decided on the request, applied to the response.
     decision: Option<Decision>,
+    /// This filter answered the request itself (401/403), headers included.
+    replied: bool,
 }
 
 impl Context for WardHttp {}
 
+impl WardHttp {
+    /// A string attribute of the stream (Envoy's attribute paths).
+    fn string_property(&self, path: &[&str]) -> Option<String> {
+        self.get_property(path.to_vec())
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// `ip:port` → ip.
+    fn address_ip(&self, path: &[&str]) -> Option<std::net::IpAddr> {
+        let text = self.string_property(path)?;
+        text.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .ok()
+            .or_else(|| text.parse().ok())
+    }
+
+    fn input(&self) -> HttpInput {
+        let port = self
+            .get_property(vec!["destination", "port"])
+            .filter(|b| b.len() == 8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as u16)
+            .unwrap_or_default();
+        let now = self
+            .get_current_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        HttpInput {
+            headers: self.get_http_request_headers(),
+            source_principal: self.string_property(&["connection", "uri_san_peer_certificate"]),
+            source_ip: self.address_ip(&["source", "address"]),
+            destination_ip: self.address_ip(&["destination", "address"]),
+            destination_port: port,
+            sni: self.string_property(&["connection", "requested_server_name"]),
+            now,
+        }
+    }
+}
+
 impl HttpContext for WardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let decision = self.engine.decide();
+        let decision = self.engine.decide(&self.input());
         log::debug!(
             "ward: stream {} for {}: {:?}",
             self.context_id,
             self.engine.config().workload,
             decision.verdict
         );
-        let action = match decision.verdict {
-            Verdict::Allow => Action::Continue,
-        };
+        if let Verdict::Deny {
+            status,
+            body,
+            reason,
+        } = &decision.verdict
+        {
+            log::info!("ward: denied with {status}: {reason}");
+            let headers: Vec<(&str, &str)> = decision
+                .response_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .chain([
+                    ("content-type", "text/plain"),
+                    ("x-ward-decision", reason.as_str()),
+                ])
+                .collect();
+            self.send_http_response(*status, headers, Some(body.as_bytes()));
+            self.replied = true;
+            return Action::Pause;
+        }
         self.decision = Some(decision);
-        action
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
         // Local replies that never passed our request callback still get the marker.
-        let decision = self.decision.take().unwrap_or_else(|| self.engine.decide());
-        for (name, value) in &decision.response_headers {
+        let headers = match self.decision.take() {
+            Some(decision) => decision.response_headers,
+            None => vec![self.engine.marker()],
+        };
+        for (name, value) in &headers {
             self.add_http_response_header(name, value);
         }
         Action::Continue

@@ -392,6 +392,12 @@ fn wasm_filter(module_path: &str, workload: &Workload, identity: &str) -> HttpFi
         "version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
+    wasm_http_filter(module_path, configuration)
+}
+
+/// The `ward-authz` wasm filter, loaded from `module_path`, with a `wasm_authz::FilterConfig`
+/// as JSON.
+pub fn wasm_http_filter(module_path: &str, configuration: String) -> HttpFilter {
     let wasm = Wasm {
         config: Some(PluginConfig {
             name: "ward-authz".to_string(),
