@@ -644,3 +644,63 @@ fn tcp_ports_drop_http_only_rules_closed() {
     mesh.apply("tcp.yaml", &policy("DENY", "{methods: [POST]}"));
     assert_eq!(raw_http(&address, request), (None, String::new()));
 }
+
+#[test]
+fn the_wasm_engine_enforces_the_same_policies_and_changes_reach_open_connections() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    mesh.apply(
+        "mesh.yaml",
+        "apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: wasm\n",
+    );
+    let policies = workspace_root().join("config/exam-lab/policies");
+    for file in [
+        "authz-scheduler.yaml",
+        "authz-professor.yaml",
+        "authz-student.yaml",
+    ] {
+        mesh.apply(file, &std::fs::read_to_string(policies.join(file)).unwrap());
+    }
+    let (status, body) = curl(&mesh, Some("student-portal"), POST_EXAM);
+    assert_eq!(status, 200, "{body}");
+    // Denied by the wasm filter: same status and body, and the deciding rule in a header.
+    let (status, denied) = curl(
+        &mesh,
+        Some("student-portal"),
+        &["-D", "-", "http://exam-scheduler"],
+    );
+    assert_eq!(status, 403, "{denied}");
+    assert!(denied.ends_with(DENIED), "{denied}");
+    assert!(denied.contains("x-ward-decision: none"), "{denied}");
+    assert_eq!(
+        curl(&mesh, Some("professor-tools"), &["http://exam-scheduler"]).0,
+        200
+    );
+    assert_eq!(
+        curl(&mesh, Some("professor-tools"), POST_EXAM),
+        (403, DENIED.to_string())
+    );
+    assert_eq!(
+        curl(&mesh, Some("exam-scheduler"), &["http://student-portal"]),
+        (403, DENIED.to_string())
+    );
+    // RBAC did not decide: its filters got no rules.
+    let log = access_log(&mesh, "exam-scheduler-0", "\"GET / HTTP/1.1\" 403");
+    assert!(!log.contains("ward_allow_enforced"), "{log}");
+
+    // A policy change reaches the next request, even on a connection opened before it:
+    // the filter's configuration comes over ECDS, the listener is not replaced.
+    assert_eq!(
+        curl(&mesh, Some("professor-tools"), &["http://exam-scheduler"]).0,
+        200
+    );
+    mesh.apply(
+        "authz-scheduler.yaml",
+        &std::fs::read_to_string(policies.join("authz-scheduler.yaml"))
+            .unwrap()
+            .replace("methods: [\"GET\"]", "methods: [\"HEAD\"]"),
+    );
+    assert_eq!(
+        curl(&mesh, Some("professor-tools"), &["http://exam-scheduler"]),
+        (403, DENIED.to_string())
+    );
+}

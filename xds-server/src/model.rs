@@ -31,6 +31,19 @@ pub struct Mesh {
     pub destination_rules: Vec<DestinationRule>,
     /// Istio AuthorizationPolicies, sorted by (namespace, name).
     pub authorization_policies: Vec<ScopedAuthorizationPolicy>,
+    /// Where AuthorizationPolicies are enforced (MeshConfig `authorizationEngine`).
+    pub authorization_engine: AuthorizationEngine,
+}
+
+/// Which engine enforces AuthorizationPolicy in the sidecars. Both follow the same semantics
+/// (`wasm_authz::policy`); the golden-data test holds them to the same decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthorizationEngine {
+    /// Envoy's RBAC filters (the default).
+    #[default]
+    Native,
+    /// Ward's wasm filter evaluates the policies itself.
+    Wasm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

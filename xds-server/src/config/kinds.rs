@@ -87,6 +87,7 @@ pub struct ServiceSpec {
 pub struct MeshConfigSpec {
     pub trust_domain: Option<String>,
     pub root_namespace: Option<String>,
+    pub authorization_engine: Option<crate::model::AuthorizationEngine>,
     pub position: Position,
 }
 
@@ -267,6 +268,7 @@ fn decode_mesh_config(doc: &Object, report: &mut Report) -> MeshConfigSpec {
     let mut config = MeshConfigSpec {
         trust_domain: None,
         root_namespace: None,
+        authorization_engine: None,
         position: doc.position,
     };
     let Some(spec) = doc.object("spec", report) else {
@@ -290,6 +292,17 @@ fn decode_mesh_config(doc: &Object, report: &mut Report) -> MeshConfigSpec {
         if check_name(Rule::Label, &ns, at, "spec.rootNamespace", report) {
             config.root_namespace = Some(ns);
         }
+    }
+    let engine_at = spec.position_of("authorizationEngine");
+    match spec.string("authorizationEngine", report).as_deref() {
+        None => {}
+        Some("native") => config.authorization_engine = Some(crate::model::AuthorizationEngine::Native),
+        Some("wasm") => config.authorization_engine = Some(crate::model::AuthorizationEngine::Wasm),
+        Some(other) => report.error(
+            engine_at,
+            "spec.authorizationEngine",
+            format!("unknown engine `{other}`: expected native (Envoy's RBAC filters) or wasm (Ward's filter)"),
+        ),
     }
     // Mesh-wide defaults: none is implemented yet, so each key set is reported as ignored.
     if let Some(defaults) = spec.object("defaults", report) {

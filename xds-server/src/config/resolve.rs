@@ -13,8 +13,8 @@ use super::kinds::{
 };
 use super::yaml::Position;
 use crate::model::{
-    DestinationRule, Instance, Mesh, PeerAuthentication, ScopedAuthorizationPolicy, Service,
-    ServiceAccount, ServicePort, SourceRef, Workload,
+    AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
+    ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort, SourceRef, Workload,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -106,6 +106,7 @@ fn instances(name: &str, replicas: u32, slot: u64) -> Vec<Instance> {
 pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings) -> Mesh {
     let mut trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
     let mut root_namespace = DEFAULT_ROOT_NAMESPACE.to_string();
+    let mut authorization_engine = AuthorizationEngine::default();
     let mut namespaces = BTreeSet::new();
     let mut service_accounts = BTreeSet::new();
     let mut deployments: Vec<(String, bool, DeploymentSpec)> = Vec::new();
@@ -169,6 +170,9 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
                 }
                 if let Some(ns) = config.root_namespace {
                     root_namespace = ns;
+                }
+                if let Some(engine) = config.authorization_engine {
+                    authorization_engine = engine;
                 }
             }
             Document::Deployment(d) => {
@@ -252,6 +256,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     );
 
     Mesh {
+        authorization_engine,
         authorization_policies,
         peer_authentications,
         destination_rules,

@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
     SubstitutionFormatString, TrafficDirection,
 };
-use envoy_types::pb::envoy::config::core::v3::{Address, AsyncDataSource, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AsyncDataSource, ExtensionConfigSource, Metadata, TypedExtensionConfig,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
@@ -47,7 +49,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{FailurePolicy, PluginConfig, 
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 
-use crate::model::{Instance, Mesh, Service, ServicePort, Workload};
+use crate::model::{AuthorizationEngine, Instance, Mesh, Service, ServicePort, Workload};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -229,6 +231,13 @@ pub fn proxy_snapshot(
     routes.push(ResourceLayer::new(inbound_routes));
     snapshot.insert(snapshot::ROUTE, routes);
     snapshot.insert(snapshot::SECRET, secrets.into_iter().collect());
+    if let Some(module) = &options.wasm_module {
+        let config = wasm_extension_config(mesh, workload, module, options);
+        snapshot.insert(
+            snapshot::EXTENSION_CONFIG,
+            vec![ResourceLayer::new(vec![config])],
+        );
+    }
     snapshot
 }
 
@@ -384,15 +393,63 @@ fn router_filter() -> HttpFilter {
     }
 }
 
-fn wasm_filter(module_path: &str, workload: &Workload, identity: &str) -> HttpFilter {
-    let configuration = serde_json::json!({
+/// The name of the wasm filter in every inbound HTTP connection manager, and of its ECDS
+/// resource.
+pub const WASM_FILTER: &str = "ward-authz";
+
+/// Whether this sidecar's AuthorizationPolicies are enforced by the wasm filter rather than
+/// by RBAC: MeshConfig asks for it and the proxies have the module (without it, RBAC
+/// enforces the same policies, so nothing fails open).
+fn wasm_enforces(mesh: &Mesh, options: &TranslateOptions) -> bool {
+    mesh.authorization_engine == AuthorizationEngine::Wasm && options.wasm_module.is_some()
+}
+
+/// The wasm filter's configuration for one sidecar, delivered over ECDS: a change (a policy,
+/// a new version) reaches the next request without touching the listener, so no connection
+/// is drained.
+fn wasm_extension_config(
+    mesh: &Mesh,
+    workload: &Workload,
+    module_path: &str,
+    options: &TranslateOptions,
+) -> Resource {
+    let mut configuration = serde_json::json!({
         "workload": workload.name,
         "namespace": workload.namespace,
-        "identity": identity,
+        "identity": mesh.identity(workload),
         "version": env!("CARGO_PKG_VERSION"),
-    })
-    .to_string();
-    wasm_http_filter(module_path, configuration)
+    });
+    if wasm_enforces(mesh, options) {
+        let policies = mesh.authorization_policies_for(workload);
+        configuration["authorization"] = serde_json::json!({ "policies": policies });
+    }
+    let filter = wasm_http_filter(module_path, configuration.to_string());
+    let Some(http_filter::ConfigType::TypedConfig(typed_config)) = filter.config_type else {
+        unreachable!("wasm_http_filter builds a typed config");
+    };
+    Resource::new(
+        snapshot::EXTENSION_CONFIG,
+        WASM_FILTER,
+        &TypedExtensionConfig {
+            name: WASM_FILTER.to_string(),
+            typed_config: Some(typed_config),
+        },
+    )
+}
+
+/// The wasm filter as the listener names it: its config comes over ECDS.
+fn wasm_discovered_filter() -> HttpFilter {
+    HttpFilter {
+        name: WASM_FILTER.to_string(),
+        config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+            ExtensionConfigSource {
+                config_source: Some(ads_config_source()),
+                type_urls: vec![Wasm::type_url()],
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
 }
 
 /// The `ward-authz` wasm filter, loaded from `module_path`, with a `wasm_authz::FilterConfig`
@@ -490,8 +547,8 @@ fn inbound_listener(
         filters
     } else {
         let mut http_filters = rbac::http_filters();
-        if let Some(module) = &options.wasm_module {
-            http_filters.push(wasm_filter(module, workload, &mesh.identity(workload)));
+        if options.wasm_module.is_some() {
+            http_filters.push(wasm_discovered_filter());
         }
         http_filters.push(router_filter());
         let route_name = inbound_route_name(port);
@@ -516,7 +573,11 @@ fn inbound_listener(
                         })),
                         ..Default::default()
                     }],
-                    typed_per_filter_config: rbac::per_route_configs(&policies),
+                    typed_per_filter_config: if wasm_enforces(mesh, options) {
+                        Default::default()
+                    } else {
+                        rbac::per_route_configs(&policies)
+                    },
                     ..Default::default()
                 }],
                 ..Default::default()
