@@ -43,6 +43,23 @@ pub struct JwtRule {
     /// Query parameters holding the token; default `access_token`.
     #[serde(default)]
     pub from_params: Vec<String>,
+    /// Keep the token for the app; by default (as in Istio) the header is removed once the
+    /// token is verified.
+    #[serde(default)]
+    pub forward_original_token: bool,
+}
+
+impl JwtRule {
+    /// Headers that carry this rule's tokens, lower case.
+    pub fn token_headers(&self) -> Vec<String> {
+        if self.from_headers.is_empty() && self.from_params.is_empty() {
+            return vec!["authorization".to_string()];
+        }
+        self.from_headers
+            .iter()
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .collect()
+    }
 }
 
 /// Why a request's token was refused: each renders as Envoy's `jwt_authn` message.

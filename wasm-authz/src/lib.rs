@@ -146,6 +146,8 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Headers to add to the response on its way back to the client.
     pub response_headers: Vec<(String, String)>,
+    /// Request headers to remove before the app sees the request (verified tokens).
+    pub strip_request_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +192,7 @@ impl Engine {
             return Decision {
                 verdict: Verdict::Allow,
                 response_headers,
+                strip_request_headers: Vec::new(),
             };
         };
         let path = input.header(":path");
@@ -208,9 +211,21 @@ impl Engine {
                         reason: error.to_string(),
                     },
                     response_headers,
+                    strip_request_headers: Vec::new(),
                 };
             }
         };
+        let strip_request_headers = token
+            .as_ref()
+            .and_then(|t| {
+                authorization
+                    .jwt_rules
+                    .iter()
+                    .find(|r| r.issuer == t.issuer)
+            })
+            .filter(|rule| !rule.forward_original_token)
+            .map(jwt::JwtRule::token_headers)
+            .unwrap_or_default();
         let request = policy::Request {
             source_principal: input.source_principal.clone(),
             source_ip: input.source_ip,
@@ -249,6 +264,7 @@ impl Engine {
         Decision {
             verdict,
             response_headers,
+            strip_request_headers,
         }
     }
 }
@@ -353,6 +369,7 @@ mod tests {
             Decision {
                 verdict: Verdict::Allow,
                 response_headers: vec![("x-ward-wasm".into(), "exam-scheduler.default".into())],
+                strip_request_headers: vec![],
             }
         );
     }

@@ -139,6 +139,9 @@ impl HttpContext for WardHttp {
             self.replied = true;
             return Action::Pause;
         }
+        for header in &decision.strip_request_headers {
+            self.set_http_request_header(header, None);
+        }
         self.decision = Some(decision);
         Action::Continue
     }

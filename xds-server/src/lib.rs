@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod identity;
+pub mod jwks;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;

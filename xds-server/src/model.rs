@@ -31,9 +31,26 @@ pub struct Mesh {
     pub destination_rules: Vec<DestinationRule>,
     /// Istio AuthorizationPolicies, sorted by (namespace, name).
     pub authorization_policies: Vec<ScopedAuthorizationPolicy>,
+    /// Istio RequestAuthentications, sorted by (namespace, name).
+    pub request_authentications: Vec<RequestAuthentication>,
     /// Where AuthorizationPolicies are enforced (MeshConfig `authorizationEngine`).
     pub authorization_engine: AuthorizationEngine,
+    /// JWKS documents fetched from `jwksUri`s, by URI: filled by xds-server's fetcher, not
+    /// by the loader (empty until the first fetch succeeds).
+    pub fetched_jwks: BTreeMap<String, String>,
 }
+
+/// A RequestAuthentication: the JWTs a workload accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestAuthentication {
+    pub name: String,
+    pub namespace: String,
+    pub selector: Option<BTreeMap<String, String>>,
+    pub rules: Vec<JwtRuleSpec>,
+    pub source: SourceRef,
+}
+
+pub use crate::config::JwtRuleSpec;
 
 /// Which engine enforces AuthorizationPolicy in the sidecars. Both follow the same semantics
 /// (`wasm_authz::policy`); the golden-data test holds them to the same decisions.
@@ -310,6 +327,68 @@ impl Mesh {
             })
             .map(|p| &p.policy)
             .collect()
+    }
+
+    /// The RequestAuthentications that apply to `workload` (root namespace and its own,
+    /// namespace-wide or selecting it).
+    pub fn request_authentications_for(&self, workload: &Workload) -> Vec<&RequestAuthentication> {
+        self.request_authentications
+            .iter()
+            .filter(|r| {
+                (r.namespace == workload.namespace || r.namespace == self.root_namespace)
+                    && r.selector
+                        .as_ref()
+                        .is_none_or(|s| selects(s, &workload.labels))
+            })
+            .collect()
+    }
+
+    /// Whether the wasm filter must authenticate and authorize for `workload`: a
+    /// RequestAuthentication applies (Envoy's RBAC cannot see what a wasm filter verified),
+    /// or MeshConfig chose the wasm engine.
+    pub fn wasm_authorizes(&self, workload: &Workload) -> bool {
+        self.authorization_engine == AuthorizationEngine::Wasm
+            || !self.request_authentications_for(workload).is_empty()
+    }
+
+    /// The JWT rules a workload's sidecar enforces, each with its keys: inline, or fetched
+    /// from its URI. A rule whose keys were never fetched gets an empty key set, so its
+    /// tokens are refused (401) rather than accepted unverified.
+    pub fn jwt_rules_for(&self, workload: &Workload) -> Vec<wasm_authz::jwt::JwtRule> {
+        self.request_authentications_for(workload)
+            .into_iter()
+            .flat_map(|r| r.rules.iter())
+            .map(|rule| wasm_authz::jwt::JwtRule {
+                issuer: rule.issuer.clone(),
+                audiences: rule.audiences.clone(),
+                jwks: rule
+                    .jwks
+                    .clone()
+                    .or_else(|| {
+                        rule.jwks_uri
+                            .as_ref()
+                            .and_then(|uri| self.fetched_jwks.get(uri).cloned())
+                    })
+                    .unwrap_or_else(|| r#"{"keys":[]}"#.to_string()),
+                from_headers: rule.from_headers.clone(),
+                from_params: rule.from_params.clone(),
+                forward_original_token: rule.forward_original_token,
+            })
+            .collect()
+    }
+
+    /// Every `jwksUri` the mesh names.
+    pub fn jwks_uris(&self) -> Vec<String> {
+        let mut uris: Vec<String> = self
+            .request_authentications
+            .iter()
+            .flat_map(|r| r.rules.iter())
+            .filter(|rule| rule.jwks.is_none())
+            .filter_map(|rule| rule.jwks_uri.clone())
+            .collect();
+        uris.sort();
+        uris.dedup();
+        uris
     }
 
     /// `spiffe://<trust-domain>/ns/<ns>/sa/<sa>` for a workload.

@@ -69,6 +69,10 @@ struct ControlPlane {
     current_mesh: std::sync::Mutex<Option<Arc<Mesh>>>,
     /// Wakes the renewal task when the set of certificates changed.
     renewals: tokio::sync::Notify,
+    /// Keys fetched from RequestAuthentications' `jwksUri`s.
+    jwks: crate::jwks::JwksCache,
+    /// Wakes the JWKS task when a new config may name new URIs.
+    jwks_wanted: tokio::sync::Notify,
 }
 
 fn unix_now() -> u64 {
@@ -81,6 +85,16 @@ fn unix_now() -> u64 {
 impl ControlPlane {
     /// Translates the mesh into snapshots; nodes that left the mesh lose theirs.
     fn apply(&self, mesh: &Mesh) {
+        // The keys fetched so far join the mesh here, so the loader stays free of I/O.
+        let with_keys;
+        let mesh = if mesh.jwks_uris().is_empty() {
+            mesh
+        } else {
+            let mut filled = mesh.clone();
+            filled.fetched_jwks = self.jwks.documents();
+            with_keys = filled;
+            &with_keys
+        };
         let mut shared = self.shared_layers.lock().expect("shared layers lock");
         let bundle = self.certificates.ca().trust_bundle_pem().to_string();
         let secrets = |w: &crate::model::Workload, i: &crate::model::Instance| {
@@ -129,12 +143,35 @@ impl ControlPlane {
         self.apply(&mesh);
         *current = Some(mesh);
         drop(current);
+        self.jwks_wanted.notify_one();
         let mut status = self.config_status.write().expect("config status lock");
         status.generation += 1;
         status.loaded_at_unix = unix_now();
         status.warnings = loaded.warnings.iter().map(ToString::to_string).collect();
         status.last_error = None;
         Ok(())
+    }
+}
+
+/// How often `jwksUri`s are fetched again (key rotation reaches the proxies within this).
+const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Fetches the JWKS URIs the current mesh names: at start, after every config change, and
+/// every [`JWKS_REFRESH`]; re-translates when a document changed.
+async fn refresh_jwks(control: Arc<ControlPlane>) {
+    loop {
+        let mesh = control.current_mesh.lock().expect("mesh lock").clone();
+        if let Some(mesh) = mesh {
+            let uris = mesh.jwks_uris();
+            if !uris.is_empty() && control.jwks.refresh(&uris, unix_now()).await {
+                info!(uris = uris.len(), "JWKS changed; updating the proxies");
+                let current = control.current_mesh.lock().expect("mesh lock");
+                if let Some(mesh) = current.as_ref() {
+                    control.apply(mesh);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(JWKS_REFRESH, control.jwks_wanted.notified()).await;
     }
 }
 
@@ -194,7 +231,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         certificates,
         current_mesh: Default::default(),
         renewals: tokio::sync::Notify::new(),
+        jwks: Default::default(),
+        jwks_wanted: tokio::sync::Notify::new(),
     });
+    tokio::spawn(refresh_jwks(control.clone()));
     tokio::spawn(release_freed_memory(metrics.clone()));
 
     // The first load must succeed: there is no last good config to fall back to.
@@ -342,6 +382,8 @@ fn admin_response(
             let body = serde_json::json!({
                 "config": config,
                 "proxies": status.snapshot_json(&control.cache),
+                // Per jwksUri: keys, last good fetch, last error.
+                "jwks": control.jwks.status(),
             });
             (200, "application/json", body.to_string())
         }

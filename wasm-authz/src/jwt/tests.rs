@@ -29,6 +29,7 @@ fn rule(audiences: &[&str]) -> JwtRule {
         jwks: read("jwks.json"),
         from_headers: vec![],
         from_params: vec![],
+        forward_original_token: false,
     }
 }
 
@@ -39,6 +40,7 @@ fn test_issuer_rule(n: u8) -> JwtRule {
         jwks: read("test-issuers/jwks.json"),
         from_headers: vec![],
         from_params: vec![],
+        forward_original_token: false,
     }
 }
 

@@ -20,8 +20,6 @@ use super::yaml::Position;
 /// The annotation that turns a policy into a shadow policy (Istio's name).
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
-const NEEDS_JWT: &str = "needs JWT authentication (RequestAuthentication), which Ward does not support yet: no request carries a request principal or claims, so this matches no request, and a `not` form matches every request (as in Istio without a RequestAuthentication)";
-
 #[derive(Debug, Clone)]
 pub struct AuthorizationPolicySpec {
     pub meta: Meta,
@@ -177,14 +175,6 @@ fn decode_source(
     ] {
         check_ip_blocks(list, report);
     }
-    for (key, list) in [
-        ("requestPrincipals", &request_principals),
-        ("notRequestPrincipals", &not_request_principals),
-    ] {
-        if !list.is_empty() {
-            report.warn(object.position_of(key), &object.field_path(key), NEEDS_JWT);
-        }
-    }
     for (at, path, value) in principals.iter().chain(&not_principals) {
         references.extend(principal_reference(*at, path, value));
     }
@@ -299,9 +289,6 @@ fn decode_condition(object: &Object, report: &mut Report) -> Option<Condition> {
     } else {
         check_pattern(&vals, report);
         check_pattern(&not_vals, report);
-    }
-    if parsed.needs_jwt() {
-        report.warn(key_at, &object.field_path("key"), NEEDS_JWT);
     }
     if matches!(parsed, ConditionKey::EnvoyFilterMetadata { .. }) {
         report.warn(
@@ -525,6 +512,120 @@ pub fn decode_authorization_policy(
         shapes.push((node.position, path, shape));
     }
     check_split_rules(&shapes, spec.policy.action, report);
+    object.finish(report);
+    Some(spec)
+}
+
+/// One `jwtRules` entry as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtRuleSpec {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// Inline JWKS (wins over `jwks_uri`, as in Istio).
+    pub jwks: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub from_headers: Vec<(String, String)>,
+    pub from_params: Vec<String>,
+    pub forward_original_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestAuthenticationSpec {
+    pub meta: Meta,
+    pub selector: Option<BTreeMap<String, String>>,
+    pub selector_position: Position,
+    pub rules: Vec<JwtRuleSpec>,
+}
+
+fn decode_jwt_rule(object: &Object, report: &mut Report) -> Option<JwtRuleSpec> {
+    let issuer = object.required_string("issuer", report)?;
+    let audiences = object.string_list("audiences", report);
+    let jwks = object.string("jwks", report);
+    let jwks_uri = object.string("jwksUri", report);
+    if let Some(text) = &jwks {
+        let keys = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("keys").and_then(|k| k.as_array()).map(Vec::len));
+        if keys.is_none() {
+            report.error(
+                object.position_of("jwks"),
+                &object.field_path("jwks"),
+                "not a JWKS: expected a JSON object with a `keys` list",
+            );
+        }
+    }
+    match (&jwks, &jwks_uri) {
+        (None, None) => report.error(
+            object.position,
+            &object.path,
+            "set `jwks` or `jwksUri`: Ward does not discover keys from the issuer (OpenID discovery)",
+        ),
+        (None, Some(uri)) if !(uri.starts_with("http://") || uri.starts_with("https://")) => {
+            report.error(
+                object.position_of("jwksUri"),
+                &object.field_path("jwksUri"),
+                format!("`{uri}`: expected an http:// or https:// URL"),
+            )
+        }
+        _ => {}
+    }
+    let mut from_headers = Vec::new();
+    for (path, node) in object.list("fromHeaders", report) {
+        if let Some(header) = Object::of(node, &path, report) {
+            if let Some(name) = header.required_string("name", report) {
+                let prefix = header.string("prefix", report).unwrap_or_default();
+                from_headers.push((name, prefix));
+            }
+            header.finish(report);
+        }
+    }
+    let from_params = object.string_list("fromParams", report);
+    let forward_original_token = object
+        .get("forwardOriginalToken")
+        .is_some_and(|n| n.text() == Some("true"));
+    Some(JwtRuleSpec {
+        issuer,
+        audiences,
+        jwks,
+        jwks_uri,
+        from_headers,
+        from_params,
+        forward_original_token,
+    })
+}
+
+pub fn decode_request_authentication(
+    doc: &Object,
+    report: &mut Report,
+) -> Option<RequestAuthenticationSpec> {
+    let meta = decode_meta(doc, true, NameRule::Subdomain, report)?;
+    let mut spec = RequestAuthenticationSpec {
+        selector_position: meta.position,
+        meta,
+        selector: None,
+        rules: Vec::new(),
+    };
+    let Some(object) = doc.object("spec", report) else {
+        return Some(spec);
+    };
+    spec.selector_position = object.position_of("selector");
+    spec.selector = workload_selector(&object, report);
+    for key in ["targetRef", "targetRefs"] {
+        if object.has(key) {
+            object.get(key);
+            report.error(
+                object.position_of(key),
+                &object.field_path(key),
+                "not supported by Ward (Gateway API targets); use `selector`",
+            );
+        }
+    }
+    for (path, node) in object.list("jwtRules", report) {
+        if let Some(rule) = Object::of(node, &path, report) {
+            spec.rules.extend(decode_jwt_rule(&rule, report));
+            rule.finish(report);
+        }
+    }
     object.finish(report);
     Some(spec)
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::authz::{self, AuthorizationPolicySpec};
+use super::authz::{self, AuthorizationPolicySpec, RequestAuthenticationSpec};
 use super::decode::{integer, Object, IGNORED};
 use super::diagnostic::Report;
 use super::istio::{self, DestinationRuleSpec, PeerAuthenticationSpec};
@@ -101,6 +101,7 @@ pub enum Document {
     PeerAuthentication(PeerAuthenticationSpec),
     DestinationRule(DestinationRuleSpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
+    RequestAuthentication(RequestAuthenticationSpec),
 }
 
 /// What became of one YAML document.
@@ -124,6 +125,7 @@ impl Document {
             Document::PeerAuthentication(_) => "PeerAuthentication",
             Document::DestinationRule(_) => "DestinationRule",
             Document::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Document::RequestAuthentication(_) => "RequestAuthentication",
         }
     }
 
@@ -135,6 +137,7 @@ impl Document {
             Document::PeerAuthentication(p) => Some(&p.meta),
             Document::DestinationRule(r) => Some(&r.meta),
             Document::AuthorizationPolicy(p) => Some(&p.meta),
+            Document::RequestAuthentication(r) => Some(&r.meta),
             Document::MeshConfig(_) => None,
         }
     }
@@ -173,12 +176,15 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
         (v, "AuthorizationPolicy") if istio::SECURITY_VERSIONS.contains(&v) => {
             authz::decode_authorization_policy(&doc, report).map(Document::AuthorizationPolicy)
         }
+        (v, "RequestAuthentication") if istio::SECURITY_VERSIONS.contains(&v) => {
+            authz::decode_request_authentication(&doc, report).map(Document::RequestAuthentication)
+        }
         (v, "DestinationRule") if istio::NETWORKING_VERSIONS.contains(&v) => {
             istio::decode_destination_rule(&doc, report).map(Document::DestinationRule)
         }
         _ => {
             let known = match kind.as_str() {
-                "PeerAuthentication" | "AuthorizationPolicy" => {
+                "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
                     " (Ward reads security.istio.io/v1beta1 and v1)"
                 }
                 "DestinationRule" => " (Ward reads networking.istio.io/v1alpha3, v1beta1 and v1)",

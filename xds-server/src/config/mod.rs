@@ -21,6 +21,7 @@ mod yaml;
 
 use std::path::{Path, PathBuf};
 
+pub use authz::JwtRuleSpec;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use resolve::{DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN};
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::authz::{AuthorizationPolicySpec, ReferenceKind};
+use super::authz::{AuthorizationPolicySpec, ReferenceKind, RequestAuthenticationSpec};
 use super::diagnostic::Diagnostic;
 use super::istio::{DestinationRuleSpec, PeerAuthenticationSpec};
 use super::kinds::{
@@ -14,7 +14,8 @@ use super::kinds::{
 use super::yaml::Position;
 use crate::model::{
     AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
-    ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort, SourceRef, Workload,
+    RequestAuthentication, ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort,
+    SourceRef, Workload,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -115,6 +116,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     let mut peer_authentications: Vec<(String, PeerAuthenticationSpec)> = Vec::new();
     let mut destination_rules: Vec<(String, DestinationRuleSpec)> = Vec::new();
     let mut authorization_policies: Vec<(String, AuthorizationPolicySpec)> = Vec::new();
+    let mut request_authentications: Vec<(String, RequestAuthenticationSpec)> = Vec::new();
     let mut seen: BTreeMap<(&'static str, String, String), (String, usize)> = BTreeMap::new();
 
     for Located {
@@ -186,6 +188,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             Document::PeerAuthentication(p) => peer_authentications.push((file, p)),
             Document::DestinationRule(r) => destination_rules.push((file, r)),
             Document::AuthorizationPolicy(p) => authorization_policies.push((file, p)),
+            Document::RequestAuthentication(r) => request_authentications.push((file, r)),
         }
     }
 
@@ -255,7 +258,54 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
         findings,
     );
 
+    request_authentications.sort_by(|(_, a), (_, b)| {
+        (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+    });
+    for (file, r) in &request_authentications {
+        let mesh_wide = r.meta.namespace == root_namespace;
+        if let Some(selector) = &r.selector {
+            let selected = workloads
+                .iter()
+                .any(|w| (mesh_wide || w.namespace == r.meta.namespace) && selects(selector, w));
+            if !selected && complete {
+                findings.push(
+                    false,
+                    file,
+                    r.selector_position,
+                    "spec.selector",
+                    format!(
+                        "selects no workload in namespace {}: the policy has no effect",
+                        r.meta.namespace
+                    ),
+                );
+            }
+        }
+    }
+    let request_authentications: Vec<RequestAuthentication> = request_authentications
+        .into_iter()
+        .map(|(file, r)| RequestAuthentication {
+            name: r.meta.name,
+            namespace: r.meta.namespace,
+            selector: r.selector,
+            rules: r.rules,
+            source: SourceRef {
+                file,
+                line: r.meta.position.line,
+            },
+        })
+        .collect();
+
+    warn_jwt_without_authentication(
+        &authorization_policies,
+        &request_authentications,
+        &workloads,
+        &root_namespace,
+        findings,
+    );
+
     Mesh {
+        fetched_jwks: BTreeMap::new(),
+        request_authentications,
         authorization_engine,
         authorization_policies,
         peer_authentications,
@@ -276,6 +326,57 @@ fn selects(selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
     selector
         .iter()
         .all(|(k, v)| workload.labels.get(k) == Some(v))
+}
+
+/// An AuthorizationPolicy that looks at JWTs (request principals, `request.auth.*`) on a
+/// workload no RequestAuthentication covers: no request there ever has a principal.
+fn warn_jwt_without_authentication(
+    policies: &[ScopedAuthorizationPolicy],
+    authentications: &[RequestAuthentication],
+    workloads: &[Workload],
+    root_namespace: &str,
+    findings: &mut Findings,
+) {
+    let in_scope = |ns: &str, selector: &Option<BTreeMap<String, String>>, w: &Workload| {
+        (ns == w.namespace || ns == root_namespace)
+            && selector.as_ref().is_none_or(|s| selects(s, w))
+    };
+    for scoped in policies {
+        let uses_jwt = scoped.policy.rules.iter().any(|rule| {
+            rule.from.iter().any(|s| s.http_only())
+                || rule.when.iter().any(|c| {
+                    wasm_authz::policy::ConditionKey::parse(&c.key).is_some_and(|k| k.needs_jwt())
+                })
+        });
+        if !uses_jwt {
+            continue;
+        }
+        let uncovered: Vec<&str> = workloads
+            .iter()
+            .filter(|w| in_scope(&scoped.policy.namespace, &scoped.selector, w))
+            .filter(|w| {
+                !authentications
+                    .iter()
+                    .any(|r| in_scope(&r.namespace, &r.selector, w))
+            })
+            .map(|w| w.name.as_str())
+            .collect();
+        if !uncovered.is_empty() {
+            findings.push(
+                false,
+                &scoped.source.file,
+                Position {
+                    line: scoped.source.line,
+                    column: 1,
+                },
+                "spec.rules",
+                format!(
+                    "uses request principals or JWT claims, but no RequestAuthentication applies to {}: no request there has a token principal, so these rules match nothing (their `not` forms everything)",
+                    uncovered.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 /// What AuthorizationPolicy references are checked against.

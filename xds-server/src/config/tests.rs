@@ -560,12 +560,12 @@ fn service_type_and_cluster_ip_are_warned_about() {
 
 #[test]
 fn unsupported_kinds_are_warned_about_and_empty_documents_skipped() {
-    let text = "# nothing here\n---\napiVersion: security.istio.io/v1
-kind: RequestAuthentication
+    let text = "# nothing here\n---\napiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata:
   name: default
 spec:
-  jwtRules: []
+  hosts: []
 ---
 ---
 apiVersion: apps/v1beta1
@@ -576,7 +576,7 @@ metadata: {name: old}
     assert_eq!(
         warnings,
         vec![
-            "p.yaml:4:1: kind RequestAuthentication (apiVersion security.istio.io/v1) is not supported by Ward; document ignored",
+            "p.yaml:4:1: kind ServiceEntry (apiVersion networking.istio.io/v1) is not supported by Ward; document ignored",
             "p.yaml:12:1: kind Deployment (apiVersion apps/v1beta1) is not supported by Ward (Ward reads it as apps/v1); document ignored",
         ]
     );
@@ -1082,11 +1082,17 @@ fn what_istio_rejects_or_ward_cannot_enforce_is_an_error() {
 }
 
 #[test]
-fn jwt_fields_are_accepted_with_a_warning_and_dry_run_is_read() {
+fn jwt_fields_without_authentication_are_warned_about_and_dry_run_is_read() {
     let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        notRequestPrincipals: [\"*\"]\n";
     let warnings = lab_warnings(policy);
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
-    assert!(warnings[0].starts_with("authz.yaml:11:9: spec.rules[0].from[0].source.notRequestPrincipals: needs JWT authentication"));
+    assert!(
+        warnings[0].starts_with("authz.yaml:1:1: spec.rules: uses request principals or JWT claims, but no RequestAuthentication applies to exam-scheduler, professor-tools, student-portal"),
+        "{warnings:#?}"
+    );
+    // With a RequestAuthentication for the namespace, the warning goes.
+    let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\nspec:\n  jwtRules:\n  - issuer: a\n    jwksUri: https://a.example/jwks.json\n";
+    assert!(lab_warnings(&format!("{policy}---\n{jwt}")).is_empty());
     let mesh = load_sources(&lab_with(policy)).unwrap().mesh;
     assert!(mesh.authorization_policies[0].policy.dry_run);
 }
@@ -1103,4 +1109,70 @@ fn fields_beside_operation_instead_of_under_it_are_pointed_at() {
         errors[0].starts_with("authz.yaml:10:7: spec.rules[0].to[0].operation: required field is missing or empty: `methods` is written beside `operation:`, not under it"),
         "{errors:#?}"
     );
+}
+
+#[test]
+fn request_authentications_decode_with_istios_rules() {
+    let text = "apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata:
+  name: jwt-example
+spec:
+  selector:
+    matchLabels:
+      app: exam-scheduler
+  jwtRules:
+  - issuer: \"testing@secure.istio.io\"
+    jwksUri: \"https://raw.githubusercontent.com/istio/istio/release-1.20/security/tools/jwt/samples/jwks.json\"
+    audiences: [a, b]
+    fromHeaders:
+    - name: x-jwt
+      prefix: \"Bearer \"
+    fromParams: [token]
+    forwardOriginalToken: true
+    outputPayloadToHeader: x-payload
+";
+    let loaded = load_sources(&lab_with(text)).unwrap();
+    let warnings: Vec<String> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.file == "authz.yaml")
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings, ["authz.yaml:18:5: spec.jwtRules[0].outputPayloadToHeader: ignored: not supported by Ward"]);
+    let mesh = loaded.mesh;
+    let scheduler = mesh.workload("default", "exam-scheduler").unwrap();
+    assert!(mesh.wasm_authorizes(scheduler));
+    assert!(!mesh.wasm_authorizes(mesh.workload("default", "student-portal").unwrap()));
+    assert_eq!(mesh.jwks_uris().len(), 1);
+    let rules = mesh.jwt_rules_for(scheduler);
+    assert_eq!(rules[0].issuer, "testing@secure.istio.io");
+    assert_eq!(rules[0].audiences, ["a", "b"]);
+    assert_eq!(
+        rules[0].from_headers,
+        [("x-jwt".to_string(), "Bearer ".to_string())]
+    );
+    assert!(rules[0].forward_original_token);
+    // Never fetched: no keys, so tokens are refused, never accepted unverified.
+    assert_eq!(rules[0].jwks, r#"{"keys":[]}"#);
+
+    let errors = lab_errors(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: bad
+spec:
+  jwtRules:
+  - issuer: a
+  - issuer: b
+    jwks: \"not json\"
+  - issuer: c
+    jwksUri: ftp://x
+",
+    );
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(errors[0].contains("spec.jwtRules[0]: set `jwks` or `jwksUri`"));
+    assert!(errors[1].contains("spec.jwtRules[1].jwks: not a JWKS"));
+    assert!(errors[2]
+        .contains("spec.jwtRules[2].jwksUri: `ftp://x`: expected an http:// or https:// URL"));
 }

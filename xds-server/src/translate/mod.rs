@@ -49,7 +49,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{FailurePolicy, PluginConfig, 
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 
-use crate::model::{AuthorizationEngine, Instance, Mesh, Service, ServicePort, Workload};
+use crate::model::{Instance, Mesh, Service, ServicePort, Workload};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -398,10 +398,11 @@ fn router_filter() -> HttpFilter {
 pub const WASM_FILTER: &str = "ward-authz";
 
 /// Whether this sidecar's AuthorizationPolicies are enforced by the wasm filter rather than
-/// by RBAC: MeshConfig asks for it and the proxies have the module (without it, RBAC
-/// enforces the same policies, so nothing fails open).
-fn wasm_enforces(mesh: &Mesh, options: &TranslateOptions) -> bool {
-    mesh.authorization_engine == AuthorizationEngine::Wasm && options.wasm_module.is_some()
+/// by RBAC ([`Mesh::wasm_authorizes`]) and the proxies have the module (without it, RBAC
+/// enforces the same policies, so nothing fails open; JWTs then go unverified and rules that
+/// need a request principal match nothing).
+fn wasm_enforces(mesh: &Mesh, workload: &Workload, options: &TranslateOptions) -> bool {
+    options.wasm_module.is_some() && mesh.wasm_authorizes(workload)
 }
 
 /// The wasm filter's configuration for one sidecar, delivered over ECDS: a change (a policy,
@@ -419,9 +420,11 @@ fn wasm_extension_config(
         "identity": mesh.identity(workload),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    if wasm_enforces(mesh, options) {
+    if wasm_enforces(mesh, workload, options) {
         let policies = mesh.authorization_policies_for(workload);
-        configuration["authorization"] = serde_json::json!({ "policies": policies });
+        let jwt_rules = mesh.jwt_rules_for(workload);
+        configuration["authorization"] =
+            serde_json::json!({ "policies": policies, "jwtRules": jwt_rules });
     }
     let filter = wasm_http_filter(module_path, configuration.to_string());
     let Some(http_filter::ConfigType::TypedConfig(typed_config)) = filter.config_type else {
@@ -573,7 +576,7 @@ fn inbound_listener(
                         })),
                         ..Default::default()
                     }],
-                    typed_per_filter_config: if wasm_enforces(mesh, options) {
+                    typed_per_filter_config: if wasm_enforces(mesh, workload, options) {
                         Default::default()
                     } else {
                         rbac::per_route_configs(&policies)

@@ -1,0 +1,159 @@
+//! Fetches the JWKS documents RequestAuthentications name by `jwksUri`, so the sidecars never
+//! fetch anything: the keys reach them inline in the wasm filter's configuration. A failed
+//! fetch keeps the last good keys and is reported (`/status`, the log); a URI never fetched
+//! has no keys, so its tokens are refused rather than accepted unverified.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Where the system's CA bundle is on Debian-like machines (https `jwksUri`s).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JwksState {
+    /// The last good document.
+    #[serde(skip)]
+    pub document: Option<String>,
+    pub keys: usize,
+    pub fetched_at_unix: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// The last good JWKS per URI.
+#[derive(Debug, Default)]
+pub struct JwksCache {
+    entries: Mutex<BTreeMap<String, JwksState>>,
+}
+
+impl JwksCache {
+    /// The last good documents, by URI.
+    pub fn documents(&self) -> BTreeMap<String, String> {
+        let entries = self.entries.lock().expect("jwks lock");
+        entries
+            .iter()
+            .filter_map(|(uri, s)| s.document.clone().map(|d| (uri.clone(), d)))
+            .collect()
+    }
+
+    pub fn status(&self) -> BTreeMap<String, JwksState> {
+        self.entries.lock().expect("jwks lock").clone()
+    }
+
+    /// Fetches every URI; returns whether any document changed.
+    pub async fn refresh(&self, uris: &[String], now_unix: u64) -> bool {
+        let mut changed = false;
+        for uri in uris {
+            let result = fetch(uri).await;
+            let mut entries = self.entries.lock().expect("jwks lock");
+            let entry = entries.entry(uri.clone()).or_default();
+            match result {
+                Ok((document, keys)) => {
+                    changed |= entry.document.as_deref() != Some(document.as_str());
+                    entry.document = Some(document);
+                    entry.keys = keys;
+                    entry.fetched_at_unix = Some(now_unix);
+                    entry.last_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(%uri, error = %format!("{e:#}"), "JWKS fetch failed; the last good keys stay");
+                    entry.last_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        self.entries
+            .lock()
+            .expect("jwks lock")
+            .retain(|uri, _| uris.contains(uri));
+        changed
+    }
+}
+
+/// GETs a JWKS document over http or https: (the document, its number of keys).
+pub async fn fetch(uri: &str) -> anyhow::Result<(String, usize)> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(uri))
+        .await
+        .with_context(|| format!("fetching {uri}: no answer within {FETCH_TIMEOUT:?}"))?
+}
+
+async fn fetch_inner(uri: &str) -> anyhow::Result<(String, usize)> {
+    let parsed: hyper::Uri = uri
+        .parse()
+        .with_context(|| format!("`{uri}` is not a URL"))?;
+    let https = match parsed.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => bail!("`{uri}`: expected http:// or https://"),
+    };
+    let host = parsed.host().context("no host in the URL")?.to_string();
+    let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = parsed
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    let body = if https {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(SYSTEM_ROOTS)
+            .with_context(|| format!("reading the system CA bundle {SYSTEM_ROOTS}"))?
+            .flatten()
+        {
+            let _ = roots.add(cert);
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(host.clone())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS with {host}"))?;
+        get(tls, &host, &path).await?
+    } else {
+        get(tcp, &host, &path).await?
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).context("the answer is not JSON")?;
+    let keys = value
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .context("the answer is not a JWKS (no `keys` list)")?
+        .len();
+    Ok((String::from_utf8_lossy(&body).into_owned(), keys))
+}
+
+async fn get<S>(stream: S, host: &str, path: &str) -> anyhow::Result<Bytes>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("HTTP {status}");
+    }
+    Ok(body)
+}
