@@ -542,6 +542,38 @@ fn probes(case: &Case) -> Vec<Probe> {
             }
         }
     }
+    // Combinations too: a rule that needs a method and a path together is only reached by a
+    // request that has both.
+    let methods: Vec<String> = probes.iter().map(|p| p.0.clone()).collect();
+    let paths: Vec<String> = probes.iter().map(|p| p.1.clone()).collect();
+    let hosts: Vec<String> = probes.iter().map(|p| p.2.clone()).collect();
+    let mut combined = Vec::new();
+    for method in dedup(methods)
+        .iter()
+        .filter(|m| ["GET", "POST"].contains(&m.as_str()))
+    {
+        for path in dedup(paths.clone()).iter().take(12) {
+            for host in dedup(hosts.clone()).iter().take(6) {
+                combined.push((method.clone(), path.clone(), host.clone(), vec![]));
+            }
+        }
+    }
+    let with_headers: Vec<Vec<(String, String)>> = probes
+        .iter()
+        .filter(|p| !p.3.is_empty())
+        .map(|p| p.3.clone())
+        .collect();
+    for headers in with_headers {
+        for path in dedup(paths.clone()).iter().take(6) {
+            combined.push((
+                "GET".into(),
+                path.clone(),
+                "httpbin".into(),
+                headers.clone(),
+            ));
+        }
+    }
+    probes.extend(combined);
     probes.sort();
     probes.dedup();
     probes
@@ -563,6 +595,12 @@ fn connect(host: &str) -> TcpStream {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+fn dedup(mut items: Vec<String>) -> Vec<String> {
+    items.sort();
+    items.dedup();
+    items
 }
 
 /// The status of one HTTP request, or 0 when the connection closed without a response.
