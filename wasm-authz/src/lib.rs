@@ -164,16 +164,25 @@ pub enum Verdict {
 }
 
 /// Decides per request from the configuration; built once per plugin configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Engine {
     config: FilterConfig,
     marker: String,
+    /// Tokens verified under this configuration's keys.
+    verified: jwt::VerifiedCache,
 }
+
+/// How many verified tokens an engine remembers.
+const VERIFIED_TOKENS: usize = 4096;
 
 impl Engine {
     pub fn new(config: FilterConfig) -> Self {
         let marker = format!("{}.{}", config.workload, config.namespace);
-        Engine { config, marker }
+        Engine {
+            config,
+            marker,
+            verified: jwt::VerifiedCache::new(VERIFIED_TOKENS),
+        }
     }
 
     pub fn config(&self) -> &FilterConfig {
@@ -196,7 +205,13 @@ impl Engine {
             };
         };
         let path = input.header(":path");
-        let token = jwt::authenticate(&authorization.jwt_rules, &input.headers, &path, input.now);
+        let token = jwt::authenticate_cached(
+            &authorization.jwt_rules,
+            &input.headers,
+            &path,
+            input.now,
+            Some(&self.verified),
+        );
         let token = match token {
             Ok(token) => token,
             Err(error) => {

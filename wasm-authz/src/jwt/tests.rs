@@ -244,3 +244,25 @@ fn tokens_come_from_bearer_or_access_token_and_never_two() {
     // The default location is not read when the rule names its own.
     assert_eq!(authenticate(&custom, &bearer, "/", NOW), Ok(None));
 }
+
+#[test]
+fn verified_tokens_are_cached_until_they_expire() {
+    let rules = [rule(&[])];
+    let cache = VerifiedCache::new(2);
+    let token = mint(valid_header(), claims(json!({"exp": NOW + 100})));
+    let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    let first = authenticate_cached(&rules, &headers, "/", NOW, Some(&cache)).unwrap();
+    assert_eq!(cache.len(), 1);
+    let again = authenticate_cached(&rules, &headers, "/", NOW + 50, Some(&cache)).unwrap();
+    assert_eq!(first, again);
+    // Past exp + skew the cached entry is not used: the token is verified again, and refused.
+    assert_eq!(
+        authenticate_cached(&rules, &headers, "/", NOW + 161, Some(&cache)),
+        Err(JwtError::Expired)
+    );
+    assert!(cache.is_empty());
+    // A refused token is never cached.
+    let bad = vec![("authorization".to_string(), "Bearer x.y.z".to_string())];
+    assert!(authenticate_cached(&rules, &bad, "/", NOW, Some(&cache)).is_err());
+    assert!(cache.is_empty());
+}
