@@ -166,6 +166,26 @@ spec:
         call(&mesh, Some(&demo), &[]),
         (403, "RBAC: access denied".to_string())
     );
+    // wardctl check agrees, token by token (it fetches the jwksUri as xds-server does).
+    for (token, verdict) in [
+        (groups.as_str(), "ALLOW"),
+        (demo.as_str(), "DENY"),
+        ("TokenInvalid", "UNAUTHENTICATED"),
+    ] {
+        let out = mesh
+            .wardctl(&[
+                "check",
+                "productpage",
+                "--from",
+                "reviews",
+                "--token",
+                token,
+                "--json",
+            ])
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["verdict"], verdict, "{report}");
+    }
 
     // Key rotation: the JWKS loses the key, then gets it back; xds-server fetches again after
     // a config change (and every 5 minutes), no restart.

@@ -1,9 +1,9 @@
 //! `wardctl check`: predicts the inbound authorization decision for one request before
 //! anyone sends it, in the spirit of `istioctl x authz check`, and explains it: the mTLS
 //! the connection would use, the policies that select the destination, which rule of each
-//! matched, and what decided. It runs the same policy semantics (`wasm_authz::policy`) that
-//! the RBAC translation follows, on the same resolved mesh, so the end-to-end tests can hold
-//! it to what Envoy does.
+//! matched, and what decided. It runs the same policy and JWT semantics (`wasm_authz`) the
+//! sidecars enforce, on the same resolved mesh, so the end-to-end tests can hold it to what
+//! Envoy does.
 
 use std::fmt;
 
@@ -27,6 +27,10 @@ pub struct CheckQuery {
     pub port: Option<u16>,
     /// The Host header (default: the Service's short name, as `curl SERVICE` sends).
     pub host: Option<String>,
+    /// A JWT sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Unix seconds, for the token's `exp` and `nbf`.
+    pub now: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,6 +41,8 @@ pub enum Verdict {
     Deny,
     /// The connection fails before any request: STRICT mTLS and a plaintext client.
     Refused,
+    /// The token is refused by request authentication: 401.
+    Unauthenticated,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +52,8 @@ pub struct CheckReport {
     pub decided_by: Option<String>,
     pub reason: String,
     pub source_principal: Option<String>,
+    /// `<iss>/<sub>` of the verified token.
+    pub request_principal: Option<String>,
     pub destination_port: u16,
     /// False on a plain TCP port, where only connection attributes count.
     pub http: bool,
@@ -146,6 +154,14 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         .into_iter()
         .cloned()
         .collect();
+    // Request authentication, as the destination's wasm filter does it.
+    let mut headers = query.headers.clone();
+    if let Some(token) = &query.token {
+        headers.push(("authorization".to_string(), format!("Bearer {token}")));
+    }
+    let jwt_rules = mesh.jwt_rules_for(destination);
+    let authenticated = wasm_authz::jwt::authenticate(&jwt_rules, &headers, &query.path, query.now);
+    let verified = authenticated.as_ref().ok().and_then(Option::as_ref);
     let instance_ip = |w: &Workload| w.instances.first().map(|i| i.address.into());
     let request = Request {
         source_principal: source_principal.clone(),
@@ -160,11 +176,10 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
             method: query.method.clone(),
             path: query.path.clone(),
             host: query.host.clone().unwrap_or_else(|| service.name.clone()),
-            headers: query.headers.clone(),
+            headers: headers.clone(),
         }),
-        // The sidecars do not authenticate JWTs yet, so no request has a principal.
-        request_principal: None,
-        request_claims: None,
+        request_principal: verified.map(wasm_authz::jwt::VerifiedJwt::principal),
+        request_claims: verified.map(|t| t.claims.clone()),
     };
     let considered = mesh
         .authorization_policies
@@ -196,6 +211,12 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
             None,
             "STRICT mTLS on the destination and the client sends plaintext: the connection is reset before any request".to_string(),
         )
+    } else if let Err(error) = &authenticated {
+        (
+            Verdict::Unauthenticated,
+            None,
+            format!("request authentication refuses the token: {error}"),
+        )
     } else {
         let decided_by = match &evaluation.reason {
             Reason::DeniedBy(rule) | Reason::AllowedBy(rule) => Some(rule.clone()),
@@ -213,6 +234,7 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         decided_by,
         reason,
         source_principal,
+        request_principal: request.request_principal.clone(),
         destination_port: port.target_port,
         http: !is_tcp_port(port),
         mtls,
@@ -231,6 +253,7 @@ impl fmt::Display for CheckReport {
             Verdict::Allow => "ALLOW",
             Verdict::Deny => "DENY (403 RBAC: access denied)",
             Verdict::Refused => "REFUSED (connection reset)",
+            Verdict::Unauthenticated => "UNAUTHENTICATED (401)",
         };
         writeln!(f, "{verdict}: {}", self.reason)?;
         if let Some(rule) = &self.decided_by {
@@ -247,6 +270,9 @@ impl fmt::Display for CheckReport {
             "  source principal: {}",
             self.source_principal.as_deref().unwrap_or("none")
         )?;
+        if let Some(principal) = &self.request_principal {
+            writeln!(f, "  request principal: {principal}")?;
+        }
         let protocol = if self.http {
             "HTTP"
         } else {

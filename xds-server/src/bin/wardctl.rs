@@ -114,6 +114,9 @@ enum Command {
         /// The Host header (default: the Service name).
         #[arg(long)]
         host: Option<String>,
+        /// A JWT, sent as `Authorization: Bearer` (keys from `jwksUri` are fetched).
+        #[arg(long)]
+        token: Option<String>,
         /// Check against this config instead of the running mesh's.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -357,6 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             headers,
             port,
             host,
+            token,
             config,
             json,
         } => {
@@ -364,10 +368,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(dir) => dir,
                 None => state::read_state(&state_dir)?.config_dir,
             };
-            let mesh = ward::config::load_path(&dir)
+            let mut mesh = ward::config::load_path(&dir)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("loading {}", dir.display()))?
                 .mesh;
+            // The keys the sidecars have: fetched the way xds-server fetches them.
+            for uri in mesh.jwks_uris() {
+                match ward::jwks::fetch(&uri).await {
+                    Ok((document, _)) => {
+                        mesh.fetched_jwks.insert(uri, document);
+                    }
+                    Err(e) => eprintln!("warning: {e:#}: tokens of its issuer will be refused"),
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
             let qualified = |name: &str| match name.split_once('/') {
                 Some((ns, n)) => (ns.to_string(), n.to_string()),
                 None => ("default".to_string(), name.to_string()),
@@ -381,6 +397,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 headers,
                 port,
                 host,
+                token,
+                now,
             };
             let report = ward::check::check(&mesh, &query)?;
             if json {

@@ -1,8 +1,7 @@
-//! Istio's `security.istio.io` AuthorizationPolicy, decoded into the policy types the
-//! authorization engine (`wasm_authz::policy`) shares with the control plane. Everything Istio
-//! itself would reject is an error here; what Ward cannot enforce the way Istio does is an
-//! error too (CUSTOM, targetRef), so a policy never fails open; what Ward enforces differently
-//! from a cluster with JWT authentication is a warning.
+//! Istio's `security.istio.io` AuthorizationPolicy and RequestAuthentication, decoded into the
+//! types the authorization engine (`wasm_authz`) shares with the control plane. Everything
+//! Istio itself would reject is an error here; what Ward cannot enforce the way Istio does is
+//! an error too (CUSTOM, targetRef), so a policy never fails open.
 
 use std::collections::BTreeMap;
 
