@@ -704,3 +704,110 @@ fn the_wasm_engine_enforces_the_same_policies_and_changes_reach_open_connections
         (403, DENIED.to_string())
     );
 }
+
+/// A counter from an Envoy's admin `/stats`.
+fn envoy_stat(mesh: &LocalMesh, workload: &str, name: &str) -> u64 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
+    let instance = state["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["workload"] == workload)
+        .unwrap();
+    let address = format!(
+        "{}:{}",
+        instance["address"].as_str().unwrap(),
+        instance["admin_port"]
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{address}/stats?filter=^{name}$")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no stat {name} at {address}"))
+}
+
+#[test]
+fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    let policies = workspace_root().join("config/exam-lab/policies");
+    let scheduler = std::fs::read_to_string(policies.join("authz-scheduler.yaml")).unwrap();
+    for (round, engine) in ["native", "wasm"].into_iter().enumerate() {
+        mesh.apply(
+            "mesh.yaml",
+            &format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n"),
+        );
+        mesh.apply("authz-scheduler.yaml", &scheduler);
+        let modified = envoy_stat(
+            &mesh,
+            "exam-scheduler",
+            "listener_manager.listener_modified",
+        );
+        let load = std::process::Command::new(ward_e2e::binary("wardctl"))
+            .arg("--state-dir")
+            .arg(&mesh.state_dir)
+            .args([
+                "bench",
+                "http",
+                "exam-scheduler",
+                "--from",
+                "professor-tools",
+                "--users",
+                "4",
+                "--warmup",
+                "0s",
+                "--duration",
+                "40s",
+                "--json",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        // 100 changes to the policy that decides every request of the load: each adds a
+        // rule for a path nobody calls, so every request stays allowed.
+        for i in 0..100 {
+            let changed = format!(
+                "{scheduler}  - to:\n    - operation:\n        paths: [\"/round-{round}-update-{i}\"]\n"
+            );
+            mesh.apply("authz-scheduler.yaml", &changed);
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(40),
+            "{engine}: 100 updates took {elapsed:?}, longer than the load runs"
+        );
+        let output = load.wait_with_output().unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+                panic!(
+                    "{engine}: no report: {}",
+                    String::from_utf8_lossy(&output.stdout)
+                )
+            });
+        assert_eq!(report["errors"], 0, "{engine}: {report}");
+        let statuses = report["statuses"].as_object().unwrap();
+        assert_eq!(
+            statuses.keys().collect::<Vec<_>>(),
+            ["200"],
+            "{engine}: {report}"
+        );
+        assert!(
+            report["requests"].as_u64().unwrap() > 100,
+            "{engine}: {report} in {elapsed:?}"
+        );
+        assert_eq!(
+            envoy_stat(
+                &mesh,
+                "exam-scheduler",
+                "listener_manager.listener_modified"
+            ),
+            modified,
+            "{engine}: a policy update replaced a listener"
+        );
+    }
+}
