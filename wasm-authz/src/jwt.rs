@@ -10,7 +10,7 @@
 //! - `alg: none` and HMAC algorithms are refused: the keys are public, and accepting HS256
 //!   with a public RSA key as the secret is the classic algorithm-confusion attack.
 //!
-//! Signatures: RS256/384/512 and PS256/384/512 today. ES256/384 and EdDSA are refused as
+//! Signatures: RS256/384/512, PS256/384/512, ES256 and ES384. EdDSA is refused as
 //! unsupported (never accepted unverified).
 
 use std::fmt;
@@ -143,6 +143,12 @@ struct Jwk {
     n: Option<String>,
     #[serde(default)]
     e: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +192,42 @@ fn verify_rsa(alg: &str, key: RsaPublicKey, message: &[u8], signature: &[u8]) ->
     }
 }
 
+/// ECDSA with the JWK's curve point; the JWS signature is `r || s`.
+fn verify_ec(alg: &str, jwk: &Jwk, message: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
+    use p256::ecdsa::signature::Verifier as _;
+    let x = jwk.x.as_deref().and_then(decode_part);
+    let y = jwk.y.as_deref().and_then(decode_part);
+    let (Some(x), Some(y)) = (x, y) else {
+        return Err(JwtError::BadJwks("an EC key without x or y".into()));
+    };
+    let bad_key = |e: &dyn fmt::Display| JwtError::BadJwks(format!("EC key: {e}"));
+    Ok(match (alg, jwk.crv.as_deref()) {
+        ("ES256", Some("P-256")) if x.len() == 32 && y.len() == 32 => {
+            let point = p256::EncodedPoint::from_affine_coordinates(
+                p256::FieldBytes::from_slice(&x),
+                p256::FieldBytes::from_slice(&y),
+                false,
+            );
+            let key =
+                p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|e| bad_key(&e))?;
+            p256::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+        }
+        ("ES384", Some("P-384")) if x.len() == 48 && y.len() == 48 => {
+            let point = p384::EncodedPoint::from_affine_coordinates(
+                p384::FieldBytes::from_slice(&x),
+                p384::FieldBytes::from_slice(&y),
+                false,
+            );
+            let key =
+                p384::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|e| bad_key(&e))?;
+            p384::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+        }
+        _ => false,
+    })
+}
+
 /// Checks one token against the rules: signature with the issuer's JWKS, then times and
 /// audience. `now` is Unix seconds.
 pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, JwtError> {
@@ -200,12 +242,11 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(JwtError::BadPayload)?;
     let signature = decode_part(signature_b64).ok_or(JwtError::Malformed)?;
-    if !matches!(
-        header.alg.as_str(),
-        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512"
-    ) {
-        return Err(JwtError::UnsupportedAlgorithm(header.alg));
-    }
+    let key_type = match header.alg.as_str() {
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => "RSA",
+        "ES256" | "ES384" => "EC",
+        _ => return Err(JwtError::UnsupportedAlgorithm(header.alg)),
+    };
     let issuer = claims
         .get("iss")
         .and_then(Value::as_str)
@@ -220,7 +261,7 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
     let candidates: Vec<&Jwk> = jwks
         .keys
         .iter()
-        .filter(|k| k.kty == "RSA")
+        .filter(|k| k.kty == key_type)
         .filter(|k| header.kid.is_none() || k.kid == header.kid)
         .filter(|k| k.alg.as_deref().is_none_or(|a| a == header.alg))
         .collect();
@@ -230,7 +271,12 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
     let message = format!("{header_b64}.{payload_b64}");
     let mut verified = false;
     for jwk in candidates {
-        if verify_rsa(&header.alg, rsa_key(jwk)?, message.as_bytes(), &signature) {
+        let ok = if key_type == "RSA" {
+            verify_rsa(&header.alg, rsa_key(jwk)?, message.as_bytes(), &signature)
+        } else {
+            verify_ec(&header.alg, jwk, message.as_bytes(), &signature)?
+        };
+        if ok {
             verified = true;
             break;
         }

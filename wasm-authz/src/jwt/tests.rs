@@ -266,3 +266,50 @@ fn verified_tokens_are_cached_until_they_expire() {
     assert!(authenticate_cached(&rules, &bad, "/", NOW, Some(&cache)).is_err());
     assert!(cache.is_empty());
 }
+
+#[test]
+fn es256_and_es384_tokens_are_verified() {
+    use p256::ecdsa::signature::Signer as _;
+    let payload = b64(claims(json!({})).to_string().as_bytes());
+
+    let key256 = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let point = key256.verifying_key().to_encoded_point(false);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec1",
+        "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())}]});
+    let rules = [JwtRule {
+        jwks: jwks.to_string(),
+        ..rule(&[])
+    }];
+    let header = b64(br#"{"alg":"ES256","kid":"ec1"}"#);
+    let message = format!("{header}.{payload}");
+    let signature: p256::ecdsa::Signature = key256.sign(message.as_bytes());
+    let token = format!("{message}.{}", b64(&signature.to_bytes()));
+    assert_eq!(verify(&token, &rules, NOW).unwrap().subject, "alice");
+    let forged = format!(
+        "{header}.{}.{}",
+        b64(claims(json!({"sub": "mallory"})).to_string().as_bytes()),
+        b64(&signature.to_bytes())
+    );
+    assert_eq!(verify(&forged, &rules, NOW), Err(JwtError::BadSignature));
+    // An ES256 header against an RSA-only JWKS: no key to match.
+    assert_eq!(verify(&token, &[rule(&[])], NOW), Err(JwtError::UnknownKid));
+
+    let key384 = p384::ecdsa::SigningKey::from_slice(&[9u8; 48]).unwrap();
+    let point = key384.verifying_key().to_encoded_point(false);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384",
+        "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())}]});
+    let rules = [JwtRule {
+        jwks: jwks.to_string(),
+        ..rule(&[])
+    }];
+    let message = format!("{}.{payload}", b64(br#"{"alg":"ES384"}"#));
+    let signature: p384::ecdsa::Signature = key384.sign(message.as_bytes());
+    let token = format!("{message}.{}", b64(&signature.to_bytes()));
+    assert!(verify(&token, &rules, NOW).is_ok());
+    // EdDSA is refused, never accepted unverified.
+    let eddsa = format!("{}.{payload}.{}", b64(br#"{"alg":"EdDSA"}"#), b64(b"sig"));
+    assert_eq!(
+        verify(&eddsa, &rules, NOW),
+        Err(JwtError::UnsupportedAlgorithm("EdDSA".into()))
+    );
+}
