@@ -50,6 +50,13 @@ pub struct AuthorizationConfig {
     pub policies: Vec<policy::AuthorizationPolicy>,
     #[serde(default)]
     pub jwt_rules: Vec<jwt::JwtRule>,
+    /// Remember verified tokens (default); off only to measure verification itself.
+    #[serde(default = "yes")]
+    pub cache_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The request as the proxy sees it, after Envoy's path normalization.
@@ -210,7 +217,7 @@ impl Engine {
             &input.headers,
             &path,
             input.now,
-            Some(&self.verified),
+            authorization.cache_tokens.then_some(&self.verified),
         );
         let token = match token {
             Ok(token) => token,

@@ -174,11 +174,14 @@ enum BenchCommand {
         /// The Service to call (the Host header): `name` in the client's namespace.
         to: String,
         /// The client workload, whose sidecar sends the requests.
-        #[arg(long, required_unless_present = "direct")]
+        #[arg(long, required_unless_present_any = ["direct", "target"])]
         from: Option<String>,
         /// No mesh at all: connect straight to the destination app, past every sidecar.
         #[arg(long, conflicts_with = "from")]
         direct: bool,
+        /// Any HTTP/1.1 listener, `host:port`, mesh or not (the Host header is still TO).
+        #[arg(long, conflicts_with_all = ["from", "direct"])]
+        target: Option<SocketAddr>,
         #[arg(long, default_value_t = 20)]
         users: usize,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
@@ -456,6 +459,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             from,
             direct: _,
+            target,
             users,
             duration,
             warmup,
@@ -466,26 +470,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             json,
         }) => {
-            let state = state::read_state(&state_dir)?;
-            let instance = |workload: &str| {
-                state
-                    .instances
-                    .iter()
-                    .find(|i| i.workload == workload)
-                    .with_context(|| format!("no workload {workload} in the running mesh"))
-            };
-            let target = match &from {
-                Some(client) => {
-                    let i = instance(client)?;
-                    SocketAddr::from((i.address, i.outbound_port))
-                }
+            let target = match target {
+                Some(target) => target,
                 None => {
-                    let i = instance(&to)?;
-                    let port = *i
-                        .ports
-                        .first()
-                        .with_context(|| format!("{to} has no port"))?;
-                    SocketAddr::from((i.app_address, port))
+                    let state = state::read_state(&state_dir)?;
+                    let instance = |workload: &str| {
+                        state
+                            .instances
+                            .iter()
+                            .find(|i| i.workload == workload)
+                            .with_context(|| format!("no workload {workload} in the running mesh"))
+                    };
+                    match &from {
+                        Some(client) => {
+                            let i = instance(client)?;
+                            SocketAddr::from((i.address, i.outbound_port))
+                        }
+                        None => {
+                            let i = instance(&to)?;
+                            let port = *i
+                                .ports
+                                .first()
+                                .with_context(|| format!("{to} has no port"))?;
+                            SocketAddr::from((i.app_address, port))
+                        }
+                    }
                 }
             };
             let headers = parse_headers(&headers)?;
