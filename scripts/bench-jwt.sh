@@ -84,6 +84,21 @@ for _ in $(seq 100); do
 done
 sleep 1
 
+# Each listener decides as intended before it is measured: no token 403 (200 with no
+# filter), a forged token 401, demo.jwt 200.
+expect() {
+  local port="$1" want="$2" got
+  shift 2
+  got="$(curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$port/")"
+  [ "$got" = "$want" ] || { echo "listener $port: expected $want, got $got ($*)" >&2; exit 1; }
+}
+expect 20001 200
+for port in 20002 20003 20004; do
+  expect "$port" 403
+  expect "$port" 401 -H "Authorization: Bearer ${token%?}x"
+  expect "$port" 200 -H "Authorization: Bearer $token"
+done
+
 row() {
   local label="$1" port="$2"
   target/release/wardctl bench http bench --target "127.0.0.1:$port" \
