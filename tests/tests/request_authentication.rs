@@ -207,4 +207,20 @@ spec:
     .unwrap();
     let status = mesh.status_json().unwrap();
     assert_eq!(status["jwks"][&url]["keys"], 1, "{status}");
+    let out = mesh.wardctl(&["status"]).unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&format!("{url}: 1 keys")), "{printed}");
+    assert!(mesh.metrics().unwrap().contains("ward_jwks_fetches_total{result=\"ok\"}"));
+
+    // The JWKS endpoint goes away: the last good keys stay, and status says so.
+    *document.lock().unwrap() = "not json".to_string();
+    mesh.apply("jwt.yaml", &request_authentication(&url));
+    mesh.eventually(Duration::from_secs(10), || {
+        let out = mesh.wardctl(&["status"])?;
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(printed.contains("last fetch FAILED"), "{printed}");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(call(&mesh, Some(&groups), &[]).0, 200);
 }

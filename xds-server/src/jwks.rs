@@ -50,10 +50,22 @@ impl JwksCache {
     }
 
     /// Fetches every URI; returns whether any document changed.
-    pub async fn refresh(&self, uris: &[String], now_unix: u64) -> bool {
+    pub async fn refresh(
+        &self,
+        uris: &[String],
+        now_unix: u64,
+        metrics: &crate::metrics::Metrics,
+    ) -> bool {
         let mut changed = false;
         for uri in uris {
             let result = fetch(uri).await;
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics
+                .jwks_fetches
+                .get_or_create(&crate::metrics::ResultLabel {
+                    result: outcome.to_string(),
+                })
+                .inc();
             let mut entries = self.entries.lock().expect("jwks lock");
             let entry = entries.entry(uri.clone()).or_default();
             match result {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub certificate_expiry_seconds: Family<CertificateLabel, Gauge>,
     pub certificate_expiry_timestamp: Family<CertificateLabel, Gauge>,
     pub xds_refused_streams: Family<ReasonLabel, Counter>,
+    /// JWKS fetches by result (ok, error).
+    pub jwks_fetches: Family<ResultLabel, Counter>,
     registry: Registry,
     pub connected_proxies: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -119,7 +121,14 @@ impl Metrics {
             "ADS streams or requests refused, by reason (no client certificate, identity mismatch, ...)",
             xds_refused_streams.clone(),
         );
+        let jwks_fetches = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of RequestAuthentication jwksUri documents, by result (ok, error; an error keeps the last good keys)",
+            jwks_fetches.clone(),
+        );
         Metrics {
+            jwks_fetches,
             push_activity: AtomicU64::new(0),
             certificates_issued,
             certificate_expiry_seconds,

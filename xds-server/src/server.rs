@@ -163,7 +163,12 @@ async fn refresh_jwks(control: Arc<ControlPlane>) {
         let mesh = control.current_mesh.lock().expect("mesh lock").clone();
         if let Some(mesh) = mesh {
             let uris = mesh.jwks_uris();
-            if !uris.is_empty() && control.jwks.refresh(&uris, unix_now()).await {
+            if !uris.is_empty()
+                && control
+                    .jwks
+                    .refresh(&uris, unix_now(), &control.metrics)
+                    .await
+            {
                 info!(uris = uris.len(), "JWKS changed; updating the proxies");
                 let current = control.current_mesh.lock().expect("mesh lock");
                 if let Some(mesh) = current.as_ref() {

@@ -212,6 +212,24 @@ pub async fn status(state_dir: &Path) -> anyhow::Result<()> {
                 .unwrap_or(0)
         );
     }
+    // RequestAuthentication keys, as xds-server last fetched them.
+    if let Some(jwks) = status["jwks"].as_object().filter(|j| !j.is_empty()) {
+        println!(
+            "
+JWKS (jwksUri):"
+        );
+        for (uri, state) in jwks {
+            let keys = state["keys"].as_u64().unwrap_or(0);
+            let fetched = match state["fetched_at_unix"].as_u64() {
+                Some(_) => format!("{keys} keys"),
+                None => "never fetched: its tokens are refused".to_string(),
+            };
+            match state["last_error"].as_str() {
+                Some(error) => println!("  {uri}: {fetched}; last fetch FAILED: {error}"),
+                None => println!("  {uri}: {fetched}"),
+            }
+        }
+    }
     Ok(())
 }
 
