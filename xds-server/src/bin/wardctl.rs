@@ -151,6 +151,8 @@ enum Command {
     },
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum BenchCommand {
     /// N simulated delta-ADS proxies on a generated mesh against a real xds-server: time from
