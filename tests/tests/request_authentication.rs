@@ -61,6 +61,23 @@ fn call(mesh: &LocalMesh, token: Option<&str>, extra: &[&str]) -> (u16, String) 
     mesh.curl_from(Some("reviews"), &args).unwrap()
 }
 
+/// An ALLOW AuthorizationPolicy on productpage with these `rules` items.
+fn productpage_policy(rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: require-jwt
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  rules:
+{rules}"
+    )
+}
+
 /// Seed 001, task 6.1, with the jwksUri pointing at the local copy of Istio's sample JWKS.
 fn request_authentication(jwks_uri: &str) -> String {
     format!(
@@ -122,20 +139,12 @@ fn jwt_tokens_are_verified_and_policies_see_their_principal_and_claims() {
     // A policy on the request principal: no token is now 403, demo.jwt passes.
     mesh.apply(
         "require-jwt.yaml",
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: require-jwt
-  namespace: default
-spec:
-  selector:
-    matchLabels:
-      app: productpage
-  rules:
-  - from:
+        &productpage_policy(
+            "  - from:
     - source:
         requestPrincipals: [\"testing@secure.istio.io/testing@secure.istio.io\"]
 ",
+        ),
     );
     assert_eq!(
         call(&mesh, None, &[]),
@@ -146,20 +155,12 @@ spec:
     // A claim rule: only tokens with group1 in `groups`.
     mesh.apply(
         "require-jwt.yaml",
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: require-jwt
-  namespace: default
-spec:
-  selector:
-    matchLabels:
-      app: productpage
-  rules:
-  - when:
+        &productpage_policy(
+            "  - when:
     - key: request.auth.claims[groups]
       values: [\"group1\"]
 ",
+        ),
     );
     assert_eq!(call(&mesh, Some(&groups), &[]).0, 200);
     assert_eq!(
@@ -210,7 +211,10 @@ spec:
     let out = mesh.wardctl(&["status"]).unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains(&format!("{url}: 1 keys")), "{printed}");
-    assert!(mesh.metrics().unwrap().contains("ward_jwks_fetches_total{result=\"ok\"}"));
+    assert!(mesh
+        .metrics()
+        .unwrap()
+        .contains("ward_jwks_fetches_total{result=\"ok\"}"));
 
     // The JWKS endpoint goes away: the last good keys stay, and status says so.
     *document.lock().unwrap() = "not json".to_string();

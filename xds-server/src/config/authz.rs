@@ -119,6 +119,21 @@ fn check_paths(items: &[(Position, String, String)], report: &mut Report) {
     }
 }
 
+/// `targetRef(s)` would scope a policy to a Gateway API object; ignoring it would widen the
+/// policy to the whole namespace, so it is refused.
+fn refuse_target_refs(object: &Object, report: &mut Report) {
+    for key in ["targetRef", "targetRefs"] {
+        if object.has(key) {
+            object.get(key);
+            report.error(
+                object.position_of(key),
+                &object.field_path(key),
+                "not supported by Ward (Gateway API targets); use `selector`",
+            );
+        }
+    }
+}
+
 /// `<td>/ns/<ns>/sa/<sa>` → a service-account reference (for "does it exist" checks).
 fn principal_reference(at: Position, field: &str, value: &str) -> Option<Reference> {
     if value.contains('*') {
@@ -450,16 +465,7 @@ pub fn decode_authorization_policy(
             ),
         );
     }
-    for key in ["targetRef", "targetRefs"] {
-        if object.has(key) {
-            object.get(key);
-            report.error(
-                object.position_of(key),
-                &object.field_path(key),
-                "not supported by Ward (Gateway API targets); use `selector`",
-            );
-        }
-    }
+    refuse_target_refs(&object, report);
     let action_at = object.position_of("action");
     spec.policy.action = match object.string("action", report).as_deref() {
         None | Some("ALLOW") => Action::Allow,
@@ -609,16 +615,7 @@ pub fn decode_request_authentication(
     };
     spec.selector_position = object.position_of("selector");
     spec.selector = workload_selector(&object, report);
-    for key in ["targetRef", "targetRefs"] {
-        if object.has(key) {
-            object.get(key);
-            report.error(
-                object.position_of(key),
-                &object.field_path(key),
-                "not supported by Ward (Gateway API targets); use `selector`",
-            );
-        }
-    }
+    refuse_target_refs(&object, report);
     for (path, node) in object.list("jwtRules", report) {
         if let Some(rule) = Object::of(node, &path, report) {
             spec.rules.extend(decode_jwt_rule(&rule, report));
