@@ -7,8 +7,12 @@
 //!   (`outbound`, over RDS) routes by authority to `outbound|<port>||<fqdn>` clusters whose
 //!   endpoints (EDS) are the destination instances' inbound listeners.
 //!
+//! The inbound HTTP chain is: RBAC (AUDIT, DENY, ALLOW; rules per route over RDS), the
+//! `ward-authz` wasm filter (configuration over ECDS), the router.
+//!
 //! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
-//! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`.
+//! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`;
+//! AuthorizationPolicy → RBAC in `rbac`.
 
 pub mod rbac;
 pub mod tls;
