@@ -2,7 +2,8 @@
 //! processes. A [`LocalMesh`] is one `wardctl up --detach` in a private state directory, on a
 //! private copy of a config directory (so tests can edit it), torn down with `wardctl down`.
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -249,8 +250,8 @@ impl LocalMesh {
         printed
     }
 
-    /// The address of the first instance of `workload` (its sidecar's inbound address).
-    pub fn instance_address(&self, workload: &str) -> std::net::Ipv4Addr {
+    /// The runner's state of the first instance of `workload` (addresses, ports, pids).
+    pub fn instance(&self, workload: &str) -> serde_json::Value {
         let state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.state_dir.join("state.json")).unwrap())
                 .unwrap();
@@ -259,8 +260,15 @@ impl LocalMesh {
             .unwrap()
             .iter()
             .find(|i| i["workload"] == workload)
-            .and_then(|i| i["address"].as_str())
             .unwrap_or_else(|| panic!("no instance of {workload}"))
+            .clone()
+    }
+
+    /// The address of the first instance of `workload` (its sidecar's inbound address).
+    pub fn instance_address(&self, workload: &str) -> std::net::Ipv4Addr {
+        self.instance(workload)["address"]
+            .as_str()
+            .unwrap()
             .parse()
             .unwrap()
     }
@@ -286,6 +294,55 @@ impl Drop for LocalMesh {
             eprintln!("mesh state and logs kept in {}", self.root.display());
         }
     }
+}
+
+/// Sends `request` as written, byte for byte, to `address` and reads the response: (status,
+/// body); status None when the connection closed without one.
+pub fn raw_http(address: &str, request: &[u8]) -> (Option<u16>, String) {
+    // A listener Envoy just added may take a moment to accept.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() > deadline => panic!("connecting to {address}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read to the end of the body (Content-Length), not to the close: Envoy waits a second
+    // for the client to close first.
+    loop {
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Pids of processes whose command line mentions `needle`.

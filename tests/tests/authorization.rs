@@ -2,11 +2,9 @@
 //! seed 001's deny-all plus per-service allows, seed 002's methods and paths, headers,
 //! TCP ports, dry-run, path normalization attacks, and `wardctl check` held to what Envoy does.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use ward_e2e::{workspace_root, LocalMesh, POST_EXAM};
+use ward_e2e::{raw_http, workspace_root, LocalMesh, POST_EXAM};
 
 const DENIED: &str = "RBAC: access denied";
 
@@ -36,47 +34,6 @@ fn check(
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Sends `request` as written, byte for byte, to `address` and reads the response: (status,
-/// body); status None when the connection closed without one.
-fn raw_http(address: &str, request: &[u8]) -> (Option<u16>, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream.write_all(request).unwrap();
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // Read to the end of the body (Content-Length), not to the close: Envoy waits a second
-    // for the client to close first.
-    loop {
-        let text = String::from_utf8_lossy(&response).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head.lines().find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-            });
-            if length.is_some_and(|n| body.len() >= n) {
-                break;
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => response.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok());
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn get(path: &str) -> Vec<u8> {

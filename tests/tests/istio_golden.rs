@@ -42,7 +42,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use serde_json::{json, Value};
-use ward_e2e::envoy_binary;
+use ward_e2e::{envoy_binary, raw_http};
 
 /// Cases whose expected output Ward does not reproduce on purpose, and why. Their decisions
 /// are still compared.
@@ -579,24 +579,6 @@ fn probes(case: &Case) -> Vec<Probe> {
     probes
 }
 
-/// Connects to a listener, waiting for Envoy's workers to start listening (they do so
-/// shortly after the admin endpoint reports LIVE).
-fn connect(host: &str) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpStream::connect((host, PORT)) {
-            Ok(stream) => {
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                return stream;
-            }
-            Err(e) if Instant::now() > deadline => panic!("listener on {host}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
 fn dedup(mut items: Vec<String>) -> Vec<String> {
     items.sort();
     items.dedup();
@@ -605,19 +587,13 @@ fn dedup(mut items: Vec<String>) -> Vec<String> {
 
 /// The status of one HTTP request, or 0 when the connection closed without a response.
 fn send(listener: &str, (method, path, host, headers): &Probe) -> u16 {
-    let mut stream = connect(listener);
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("Content-Length: 0\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut buffer = [0u8; 1024];
-    let n = stream.read(&mut buffer).unwrap_or(0);
-    String::from_utf8_lossy(&buffer[..n])
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
+    raw_http(&format!("{listener}:{PORT}"), request.as_bytes())
+        .0
         .unwrap_or(0)
 }
 

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +105,41 @@ pub struct Condition {
     pub key: String,
     pub values: Vec<String>,
     pub not_values: Vec<String>,
+    /// `key` parsed, on first use: conditions are evaluated on every request.
+    #[serde(skip)]
+    parsed: ParsedKey,
 }
+
+impl Condition {
+    pub fn new(key: String, values: Vec<String>, not_values: Vec<String>) -> Self {
+        Condition {
+            key,
+            values,
+            not_values,
+            parsed: ParsedKey::default(),
+        }
+    }
+
+    /// What `key` refers to; `None` for a key Istio would reject.
+    pub fn parsed_key(&self) -> Option<&ConditionKey> {
+        self.parsed
+            .0
+            .get_or_init(|| ConditionKey::parse(&self.key))
+            .as_ref()
+    }
+}
+
+/// A cache, so it takes no part in comparisons: two conditions are equal by what is written.
+#[derive(Debug, Clone, Default)]
+struct ParsedKey(OnceLock<Option<ConditionKey>>);
+
+impl PartialEq for ParsedKey {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ParsedKey {}
 
 /// What a `when` key refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +280,7 @@ impl Rule {
             || self
                 .when
                 .iter()
-                .any(|c| ConditionKey::parse(&c.key).is_some_and(|k| k.http_only()))
+                .any(|c| c.parsed_key().is_some_and(ConditionKey::http_only))
     }
 }
 
@@ -514,7 +549,7 @@ fn path_without_query(path: &str) -> &str {
 
 impl Condition {
     fn matches(&self, request: &Request) -> bool {
-        let Some(key) = ConditionKey::parse(&self.key) else {
+        let Some(key) = self.parsed_key() else {
             return false;
         };
         let principal = request.source_principal.as_deref();
@@ -543,7 +578,7 @@ impl Condition {
                 field(&self.values, &self.not_values, |p| glob_match(p, sni))
             }
             ConditionKey::RequestHeader(name) => {
-                let value = request.http.as_ref().and_then(|h| h.header(&name));
+                let value = request.http.as_ref().and_then(|h| h.header(name));
                 field(&self.values, &self.not_values, |p| {
                     value.as_deref().is_some_and(|v| glob_match(p, v))
                 })
@@ -590,7 +625,7 @@ impl Rule {
             self.from.is_empty() || self.from.iter().any(|s| s.matches(policy_ns, request, tcp));
         let to = self.to.is_empty() || self.to.iter().any(|o| o.matches(request, tcp));
         let when = self.when.iter().all(|c| {
-            let http_only = ConditionKey::parse(&c.key).is_some_and(|k| k.http_only());
+            let http_only = c.parsed_key().is_some_and(ConditionKey::http_only);
             (tcp && http_only) || c.matches(request)
         });
         from && to && when
@@ -887,16 +922,16 @@ mod tests {
                 ..Default::default()
             }],
             when: vec![
-                Condition {
-                    key: "request.auth.claims[groups]".into(),
-                    values: vec!["group1".into()],
-                    not_values: vec![],
-                },
-                Condition {
-                    key: "request.auth.claims[nested][key1]".into(),
-                    values: vec!["valueB".into()],
-                    not_values: vec![],
-                },
+                Condition::new(
+                    "request.auth.claims[groups]".into(),
+                    vec!["group1".into()],
+                    vec![],
+                ),
+                Condition::new(
+                    "request.auth.claims[nested][key1]".into(),
+                    vec!["valueB".into()],
+                    vec![],
+                ),
             ],
             ..Default::default()
         };

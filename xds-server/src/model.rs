@@ -241,6 +241,18 @@ pub struct EffectiveMtls {
     pub decided_by: Option<String>,
 }
 
+/// Istio's scope for a security policy in `namespace`: the root namespace's apply across the
+/// mesh, others in their namespace; a selector narrows to the workloads with its labels.
+pub fn policy_applies(
+    namespace: &str,
+    selector: Option<&BTreeMap<String, String>>,
+    root_namespace: &str,
+    workload: &Workload,
+) -> bool {
+    (namespace == workload.namespace || namespace == root_namespace)
+        && selector.is_none_or(|s| selects(s, &workload.labels))
+}
+
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -319,11 +331,12 @@ impl Mesh {
         self.authorization_policies
             .iter()
             .filter(|p| {
-                let ns = &p.policy.namespace;
-                (*ns == workload.namespace || *ns == self.root_namespace)
-                    && p.selector
-                        .as_ref()
-                        .is_none_or(|s| selects(s, &workload.labels))
+                policy_applies(
+                    &p.policy.namespace,
+                    p.selector.as_ref(),
+                    &self.root_namespace,
+                    workload,
+                )
             })
             .map(|p| &p.policy)
             .collect()
@@ -335,10 +348,12 @@ impl Mesh {
         self.request_authentications
             .iter()
             .filter(|r| {
-                (r.namespace == workload.namespace || r.namespace == self.root_namespace)
-                    && r.selector
-                        .as_ref()
-                        .is_none_or(|s| selects(s, &workload.labels))
+                policy_applies(
+                    &r.namespace,
+                    r.selector.as_ref(),
+                    &self.root_namespace,
+                    workload,
+                )
             })
             .collect()
     }

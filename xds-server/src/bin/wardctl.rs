@@ -101,13 +101,8 @@ enum Command {
         /// A client with no sidecar.
         #[arg(long, conflicts_with = "from")]
         no_mesh: bool,
-        #[arg(long, short = 'X', default_value = "GET")]
-        method: String,
-        #[arg(long, default_value = "/")]
-        path: String,
-        /// `Name: value`, as curl's -H.
-        #[arg(long = "header", short = 'H')]
-        headers: Vec<String>,
+        #[command(flatten)]
+        request: RequestArgs,
         /// The Service port called (default: the first).
         #[arg(long)]
         port: Option<u16>,
@@ -149,6 +144,18 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+/// The request `wardctl check` predicts and `wardctl bench http` sends, in curl's words.
+#[derive(clap::Args)]
+struct RequestArgs {
+    #[arg(long, short = 'X', default_value = "GET")]
+    method: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// `Name: value`, as curl's -H.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
 }
 
 // Parsed once per run: the size of the largest variant does not matter.
@@ -193,12 +200,8 @@ enum BenchCommand {
         /// Pause between a response and the user's next request (seed 002 used 100ms).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         think_time: std::time::Duration,
-        #[arg(long, short = 'X', default_value = "GET")]
-        method: String,
-        #[arg(long, default_value = "/")]
-        path: String,
-        #[arg(long = "header", short = 'H')]
-        headers: Vec<String>,
+        #[command(flatten)]
+        request: RequestArgs,
         #[arg(long, short = 'd')]
         data: Option<String>,
         #[arg(long)]
@@ -360,9 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             from,
             no_mesh: _,
-            method,
-            path,
-            headers,
+            request,
             port,
             host,
             token,
@@ -393,13 +394,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some((ns, n)) => (ns.to_string(), n.to_string()),
                 None => ("default".to_string(), name.to_string()),
             };
-            let headers = parse_headers(&headers)?;
             let query = ward::check::CheckQuery {
                 source: from.as_deref().map(qualified),
                 destination: qualified(&to),
-                method,
-                path,
-                headers,
+                headers: parse_headers(&request.headers)?,
+                method: request.method,
+                path: request.path,
                 port,
                 host,
                 token,
@@ -466,9 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             warmup,
             think_time,
-            method,
-            path,
-            headers,
+            request,
             data,
             json,
         }) => {
@@ -499,13 +497,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             };
-            let headers = parse_headers(&headers)?;
             let options = ward::loadgen::LoadOptions {
                 target,
                 host: to,
-                method: method.parse().context("--method")?,
-                path,
-                headers,
+                method: request.method.parse().context("--method")?,
+                path: request.path,
+                headers: parse_headers(&request.headers)?,
                 body: data,
                 users,
                 duration,

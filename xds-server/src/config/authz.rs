@@ -311,11 +311,7 @@ fn decode_condition(object: &Object, report: &mut Report) -> Option<Condition> {
             "experimental key: matched against Envoy dynamic metadata that no filter Ward configures sets, so only a `notValues` form can match",
         );
     }
-    Some(Condition {
-        key,
-        values: strings(&vals),
-        not_values: strings(&not_vals),
-    })
+    Some(Condition::new(key, strings(&vals), strings(&not_vals)))
 }
 
 /// One `rules[i]` entry.

@@ -13,7 +13,7 @@ use super::kinds::{
 };
 use super::yaml::Position;
 use crate::model::{
-    AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
+    policy_applies, AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
     RequestAuthentication, ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort,
     SourceRef, Workload,
 };
@@ -261,24 +261,16 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     request_authentications.sort_by(|(_, a), (_, b)| {
         (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
     });
-    for (file, r) in &request_authentications {
-        let mesh_wide = r.meta.namespace == root_namespace;
-        if let Some(selector) = &r.selector {
-            let selected = workloads
-                .iter()
-                .any(|w| (mesh_wide || w.namespace == r.meta.namespace) && selects(selector, w));
-            if !selected && complete {
-                findings.push(
-                    false,
-                    file,
-                    r.selector_position,
-                    "spec.selector",
-                    format!(
-                        "selects no workload in namespace {}: the policy has no effect",
-                        r.meta.namespace
-                    ),
-                );
-            }
+    if complete {
+        for (file, r) in &request_authentications {
+            let policy = (&r.meta.namespace, r.selector.as_ref(), r.selector_position);
+            warn_if_selects_nothing(
+                file,
+                policy,
+                workloads.as_slice(),
+                &root_namespace,
+                findings,
+            );
         }
     }
     let request_authentications: Vec<RequestAuthentication> = request_authentications
@@ -328,6 +320,35 @@ fn selects(selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
         .all(|(k, v)| workload.labels.get(k) == Some(v))
 }
 
+/// A security policy whose selector selects no workload in its scope has no effect.
+fn warn_if_selects_nothing(
+    file: &str,
+    (namespace, selector, position): (&String, Option<&BTreeMap<String, String>>, Position),
+    workloads: &[Workload],
+    root_namespace: &str,
+    findings: &mut Findings,
+) {
+    if selector.is_none()
+        || workloads
+            .iter()
+            .any(|w| policy_applies(namespace, selector, root_namespace, w))
+    {
+        return;
+    }
+    let scope = if namespace == root_namespace {
+        "in the mesh".to_string()
+    } else {
+        format!("in namespace {namespace}")
+    };
+    findings.push(
+        false,
+        file,
+        position,
+        "spec.selector",
+        format!("selects no workload {scope}: the policy has no effect"),
+    );
+}
+
 /// An AuthorizationPolicy that looks at JWTs (request principals, `request.auth.*`) on a
 /// workload no RequestAuthentication covers: no request there ever has a principal.
 fn warn_jwt_without_authentication(
@@ -338,15 +359,15 @@ fn warn_jwt_without_authentication(
     findings: &mut Findings,
 ) {
     let in_scope = |ns: &str, selector: &Option<BTreeMap<String, String>>, w: &Workload| {
-        (ns == w.namespace || ns == root_namespace)
-            && selector.as_ref().is_none_or(|s| selects(s, w))
+        policy_applies(ns, selector.as_ref(), root_namespace, w)
     };
     for scoped in policies {
         let uses_jwt = scoped.policy.rules.iter().any(|rule| {
             rule.from.iter().any(|s| s.http_only())
-                || rule.when.iter().any(|c| {
-                    wasm_authz::policy::ConditionKey::parse(&c.key).is_some_and(|k| k.needs_jwt())
-                })
+                || rule
+                    .when
+                    .iter()
+                    .any(|c| c.parsed_key().is_some_and(|k| k.needs_jwt()))
         });
         if !uses_jwt {
             continue;
@@ -409,25 +430,9 @@ fn resolve_authorization_policies(
                 .any(|w| w.namespace == ns && w.service_account == sa)
     };
     for (file, p) in &specs {
-        let mesh_wide = p.meta.namespace == context.root_namespace;
-        if let Some(selector) = &p.selector {
-            let selected = workloads
-                .iter()
-                .any(|w| (mesh_wide || w.namespace == p.meta.namespace) && selects(selector, w));
-            if !selected && context.complete {
-                let scope = if mesh_wide {
-                    "in the mesh".to_string()
-                } else {
-                    format!("in namespace {}", p.meta.namespace)
-                };
-                findings.push(
-                    false,
-                    file,
-                    p.selector_position,
-                    "spec.selector",
-                    format!("selects no workload {scope}: the policy has no effect"),
-                );
-            }
+        if context.complete {
+            let policy = (&p.meta.namespace, p.selector.as_ref(), p.selector_position);
+            warn_if_selects_nothing(file, policy, workloads, context.root_namespace, findings);
         }
         if !context.complete {
             continue;

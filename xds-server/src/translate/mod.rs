@@ -430,16 +430,12 @@ fn wasm_extension_config(
         configuration["authorization"] =
             serde_json::json!({ "policies": policies, "jwtRules": jwt_rules });
     }
-    let filter = wasm_http_filter(module_path, configuration.to_string());
-    let Some(http_filter::ConfigType::TypedConfig(typed_config)) = filter.config_type else {
-        unreachable!("wasm_http_filter builds a typed config");
-    };
     Resource::new(
         snapshot::EXTENSION_CONFIG,
         WASM_FILTER,
         &TypedExtensionConfig {
             name: WASM_FILTER.to_string(),
-            typed_config: Some(typed_config),
+            typed_config: Some(any(&wasm_config(module_path, configuration.to_string()))),
         },
     )
 }
@@ -462,7 +458,19 @@ fn wasm_discovered_filter() -> HttpFilter {
 /// The `ward-authz` wasm filter, loaded from `module_path`, with a `wasm_authz::FilterConfig`
 /// as JSON.
 pub fn wasm_http_filter(module_path: &str, configuration: String) -> HttpFilter {
-    let wasm = Wasm {
+    HttpFilter {
+        name: "envoy.filters.http.wasm".to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&wasm_config(
+            module_path,
+            configuration,
+        )))),
+        ..Default::default()
+    }
+}
+
+/// The `ward-authz` plugin: the module at `module_path`, fail closed, with `configuration`.
+fn wasm_config(module_path: &str, configuration: String) -> Wasm {
+    Wasm {
         config: Some(PluginConfig {
             name: "ward-authz".to_string(),
             root_id: "ward-authz".to_string(),
@@ -492,11 +500,6 @@ pub fn wasm_http_filter(module_path: &str, configuration: String) -> HttpFilter 
             failure_policy: FailurePolicy::FailClosed as i32,
             ..Default::default()
         }),
-    };
-    HttpFilter {
-        name: "envoy.filters.http.wasm".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(&wasm))),
-        ..Default::default()
     }
 }
 

@@ -200,13 +200,13 @@ fn envoy_policy(rule: &Rule, policy_ns: &str, tcp: bool) -> Policy {
     let mut base_permission = Vec::new();
     let mut base_principal = Vec::new();
     for condition in &rule.when {
-        let Some(key) = ConditionKey::parse(&condition.key) else {
+        let Some(key) = condition.parsed_key() else {
             continue; // refused by the loader
         };
         if tcp && key.http_only() {
             continue;
         }
-        condition_matchers(&key, condition, &mut base_permission, &mut base_principal);
+        condition_matchers(key, condition, &mut base_permission, &mut base_principal);
     }
     let principals = if rule.from.is_empty() {
         vec![and_ids(base_principal)]
@@ -244,12 +244,7 @@ fn envoy_policy(rule: &Rule, policy_ns: &str, tcp: bool) -> Policy {
 fn source_ids(source: &Source, policy_ns: &str, tcp: bool) -> Vec<Principal> {
     let mut ids = Vec::new();
     let mut push = |values: &[String], not_values: &[String], one: &dyn Fn(&str) -> Principal| {
-        if !values.is_empty() {
-            ids.push(or_ids(values.iter().map(|v| one(v)).collect()));
-        }
-        if !not_values.is_empty() {
-            ids.push(not_id(or_ids(not_values.iter().map(|v| one(v)).collect())));
-        }
+        ids.extend(values_and_not(values, not_values, any_id(one), not_id));
     };
     push(
         &source.service_accounts,
@@ -433,14 +428,7 @@ fn header_id(name: &str, value: &str, ignore_case: bool) -> HeaderMatcher {
 fn operation_rules(operation: &Operation, tcp: bool) -> Vec<Permission> {
     let mut rules = Vec::new();
     let mut push = |values: &[String], not_values: &[String], one: &dyn Fn(&str) -> Permission| {
-        if !values.is_empty() {
-            rules.push(or_rules(values.iter().map(|v| one(v)).collect()));
-        }
-        if !not_values.is_empty() {
-            rules.push(not_rule(or_rules(
-                not_values.iter().map(|v| one(v)).collect(),
-            )));
-        }
+        rules.extend(values_and_not(values, not_values, any_rule(one), not_rule));
     };
     if !tcp {
         push(&operation.hosts, &operation.not_hosts, &|v| {
@@ -486,12 +474,7 @@ fn condition_matchers(
 ) {
     let (values, not_values) = (&condition.values, &condition.not_values);
     let mut principal = |one: &dyn Fn(&str) -> Principal| {
-        if !values.is_empty() {
-            principals.push(or_ids(values.iter().map(|v| one(v)).collect()));
-        }
-        if !not_values.is_empty() {
-            principals.push(not_id(or_ids(not_values.iter().map(|v| one(v)).collect())));
-        }
+        principals.extend(values_and_not(values, not_values, any_id(one), not_id));
     };
     match key {
         ConditionKey::RequestHeader(name) => {
@@ -514,12 +497,7 @@ fn condition_matchers(
                 _ => unreachable!(),
             };
             let matcher = |list: &[String]| jwt_claim_id(&claim, claim_values(list));
-            if !values.is_empty() {
-                principals.push(matcher(values));
-            }
-            if !not_values.is_empty() {
-                principals.push(not_id(matcher(not_values)));
-            }
+            principals.extend(values_and_not(values, not_values, matcher, not_id));
         }
         ConditionKey::DestinationIp
         | ConditionKey::DestinationPort
@@ -531,14 +509,7 @@ fn condition_matchers(
                     v, false,
                 ))),
             };
-            if !values.is_empty() {
-                permissions.push(or_rules(values.iter().map(|v| one(v)).collect()));
-            }
-            if !not_values.is_empty() {
-                permissions.push(not_rule(or_rules(
-                    not_values.iter().map(|v| one(v)).collect(),
-                )));
-            }
+            permissions.extend(values_and_not(values, not_values, any_rule(&one), not_rule));
         }
         ConditionKey::EnvoyFilterMetadata { filter, key } => {
             let matcher = |list: &[String]| {
@@ -551,17 +522,40 @@ fn condition_matchers(
                     invert: false,
                 }))
             };
-            if !values.is_empty() {
-                permissions.push(matcher(values));
-            }
-            if !not_values.is_empty() {
-                permissions.push(not_rule(matcher(not_values)));
-            }
+            permissions.extend(values_and_not(values, not_values, matcher, not_rule));
         }
     }
 }
 
 // --- Matcher helpers ---
+
+/// Istio's `values` and `notValues`: a matcher over `values` (any of them), and the negation
+/// of one over `notValues`; an empty list adds nothing.
+fn values_and_not<T>(
+    values: &[String],
+    not_values: &[String],
+    over: impl Fn(&[String]) -> T,
+    not: fn(T) -> T,
+) -> Vec<T> {
+    let mut matchers = Vec::new();
+    if !values.is_empty() {
+        matchers.push(over(values));
+    }
+    if !not_values.is_empty() {
+        matchers.push(not(over(not_values)));
+    }
+    matchers
+}
+
+/// An OR of one principal per value.
+fn any_id(one: &dyn Fn(&str) -> Principal) -> impl Fn(&[String]) -> Principal + '_ {
+    move |list| or_ids(list.iter().map(|v| one(v)).collect())
+}
+
+/// An OR of one permission per value.
+fn any_rule(one: &dyn Fn(&str) -> Permission) -> impl Fn(&[String]) -> Permission + '_ {
+    move |list| or_rules(list.iter().map(|v| one(v)).collect())
+}
 
 fn regex(pattern: &str) -> StringMatcher {
     string_match(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
