@@ -9,13 +9,19 @@
 //! is also an authorization engine: it authenticates JWTs ([`jwt`], 401) and evaluates the
 //! workload's AuthorizationPolicies ([`policy`], 403), with the same semantics as the RBAC
 //! filters the control plane builds.
+//!
+//! On the client side (the outbound listener, a second plugin with an [`OutboundConfig`]) it
+//! keeps Linkerd's retry budget for each destination ([`retry_budget`]) and tells Envoy's
+//! router how many retries each request may make.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
 
 pub mod jwt;
 pub mod policy;
+pub mod retry_budget;
 #[cfg(target_arch = "wasm32")]
 mod shim;
 
@@ -40,6 +46,50 @@ pub struct FilterConfig {
     /// Policies and JWT rules to enforce here; absent: the filter only marks responses.
     #[serde(default)]
     pub authorization: Option<AuthorizationConfig>,
+    /// Present on the outbound listener's filter: retry budgets instead of authorization.
+    #[serde(default)]
+    pub outbound: Option<OutboundConfig>,
+}
+
+/// What the client-side filter needs: the retryable routes and their destinations' budgets.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundConfig {
+    /// By destination (the ServiceProfile's name, the service's FQDN).
+    pub budgets: BTreeMap<String, retry_budget::RetryBudgetConfig>,
+    /// By [`OutboundConfig::route_key`] of the Envoy cluster and route a request matched.
+    pub retryable_routes: BTreeMap<String, RetryableRoute>,
+}
+
+/// A route whose failures Envoy retries, within its destination's budget.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryableRoute {
+    /// Key into [`OutboundConfig::budgets`].
+    pub budget: String,
+    /// The route's own cap (its retry policy's `num_retries`).
+    pub max_retries: u32,
+}
+
+impl OutboundConfig {
+    /// Routes are named by users (`GET /aura`) and repeat across services; the cluster
+    /// tells them apart.
+    pub fn route_key(cluster: &str, route: &str) -> String {
+        format!("{cluster}/{route}")
+    }
+
+    /// The retry rules for a request Envoy routed to `cluster` by `route`, if retryable.
+    pub fn retryable(
+        &self,
+        cluster: &str,
+        route: &str,
+    ) -> Option<(&str, &retry_budget::RetryBudgetConfig, u32)> {
+        let entry = self
+            .retryable_routes
+            .get(&Self::route_key(cluster, route))?;
+        let (key, budget) = self.budgets.get_key_value(&entry.budget)?;
+        Some((key.as_str(), budget, entry.max_retries))
+    }
 }
 
 /// What the filter enforces for its workload.
@@ -313,6 +363,7 @@ mod tests {
                 identity: "spiffe://cluster.local/ns/default/sa/exam-scheduler".into(),
                 version: "v7".into(),
                 authorization: None,
+                outbound: None,
             }
         );
     }

@@ -1,11 +1,14 @@
 //! proxy-wasm glue: reads the plugin configuration into an [`Engine`] and applies its
-//! [`Decision`] to every HTTP stream. Holds no logic of its own so the rest stays testable.
+//! [`Decision`] to every HTTP stream; on the outbound side, keeps the retry budgets in shared
+//! data. Holds no logic of its own so the rest stays testable.
 
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
+use crate::retry_budget::{BudgetState, Grant, RetryBudgetConfig};
 use crate::{Decision, Engine, FilterConfig, HttpInput, Verdict};
 
 proxy_wasm::main! {{
@@ -46,6 +49,12 @@ impl RootContext for WardRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let engine = self.engine.clone()?;
+        if engine.config().outbound.is_some() {
+            return Some(Box::new(RetryBudgetHttp {
+                engine,
+                retry: None,
+            }));
+        }
         Some(Box::new(WardHttp {
             context_id,
             engine,
@@ -158,6 +167,127 @@ impl HttpContext for WardHttp {
         for (name, value) in &headers {
             self.add_http_response_header(name, value);
         }
+        Action::Continue
+    }
+}
+
+/// The outbound side: grants each request on a retryable route its retries from the
+/// destination's budget (`x-envoy-max-retries`, read by the router), and charges the retries
+/// it made when the response comes back (`x-envoy-attempt-count`).
+struct RetryBudgetHttp {
+    engine: Rc<Engine>,
+    /// (budget key, its config, the grant) for a retryable request.
+    retry: Option<(String, RetryBudgetConfig, Grant)>,
+}
+
+impl Context for RetryBudgetHttp {}
+
+/// Shared-data key of a destination's budget: one balance for every worker thread.
+fn budget_key(destination: &str) -> String {
+    format!("ward.retry_budget/{destination}")
+}
+
+/// Applies `update` to the shared budget of `destination` (compare-and-swap, retried when
+/// another worker wrote in between) and publishes its gauges.
+fn update_budget<T>(
+    destination: &str,
+    config: &RetryBudgetConfig,
+    now_ms: u64,
+    update: impl Fn(&mut BudgetState) -> T,
+) -> T {
+    let key = budget_key(destination);
+    loop {
+        let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+        let mut state = bytes
+            .as_deref()
+            .and_then(BudgetState::from_bytes)
+            .unwrap_or_default();
+        let result = update(&mut state);
+        match hostcalls::set_shared_data(&key, Some(&state.to_bytes()), cas) {
+            Err(Status::CasMismatch) => continue,
+            Err(e) => log::warn!("ward: cannot store the retry budget of {destination}: {e:?}"),
+            Ok(()) => {}
+        }
+        publish_gauges(destination, &mut state, config, now_ms);
+        return result;
+    }
+}
+
+/// `wasmcustom.ward.retry_budget.<destination>.{requests,retries,refused,available}` in
+/// Envoy's stats.
+fn publish_gauges(
+    destination: &str,
+    state: &mut BudgetState,
+    config: &RetryBudgetConfig,
+    now_ms: u64,
+) {
+    let available = state.available_retries(config, now_ms);
+    for (name, value) in [
+        ("requests", state.requests),
+        ("retries", state.retries),
+        ("refused", state.refused),
+        ("available", available),
+    ] {
+        let metric = format!("ward.retry_budget.{destination}.{name}");
+        // Envoy returns the same id for a name defined before.
+        if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &metric) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+impl RetryBudgetHttp {
+    fn now_ms(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default()
+    }
+
+    fn property(&self, path: &[&str]) -> String {
+        self.get_property(path.to_vec())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl HttpContext for RetryBudgetHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(outbound) = &self.engine.config().outbound else {
+            return Action::Continue;
+        };
+        let cluster = self.property(&["xds", "cluster_name"]);
+        let route = self.property(&["xds", "route_name"]);
+        let Some((destination, budget, route_max)) = outbound.retryable(&cluster, &route) else {
+            return Action::Continue;
+        };
+        let now = self.now_ms();
+        let grant = update_budget(destination, budget, now, |state| {
+            state.grant(budget, now, route_max)
+        });
+        self.set_http_request_header("x-envoy-max-retries", Some(&grant.retries.to_string()));
+        self.retry = Some((destination.to_string(), *budget, grant));
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some((destination, budget, grant)) = self.retry.take() else {
+            return Action::Continue;
+        };
+        let attempts = self
+            .get_http_response_header("x-envoy-attempt-count")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(1);
+        // Envoy's, for the budget only: the client sees the response as the app sent it.
+        self.set_http_response_header("x-envoy-attempt-count", None);
+        let failed = self
+            .get_http_response_header(":status")
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_none_or(|status| status >= 500);
+        let now = self.now_ms();
+        update_budget(&destination, &budget, now, |state| {
+            state.charge(&budget, now, &grant, attempts, failed)
+        });
         Action::Continue
     }
 }

@@ -17,6 +17,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod proxy_status;
+pub mod retry_budget_bench;
 pub mod runner;
 pub mod server;
 pub mod snapshot;

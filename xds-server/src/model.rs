@@ -38,6 +38,62 @@ pub struct Mesh {
     /// JWKS documents fetched from `jwksUri`s, by URI: filled by xds-server's fetcher, not
     /// by the loader (empty until the first fetch succeeds).
     pub fetched_jwks: BTreeMap<String, String>,
+    /// Linkerd ServiceProfiles, sorted by (namespace, name); at most one per service.
+    pub service_profiles: Vec<ServiceProfile>,
+}
+
+pub use wasm_authz::retry_budget::RetryBudgetConfig;
+
+/// A Linkerd ServiceProfile: the client side's routes to one service (per-route metrics,
+/// retries, timeouts) and the retry budget they share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceProfile {
+    /// The service's FQDN, `<name>.<namespace>.svc.cluster.local`.
+    pub name: String,
+    pub namespace: String,
+    /// In order: the first route that matches a request is its route.
+    pub routes: Vec<ProfileRoute>,
+    /// Linkerd's defaults (0.2, 10/s, 10 s) when the profile has none.
+    pub retry_budget: RetryBudgetConfig,
+    pub source: SourceRef,
+}
+
+// The budget's ratio is validated finite, so equality is reflexive.
+impl Eq for ServiceProfile {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRoute {
+    pub name: String,
+    pub condition: RequestMatch,
+    /// Failures (5xx, resets, connect failures) are retried within the budget.
+    pub is_retryable: bool,
+    /// The whole request, retries included; none: no limit.
+    pub timeout_ms: Option<u64>,
+}
+
+/// ServiceProfile `condition`: what requests a route matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestMatch {
+    Method(String),
+    /// Anchored: the whole path (without the query) must match.
+    PathRegex(String),
+    All(Vec<RequestMatch>),
+    Any(Vec<RequestMatch>),
+    Not(Box<RequestMatch>),
+}
+
+/// Linkerd's consecutive-failures circuit breaker, from a Service's
+/// `balancer.linkerd.io/failure-accrual*` annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureAccrual {
+    /// Consecutive failures that take an endpoint out of load balancing (default 7).
+    pub max_failures: u32,
+    /// The first penalty (default 1 s); it grows on repeated failure up to `max_penalty_ms`.
+    pub min_penalty_ms: u64,
+    /// Default 1 min.
+    pub max_penalty_ms: u64,
+    /// Random extra penalty, as a fraction of the penalty, in thousandths (default 500).
+    pub jitter_permille: u32,
 }
 
 /// A RequestAuthentication: the JWTs a workload accepts.
@@ -120,6 +176,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// (namespace, name) of the workloads the selector matches.
     pub backends: Vec<(String, String)>,
+    /// Set by the `balancer.linkerd.io/failure-accrual: consecutive` annotation.
+    pub failure_accrual: Option<FailureAccrual>,
     pub source: SourceRef,
 }
 
@@ -258,6 +316,21 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 }
 
 impl Mesh {
+    /// The ServiceProfile for `service`, if any (its name is the service's FQDN).
+    pub fn service_profile(&self, service: &Service) -> Option<&ServiceProfile> {
+        let fqdn = crate::translate::service_fqdn(service);
+        self.service_profiles
+            .iter()
+            .find(|p| p.namespace == service.namespace && p.name == fqdn)
+    }
+
+    /// Failure accrual for `service`: Linkerd turns it off when a ServiceProfile exists.
+    pub fn failure_accrual(&self, service: &Service) -> Option<FailureAccrual> {
+        service
+            .failure_accrual
+            .filter(|_| self.service_profile(service).is_none())
+    }
+
     /// The PeerAuthentication policies that apply to `workload`, most specific first: the
     /// workload's own (selector, its namespace), the namespace's, the mesh's (root namespace).
     fn peer_authentication_chain<'m>(

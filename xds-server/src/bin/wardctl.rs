@@ -1,5 +1,5 @@
-//! `wardctl`: run a local mesh on real Envoy (up, exec, status, logs, apply, down) and
-//! benchmark the control plane.
+//! `wardctl`: run a local mesh on real Envoy (up, exec, status, logs, routes, tap, apply,
+//! down) and benchmark the control plane.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,6 +118,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per-route success rate, request rate and latency of WORKLOAD's requests to a Service,
+    /// from its sidecars' access logs (like `linkerd viz routes deploy/WORKLOAD --to svc/TO`).
+    /// `-o wide` adds the actual numbers: every attempt, retries included.
+    Routes {
+        /// The client workload, whose sidecars logged the requests.
+        workload: String,
+        /// The Service called: `name` (in the client's namespace) or `name.namespace`.
+        #[arg(long)]
+        to: String,
+        /// The client workload's namespace.
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[arg(long, short = 'o', value_enum, default_value_t = RoutesOutput::Table)]
+        output: RoutesOutput,
+        /// The window the numbers are over, ending now (rates: per second of it, or of the
+        /// part the logs cover if they started later).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        window: std::time::Duration,
+        /// Print the rows as JSON, raw counts included (same as `-o json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print WORKLOAD's requests to a Service as its sidecars log them, one line each (like
+    /// `linkerd viz tap deploy/WORKLOAD --to svc/TO`); runs until Ctrl-C.
+    Tap {
+        /// The client workload, whose sidecars log the requests.
+        workload: String,
+        /// The Service called: `name` (in the client's namespace) or `name.namespace`.
+        #[arg(long)]
+        to: String,
+        /// The client workload's namespace.
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// Stop after this many requests.
+        #[arg(long)]
+        max_requests: Option<u64>,
+        /// Stop after this long, e.g. 10s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
     /// Logs of a workload's sidecars and apps (or `xds-server`).
     Logs {
         workload: String,
@@ -144,6 +184,14 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+/// `wardctl routes -o`: Linkerd's table, its wide table, or JSON.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoutesOutput {
+    Table,
+    Wide,
+    Json,
 }
 
 /// The request `wardctl check` predicts and `wardctl bench http` sends, in curl's words.
@@ -204,6 +252,25 @@ enum BenchCommand {
         request: RequestArgs,
         #[arg(long, short = 'd')]
         data: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retries the sidecar's retry budget allows next to Linkerd's budget and the formula's
+    /// bound, over error rates, loads and latencies (the filter's own budget code on a
+    /// simulated load).
+    RetryBudget {
+        #[arg(long, default_value_t = 0.2)]
+        retry_ratio: f64,
+        #[arg(long, default_value_t = 10)]
+        min_retries_per_second: u32,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        ttl: std::time::Duration,
+        /// Simulated seconds per case.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The route's retry cap.
+        #[arg(long, default_value_t = ward::translate::resilience::PROFILE_MAX_RETRIES)]
+        route_max: u32,
         #[arg(long)]
         json: bool,
     },
@@ -431,6 +498,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Routes {
+            workload,
+            to,
+            namespace,
+            output,
+            window,
+            json,
+        } => {
+            let rows = ward::runner::traffic::routes(
+                &state_dir,
+                &workload,
+                &namespace,
+                &to,
+                std::time::SystemTime::now(),
+                window,
+            )?;
+            if json || output == RoutesOutput::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let wide = output == RoutesOutput::Wide;
+                print!("{}", ward::runner::traffic::render_routes(&rows, wide));
+            }
+            Ok(())
+        }
+        Command::Tap {
+            workload,
+            to,
+            namespace,
+            max_requests,
+            duration,
+        } => {
+            let options = ward::runner::traffic::TapOptions {
+                max_requests,
+                duration,
+            };
+            ward::runner::traffic::tap(&state_dir, &workload, &namespace, &to, &options).await
+        }
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
         Command::Apply { file } => commands::apply(&state_dir, &file).await,
         Command::Bench(BenchCommand::Xds {
@@ -514,6 +618,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::RetryBudget {
+            retry_ratio,
+            min_retries_per_second,
+            ttl,
+            seconds,
+            route_max,
+            json,
+        }) => {
+            let config = ward::model::RetryBudgetConfig {
+                retry_ratio,
+                min_retries_per_second,
+                ttl_ms: ttl.as_millis().max(1) as u64,
+            };
+            let rows = ward::retry_budget_bench::run(&config, seconds, route_max);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", ward::retry_budget_bench::render(&rows));
             }
             Ok(())
         }

@@ -257,3 +257,95 @@ pub fn integer(node: &Node, path: &str, min: i64, max: i64, report: &mut Report)
         }
     }
 }
+
+/// A boolean scalar (`true`/`false`, unquoted).
+pub fn boolean(node: &Node, path: &str, report: &mut Report) -> Option<bool> {
+    match node.scalar() {
+        Some(Scalar::Bool(b)) => Some(b),
+        _ => {
+            report.error(
+                node.position,
+                path,
+                format!("expected true or false, found {}", node.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// A number (integer or decimal) in `min..=max`; quoted numbers are accepted, as Kubernetes
+/// annotations are always strings.
+pub fn number(node: &Node, path: &str, min: f64, max: f64, report: &mut Report) -> Option<f64> {
+    let text = node.text().unwrap_or_default();
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (min..=max).contains(&v) => Some(v),
+        Ok(_) => {
+            report.error(
+                node.position,
+                path,
+                format!("{text} is out of range: expected {min} to {max}"),
+            );
+            None
+        }
+        Err(_) => {
+            report.error(
+                node.position,
+                path,
+                format!("expected a number, found {}", node.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// A Go duration (`10s`, `1.5s`, `300ms`, `1m30s`), as Linkerd and Istio write them, in
+/// milliseconds.
+pub fn go_duration(node: &Node, path: &str, report: &mut Report) -> Option<u64> {
+    let text = node.text().unwrap_or_default();
+    match parse_go_duration(text) {
+        Some(ms) => Some(ms),
+        None => {
+            report.error(
+                node.position,
+                path,
+                format!("`{text}` is not a duration: write a number with a unit, such as 10s, 1.5s, 300ms or 1m30s"),
+            );
+            None
+        }
+    }
+}
+
+/// See [`go_duration`]; None if `text` is not one.
+pub fn parse_go_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(0);
+    }
+    let mut rest = text;
+    let mut total_ms = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let per_ms = match &rest[..unit_len] {
+            "ns" => 1e-6,
+            "us" | "µs" => 1e-3,
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total_ms += value * per_ms;
+    }
+    Some(total_ms.round() as u64)
+}

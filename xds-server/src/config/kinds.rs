@@ -9,6 +9,7 @@ use super::authz::{self, AuthorizationPolicySpec, RequestAuthenticationSpec};
 use super::decode::{integer, Object, IGNORED};
 use super::diagnostic::Report;
 use super::istio::{self, DestinationRuleSpec, PeerAuthenticationSpec};
+use super::linkerd::{self, ServiceProfileSpec};
 use super::names::{self, Rule};
 use super::yaml::{Node, Position, Scalar, Value};
 use crate::model::{Container, ContainerPort};
@@ -41,6 +42,8 @@ pub struct Meta {
     pub name_position: Position,
     /// `metadata.annotations` (Istio reads some on its own kinds, e.g. `istio.io/dry-run`).
     pub annotations: BTreeMap<String, String>,
+    /// Where `metadata.annotations` is written (the document's start if it is not).
+    pub annotations_position: Position,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,8 @@ pub struct ServiceSpec {
     pub selector: BTreeMap<String, String>,
     pub selector_position: Position,
     pub ports: Vec<ServicePortSpec>,
+    /// From the `balancer.linkerd.io/failure-accrual*` annotations.
+    pub failure_accrual: Option<crate::model::FailureAccrual>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +107,7 @@ pub enum Document {
     DestinationRule(DestinationRuleSpec),
     AuthorizationPolicy(AuthorizationPolicySpec),
     RequestAuthentication(RequestAuthenticationSpec),
+    ServiceProfile(ServiceProfileSpec),
 }
 
 /// What became of one YAML document.
@@ -126,6 +132,7 @@ impl Document {
             Document::DestinationRule(_) => "DestinationRule",
             Document::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Document::RequestAuthentication(_) => "RequestAuthentication",
+            Document::ServiceProfile(_) => "ServiceProfile",
         }
     }
 
@@ -138,6 +145,7 @@ impl Document {
             Document::DestinationRule(r) => Some(&r.meta),
             Document::AuthorizationPolicy(p) => Some(&p.meta),
             Document::RequestAuthentication(r) => Some(&r.meta),
+            Document::ServiceProfile(p) => Some(&p.meta),
             Document::MeshConfig(_) => None,
         }
     }
@@ -182,6 +190,9 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
         (v, "DestinationRule") if istio::NETWORKING_VERSIONS.contains(&v) => {
             istio::decode_destination_rule(&doc, report).map(Document::DestinationRule)
         }
+        (v, "ServiceProfile") if linkerd::SERVICE_PROFILE_VERSIONS.contains(&v) => {
+            linkerd::decode_service_profile(&doc, report).map(Document::ServiceProfile)
+        }
         _ => {
             let known = match kind.as_str() {
                 "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
@@ -191,6 +202,7 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
                 "Namespace" | "ServiceAccount" | "Service" => " (Ward reads it as v1)",
                 "Deployment" => " (Ward reads it as apps/v1)",
                 "MeshConfig" => " (Ward reads it as ward.dev/v1alpha1)",
+                "ServiceProfile" => " (Ward reads linkerd.io/v1alpha2)",
                 _ => "",
             };
             report.warn(
@@ -250,6 +262,7 @@ pub(super) fn decode_meta(
     // The object's own labels and annotations are read for their shape only: Ward selects
     // and configures by the pod template's.
     meta.string_map("labels", report);
+    let annotations_position = meta.get("annotations").map_or(doc.position, |n| n.position);
     let annotations = meta.string_map("annotations", report);
     meta.finish(report);
     Some(Meta {
@@ -258,6 +271,7 @@ pub(super) fn decode_meta(
         position: doc.position,
         name_position,
         annotations,
+        annotations_position,
     })
 }
 
@@ -353,6 +367,7 @@ fn decode_service(doc: &Object, report: &mut Report) -> Option<ServiceSpec> {
         meta,
         selector: BTreeMap::new(),
         ports: Vec::new(),
+        failure_accrual: None,
     };
     let Some(spec) = doc.required("spec", report) else {
         return meta.map(stub);
@@ -417,11 +432,15 @@ fn decode_service(doc: &Object, report: &mut Report) -> Option<ServiceSpec> {
         }
     }
     spec.finish(report);
+    let meta = meta?;
+    let failure_accrual =
+        linkerd::failure_accrual(&meta.annotations, meta.annotations_position, report);
     Some(ServiceSpec {
-        meta: meta?,
+        meta,
         selector,
         selector_position,
         ports,
+        failure_accrual,
     })
 }
 

@@ -6,7 +6,7 @@
 //! - `decode`: typed access that reports wrong types and every key left unread.
 //! - `names`: Kubernetes' name rules.
 //! - `kinds`: the Kubernetes and Ward kinds understood; `istio`: Istio's; `authz`: Istio's
-//!   AuthorizationPolicy.
+//!   AuthorizationPolicy; `linkerd`: Linkerd's ServiceProfile and Service annotations.
 //! - `resolve`: checks across documents, and the resolved `Mesh` with addresses.
 //! - `diagnostic`: `Diagnostic`, `ConfigError` and the per-file collector.
 
@@ -15,6 +15,7 @@ mod decode;
 mod diagnostic;
 mod istio;
 mod kinds;
+mod linkerd;
 mod names;
 mod resolve;
 mod yaml;

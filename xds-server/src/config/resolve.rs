@@ -11,11 +11,12 @@ use super::istio::{DestinationRuleSpec, PeerAuthenticationSpec};
 use super::kinds::{
     DeploymentSpec, Document, ServicePortSpec, ServiceSpec, TargetPort, DEFAULT_SERVICE_ACCOUNT,
 };
+use super::linkerd::ServiceProfileSpec;
 use super::yaml::Position;
 use crate::model::{
     policy_applies, AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
     RequestAuthentication, ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort,
-    SourceRef, Workload,
+    ServiceProfile, SourceRef, Workload,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -117,6 +118,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     let mut destination_rules: Vec<(String, DestinationRuleSpec)> = Vec::new();
     let mut authorization_policies: Vec<(String, AuthorizationPolicySpec)> = Vec::new();
     let mut request_authentications: Vec<(String, RequestAuthenticationSpec)> = Vec::new();
+    let mut service_profiles: Vec<(String, ServiceProfileSpec)> = Vec::new();
     let mut seen: BTreeMap<(&'static str, String, String), (String, usize)> = BTreeMap::new();
 
     for Located {
@@ -189,6 +191,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             Document::DestinationRule(r) => destination_rules.push((file, r)),
             Document::AuthorizationPolicy(p) => authorization_policies.push((file, p)),
             Document::RequestAuthentication(r) => request_authentications.push((file, r)),
+            Document::ServiceProfile(p) => service_profiles.push((file, p)),
         }
     }
 
@@ -295,7 +298,10 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
         findings,
     );
 
+    let service_profiles = resolve_service_profiles(service_profiles, &resolved, findings);
+
     Mesh {
+        service_profiles,
         fetched_jwks: BTreeMap::new(),
         request_authentications,
         authorization_engine,
@@ -633,6 +639,78 @@ fn resolve_destination_rules(
     rules
 }
 
+/// ServiceProfiles that name a Service of their own namespace (the only ones Ward applies),
+/// with a warning for the others and for failure-accrual annotations they switch off.
+fn resolve_service_profiles(
+    specs: Vec<(String, ServiceProfileSpec)>,
+    services: &[Service],
+    findings: &mut Findings,
+) -> Vec<ServiceProfile> {
+    let mut profiles = Vec::new();
+    for (file, p) in specs {
+        let service = services
+            .iter()
+            .find(|s| crate::translate::service_fqdn(s) == p.meta.name);
+        match service {
+            None => {
+                findings.push(
+                    false,
+                    &file,
+                    p.meta.name_position,
+                    "metadata.name",
+                    format!(
+                        "names no Service in the mesh: a ServiceProfile is named after the service's FQDN, <name>.<namespace>.svc.{}; the profile has no effect",
+                        crate::translate::CLUSTER_DOMAIN
+                    ),
+                );
+                continue;
+            }
+            Some(s) if s.namespace != p.meta.namespace => {
+                findings.push(
+                    false,
+                    &file,
+                    p.meta.name_position,
+                    "metadata.namespace",
+                    format!(
+                        "ignored: Ward applies a ServiceProfile from the service's own namespace ({}), not per-client overrides from another namespace",
+                        s.namespace
+                    ),
+                );
+                continue;
+            }
+            Some(s) => {
+                if s.failure_accrual.is_some() {
+                    findings.push(
+                        false,
+                        &s.source.file,
+                        Position {
+                            line: s.source.line,
+                            column: 1,
+                        },
+                        &format!("metadata.annotations.{}", super::linkerd::FAILURE_ACCRUAL),
+                        format!(
+                            "ignored while ServiceProfile {} ({file}:{}) exists: Linkerd turns failure accrual off for a service with a profile",
+                            p.meta.name, p.meta.position.line
+                        ),
+                    );
+                }
+            }
+        }
+        profiles.push(ServiceProfile {
+            name: p.meta.name,
+            namespace: p.meta.namespace,
+            routes: p.routes,
+            retry_budget: p.retry_budget,
+            source: SourceRef {
+                file,
+                line: p.meta.position.line,
+            },
+        });
+    }
+    profiles.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    profiles
+}
+
 /// A Service with its backends and numeric target ports; None if it has errors (reported).
 fn resolve_service(
     file: &str,
@@ -707,6 +785,7 @@ fn resolve_service(
         }
     }
     ok.then(|| Service {
+        failure_accrual: s.failure_accrual,
         name: s.meta.name.clone(),
         namespace: s.meta.namespace.clone(),
         selector: s.selector.clone(),

@@ -1176,3 +1176,170 @@ spec:
     assert!(errors[2]
         .contains("spec.jwtRules[2].jwksUri: `ftp://x`: expected an http:// or https:// URL"));
 }
+
+/// The lab's aura-profile.yaml exactly as printed: the /chaos route's keys written inside
+/// the /slow route.
+const LAB_AURA_PROFILE: &str = r#"# Service Profile
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata:
+  name: aura-api.default.svc.cluster.local
+  namespace: default
+spec:
+  routes:
+  - name: GET /aura
+    condition:
+      method: GET
+      pathRegex: "^/aura$"
+    isRetryable: true
+  - name: GET /slow
+    condition:
+      method: GET
+      pathRegex: "^/slow$"
+    isRetryable: true
+    condition:
+      method: GET
+      pathRegex: "^/chaos$"
+    isRetryable: false
+  retryBudget:
+    retryRatio: 0.2
+    minRetriesPerSecond: 10
+    ttl: 10s
+"#;
+
+#[test]
+fn the_labs_profile_with_a_repeated_condition_is_refused_at_its_line() {
+    let errors = errors_of(&[
+        ("aura-api.yaml", AURA_API),
+        ("aura-profile.yaml", LAB_AURA_PROFILE),
+    ]);
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        messages.contains(
+            &"aura-profile.yaml:19:5: spec.routes[1].condition: duplicate key `condition` (first at line 15); YAML allows each key once per mapping"
+                .to_string()
+        ),
+        "{messages:#?}"
+    );
+    assert!(messages.iter().any(
+        |m| m.starts_with("aura-profile.yaml:22:5: spec.routes[1].isRetryable: duplicate key")
+    ));
+}
+
+#[test]
+fn the_corrected_aura_profile_loads_with_routes_and_budget() {
+    let profile = include_str!("../../../config/aura-lab/aura-profile.yaml");
+    let loaded = load_sources(&sources(&[
+        ("aura-api.yaml", AURA_API),
+        ("aura-profile.yaml", profile),
+    ]))
+    .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let mesh = &loaded.mesh;
+    let service = &mesh.services[0];
+    let profile = mesh.service_profile(service).expect("the profile applies");
+    let routes: Vec<(&str, bool)> = profile
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.is_retryable))
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            ("GET /aura", true),
+            ("GET /slow", true),
+            ("GET /chaos", false)
+        ]
+    );
+    assert_eq!(
+        profile.routes[0].condition,
+        crate::model::RequestMatch::All(vec![
+            crate::model::RequestMatch::Method("GET".into()),
+            crate::model::RequestMatch::PathRegex("^/aura$".into()),
+        ])
+    );
+    assert_eq!(profile.retry_budget.retry_ratio, 0.2);
+    assert_eq!(profile.retry_budget.min_retries_per_second, 10);
+    assert_eq!(profile.retry_budget.ttl_ms, 10_000);
+}
+
+#[test]
+fn service_profile_mistakes_name_their_field() {
+    let profile = r#"apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata:
+  name: aura-api.default.svc.cluster.local
+spec:
+  routes:
+  - name: bad
+    condition:
+      method: FETCH
+      pathRegex: "^/a($"
+    timeout: soon
+  - name: none
+    condition: {}
+  retryBudget:
+    retryRatio: 0.2
+    ttl: 10
+"#;
+    let errors = errors_of(&[("aura-api.yaml", AURA_API), ("p.yaml", profile)]);
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let expected = [
+        "p.yaml:9:15: spec.routes[0].condition.method: `FETCH` is not an HTTP method",
+        "p.yaml:10:18: spec.routes[0].condition.pathRegex: `^/a($` is not a valid regular expression: unclosed group",
+        "p.yaml:11:14: spec.routes[0].timeout: `soon` is not a duration",
+        "p.yaml:13:16: spec.routes[1].condition: a condition needs one of method, pathRegex, all, any or not",
+        "p.yaml:15:5: spec.retryBudget.minRetriesPerSecond: required field is missing",
+        "p.yaml:16:10: spec.retryBudget.ttl: `10` is not a duration",
+    ];
+    for prefix in expected {
+        assert!(
+            messages.iter().any(|m| m.starts_with(prefix)),
+            "no error starting {prefix:?} in {messages:#?}"
+        );
+    }
+}
+
+#[test]
+fn failure_accrual_annotations_are_read_with_linkerds_defaults() {
+    let annotated = AURA_API.replace(
+        "metadata:\n  name: aura-api\nspec:\n  selector:",
+        "metadata:\n  name: aura-api\n  annotations:\n    balancer.linkerd.io/failure-accrual: consecutive\n    balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"4\"\n    balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 30s\nspec:\n  selector:",
+    );
+    assert_ne!(
+        annotated, AURA_API,
+        "the Service's metadata is where expected"
+    );
+    let loaded = load_str("aura-api.yaml", &annotated).unwrap();
+    let service = &loaded.mesh.services[0];
+    assert_eq!(
+        loaded.mesh.failure_accrual(service),
+        Some(crate::model::FailureAccrual {
+            max_failures: 4,
+            min_penalty_ms: 30_000,
+            max_penalty_ms: 60_000,
+            jitter_permille: 500,
+        })
+    );
+
+    // With a ServiceProfile, Linkerd turns failure accrual off, and Ward says so.
+    let profile = include_str!("../../../config/aura-lab/aura-profile.yaml");
+    let loaded = load_sources(&sources(&[
+        ("aura-api.yaml", &annotated),
+        ("aura-profile.yaml", profile),
+    ]))
+    .unwrap();
+    assert_eq!(loaded.mesh.failure_accrual(&loaded.mesh.services[0]), None);
+    assert!(loaded.warnings.iter().any(|w| w
+        .to_string()
+        .contains("ignored while ServiceProfile aura-api.default.svc.cluster.local")));
+
+    let bad = annotated.replace("\"4\"", "four");
+    let errors = errors_of(&[("aura-api.yaml", &bad)]);
+    assert!(
+        errors[0].to_string().contains(
+            "metadata.annotations.balancer.linkerd.io/failure-accrual-consecutive-max-failures: `four` is not valid"
+        ),
+        "{errors:#?}"
+    );
+}

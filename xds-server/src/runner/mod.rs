@@ -8,3 +8,4 @@ pub mod no_mesh_proxy;
 pub mod state;
 pub mod supervisor;
 pub mod tools;
+pub mod traffic;

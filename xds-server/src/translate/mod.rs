@@ -11,10 +11,14 @@
 //! `ward-authz` wasm filter (configuration over ECDS), the router.
 //!
 //! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
+//! The outbound HTTP chain is: the `ward-retry-budget` wasm filter (over ECDS), the router;
+//! ServiceProfile routes, retries and timeouts, and failure accrual, live in `resilience`.
+//!
 //! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`;
 //! AuthorizationPolicy → RBAC in `rbac`.
 
 pub mod rbac;
+pub mod resilience;
 pub mod tls;
 
 pub use tls::{
@@ -221,7 +225,7 @@ pub fn proxy_snapshot(
         listeners.push(listener);
         inbound_routes.extend(route);
     }
-    listeners.push(outbound_listener(instance));
+    listeners.push(outbound_listener(instance, options));
 
     let mut snapshot = Snapshot::default();
     snapshot.insert(
@@ -236,10 +240,11 @@ pub fn proxy_snapshot(
     snapshot.insert(snapshot::ROUTE, routes);
     snapshot.insert(snapshot::SECRET, secrets.into_iter().collect());
     if let Some(module) = &options.wasm_module {
-        let config = wasm_extension_config(mesh, workload, module, options);
+        let inbound = wasm_extension_config(mesh, workload, module, options);
+        let outbound = retry_budget_extension_config(mesh, workload, module);
         snapshot.insert(
             snapshot::EXTENSION_CONFIG,
-            vec![ResourceLayer::new(vec![config])],
+            vec![ResourceLayer::new(vec![inbound, outbound])],
         );
     }
     snapshot
@@ -288,7 +293,7 @@ fn outbound_cluster(mesh: &Mesh, service: &Service, port: &ServicePort, name: &s
         &service_identities(mesh, service),
         mesh_sni(port.port, &fqdn),
     );
-    Cluster {
+    let mut cluster = Cluster {
         name: name.to_string(),
         transport_socket,
         transport_socket_matches,
@@ -302,7 +307,9 @@ fn outbound_cluster(mesh: &Mesh, service: &Service, port: &ServicePort, name: &s
         }),
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         ..Default::default()
-    }
+    };
+    resilience::apply_to_cluster(mesh, service, &mut cluster);
+    cluster
 }
 
 fn locality_endpoints(addresses: Vec<(Address, Option<Metadata>)>) -> LocalityLbEndpoints {
@@ -364,7 +371,8 @@ fn access_log(direction: &str) -> AccessLog {
         "[%START_TIME%] {direction} \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
          %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% \
          %DURATION%ms \"%REQ(:AUTHORITY)%\" src=%DOWNSTREAM_REMOTE_ADDRESS% \
-         upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% {peer}\n"
+         upstream=%UPSTREAM_HOST% cluster=%UPSTREAM_CLUSTER% route=\"%ROUTE_NAME%\" \
+         attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% {peer}\n"
     );
     let file = FileAccessLog {
         path: "/dev/stdout".to_string(),
@@ -440,10 +448,40 @@ fn wasm_extension_config(
     )
 }
 
+/// The name of the wasm filter in the outbound HTTP connection manager, and of its ECDS
+/// resource.
+pub const RETRY_BUDGET_FILTER: &str = "ward-retry-budget";
+
+/// The outbound wasm filter's configuration for one sidecar: the retry budgets of the
+/// destinations with a ServiceProfile.
+fn retry_budget_extension_config(mesh: &Mesh, workload: &Workload, module_path: &str) -> Resource {
+    let configuration = serde_json::json!({
+        "workload": workload.name,
+        "namespace": workload.namespace,
+        "identity": mesh.identity(workload),
+        "version": env!("CARGO_PKG_VERSION"),
+        "outbound": resilience::outbound_filter_config(mesh),
+    });
+    let mut wasm = wasm_config(module_path, configuration.to_string());
+    if let Some(plugin) = wasm.config.as_mut() {
+        // Its own root context in the same VM (and the same shared data).
+        plugin.name = RETRY_BUDGET_FILTER.to_string();
+        plugin.root_id = RETRY_BUDGET_FILTER.to_string();
+    }
+    Resource::new(
+        snapshot::EXTENSION_CONFIG,
+        RETRY_BUDGET_FILTER,
+        &TypedExtensionConfig {
+            name: RETRY_BUDGET_FILTER.to_string(),
+            typed_config: Some(any(&wasm)),
+        },
+    )
+}
+
 /// The wasm filter as the listener names it: its config comes over ECDS.
-fn wasm_discovered_filter() -> HttpFilter {
+fn wasm_discovered_filter(name: &str) -> HttpFilter {
     HttpFilter {
-        name: WASM_FILTER.to_string(),
+        name: name.to_string(),
         config_type: Some(http_filter::ConfigType::ConfigDiscovery(
             ExtensionConfigSource {
                 config_source: Some(ads_config_source()),
@@ -558,7 +596,7 @@ fn inbound_listener(
     } else {
         let mut http_filters = rbac::http_filters();
         if options.wasm_module.is_some() {
-            http_filters.push(wasm_discovered_filter());
+            http_filters.push(wasm_discovered_filter(WASM_FILTER));
         }
         http_filters.push(router_filter());
         let route_name = inbound_route_name(port);
@@ -624,14 +662,19 @@ pub fn inbound_route_name(port: u16) -> String {
     format!("inbound|{port}")
 }
 
-fn outbound_listener(instance: &Instance) -> Resource {
+fn outbound_listener(instance: &Instance, options: &TranslateOptions) -> Resource {
+    let mut http_filters = Vec::new();
+    if options.wasm_module.is_some() {
+        http_filters.push(wasm_discovered_filter(RETRY_BUDGET_FILTER));
+    }
+    http_filters.push(router_filter());
     let hcm = http_connection_manager(
         "outbound",
         http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
             route_config_name: OUTBOUND_ROUTE.to_string(),
         }),
-        vec![router_filter()],
+        http_filters,
         "outbound",
     );
     let listener = Listener {
@@ -677,6 +720,68 @@ pub fn service_domains(service: &Service, port: u16, client_namespace: &str) -> 
     domains
 }
 
+/// A service port's routes: the ServiceProfile's, in order (first match wins, as in
+/// Linkerd), then `default` for everything else.
+fn outbound_virtual_host(
+    mesh: &Mesh,
+    service: &Service,
+    port: &ServicePort,
+    client_namespace: &str,
+) -> VirtualHost {
+    let cluster = outbound_cluster_name(service, port);
+    let action = |timeout_ms: u64, retry_policy: RetryPolicy| {
+        Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+            timeout: Some(duration_ms(timeout_ms)),
+            retry_policy: Some(retry_policy),
+            ..Default::default()
+        }))
+    };
+    let mut routes = Vec::new();
+    let profile = mesh.service_profile(service);
+    for profile_route in profile.iter().flat_map(|p| &p.routes) {
+        let retry_policy = if profile_route.is_retryable {
+            resilience::profile_retry_policy()
+        } else {
+            safe_retry_policy()
+        };
+        for conjunction in resilience::alternatives(&profile_route.condition) {
+            routes.push(Route {
+                name: profile_route.name.clone(),
+                r#match: Some(resilience::route_match(&conjunction)),
+                // Linkerd's timeout covers the retries too, as Envoy's route timeout does.
+                action: action(profile_route.timeout_ms.unwrap_or(0), retry_policy.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    routes.push(Route {
+        name: "default".to_string(),
+        r#match: Some(prefix_match("/")),
+        // Like Istio: no route timeout by default, the app decides.
+        action: action(0, safe_retry_policy()),
+        ..Default::default()
+    });
+    VirtualHost {
+        name: format!("{}:{}", service_fqdn(service), port.port),
+        domains: service_domains(service, port.port, client_namespace),
+        routes,
+        // The retry budget filter charges what the router used.
+        include_attempt_count_in_response: profile.is_some(),
+        ..Default::default()
+    }
+}
+
+/// Retry only what never reached the app, so a reload or a restarting endpoint does not fail
+/// requests, and nothing is processed twice.
+fn safe_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: "connect-failure,refused-stream,reset-before-request".to_string(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        ..Default::default()
+    }
+}
+
 fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfiguration {
     let mut virtual_hosts: Vec<VirtualHost> = mesh
         .services
@@ -688,30 +793,7 @@ fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfigurat
                 .filter(|p| !is_tcp_port(p))
                 .map(move |port| (service, port))
         })
-        .map(|(service, port)| VirtualHost {
-            name: format!("{}:{}", service_fqdn(service), port.port),
-            domains: service_domains(service, port.port, client_namespace),
-            routes: vec![Route {
-                name: "default".to_string(),
-                r#match: Some(prefix_match("/")),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        outbound_cluster_name(service, port),
-                    )),
-                    timeout: Some(duration_ms(0)),
-                    // Retry only what never reached the app, so a reload or a restarting
-                    // endpoint does not fail requests, and nothing is processed twice.
-                    retry_policy: Some(RetryPolicy {
-                        retry_on: "connect-failure,refused-stream,reset-before-request".to_string(),
-                        num_retries: Some(UInt32Value { value: 2 }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
+        .map(|(service, port)| outbound_virtual_host(mesh, service, port, client_namespace))
         .collect();
     // Anything else: a clear answer rather than a hang, like a DNS failure would be in a pod.
     virtual_hosts.push(VirtualHost {

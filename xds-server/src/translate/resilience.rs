@@ -1,0 +1,319 @@
+//! Client-side resilience: Linkerd ServiceProfile routes (per-route names for metrics,
+//! retries, timeouts) on the outbound routes, the retry budget's filter configuration, and
+//! failure accrual on the outbound clusters (Envoy outlier detection).
+//!
+//! Who does what: Envoy's router matches the profile's routes, retries failures of retryable
+//! routes on another endpoint and enforces timeouts; the `ward-retry-budget` wasm filter on
+//! the outbound listener keeps each destination's budget and caps each request's retries
+//! (`x-envoy-max-retries`); Envoy's outlier detection ejects an endpoint after consecutive
+//! failures.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers, cluster, CircuitBreakers, OutlierDetection,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher, retry_policy, route_match, HeaderMatcher, RetryPolicy, RouteMatch,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use wasm_authz::{OutboundConfig, RetryableRoute};
+
+use super::{any, duration_ms, outbound_cluster_name};
+use crate::model::{FailureAccrual, Mesh, RequestMatch, Service};
+
+/// Envoy needs a number where Linkerd's ServiceProfile has none (its budget alone limits
+/// retries): a retryable request is tried at most this many more times, fewer when the
+/// budget is short.
+pub const PROFILE_MAX_RETRIES: u32 = 5;
+
+/// Conjunctions a route's condition may expand to (Envoy matches conjunctions; `any` and
+/// `not` over `all` become several routes).
+pub const MAX_ALTERNATIVES: usize = 64;
+
+/// A condition's atom: a method or a path regex, possibly negated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Atom {
+    Method(String, bool),
+    Path(String, bool),
+}
+
+/// `condition` in disjunctive normal form: any of these conjunctions.
+pub fn alternatives(condition: &RequestMatch) -> Vec<Vec<Atom>> {
+    fn expand(m: &RequestMatch, negated: bool) -> Vec<Vec<Atom>> {
+        let product = |parts: Vec<Vec<Vec<Atom>>>| {
+            parts.into_iter().fold(vec![Vec::new()], |acc, part| {
+                let mut out = Vec::new();
+                for left in &acc {
+                    for right in &part {
+                        if out.len() > MAX_ALTERNATIVES {
+                            return out;
+                        }
+                        let mut both = left.clone();
+                        both.extend(right.iter().cloned());
+                        out.push(both);
+                    }
+                }
+                out
+            })
+        };
+        let union = |parts: Vec<Vec<Vec<Atom>>>| parts.into_iter().flatten().collect();
+        match m {
+            RequestMatch::Method(method) => vec![vec![Atom::Method(method.clone(), negated)]],
+            RequestMatch::PathRegex(regex) => vec![vec![Atom::Path(regex.clone(), negated)]],
+            RequestMatch::Not(inner) => expand(inner, !negated),
+            // not (a and b) = not a or not b; not (a or b) = not a and not b.
+            RequestMatch::All(items) | RequestMatch::Any(items) => {
+                let parts = items.iter().map(|i| expand(i, negated)).collect();
+                if matches!(m, RequestMatch::All(_)) != negated {
+                    product(parts)
+                } else {
+                    union(parts)
+                }
+            }
+        }
+    }
+    expand(condition, false)
+}
+
+fn regex_matcher(regex: String) -> RegexMatcher {
+    RegexMatcher {
+        regex,
+        ..Default::default()
+    }
+}
+
+fn header_regex(name: &str, regex: String, invert: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_string(),
+        invert_match: invert,
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex_matcher(
+                    regex,
+                ))),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Envoy's match for one conjunction. Linkerd anchors path regexes and matches the path
+/// without the query, as Envoy's `safe_regex` path match does; further or negated path atoms
+/// match the `:path` header, which carries the query, so their regex allows one.
+pub fn route_match(conjunction: &[Atom]) -> RouteMatch {
+    let mut path_specifier = None;
+    let mut headers = Vec::new();
+    for atom in conjunction {
+        match atom {
+            Atom::Method(method, negated) => headers.push(HeaderMatcher {
+                name: ":method".to_string(),
+                invert_match: *negated,
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(method.clone())),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            Atom::Path(regex, false) if path_specifier.is_none() => {
+                path_specifier = Some(route_match::PathSpecifier::SafeRegex(regex_matcher(
+                    regex.clone(),
+                )));
+            }
+            Atom::Path(regex, negated) => headers.push(header_regex(
+                ":path",
+                format!("(?:{regex})(?:\\?.*)?"),
+                *negated,
+            )),
+        }
+    }
+    RouteMatch {
+        path_specifier: Some(
+            path_specifier.unwrap_or(route_match::PathSpecifier::Prefix("/".to_string())),
+        ),
+        headers,
+        ..Default::default()
+    }
+}
+
+/// Retries for a ServiceProfile's retryable route: what Linkerd retries (5xx answers,
+/// resets, connection failures), on another endpoint when there is one.
+pub fn profile_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: "5xx,reset,connect-failure,refused-stream".to_string(),
+        num_retries: Some(UInt32Value {
+            value: PROFILE_MAX_RETRIES,
+        }),
+        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                any(&PreviousHostsPredicate::default()),
+            )),
+        }],
+        host_selection_retry_max_attempts: 3,
+        ..Default::default()
+    }
+}
+
+/// The outbound wasm filter's configuration: every retryable ServiceProfile route, by
+/// cluster and route name, and its service's budget.
+pub fn outbound_filter_config(mesh: &Mesh) -> OutboundConfig {
+    let mut config = OutboundConfig::default();
+    for service in &mesh.services {
+        let Some(profile) = mesh.service_profile(service) else {
+            continue;
+        };
+        if !profile.routes.iter().any(|r| r.is_retryable) {
+            continue;
+        }
+        config
+            .budgets
+            .insert(profile.name.clone(), profile.retry_budget);
+        for port in service.ports.iter().filter(|p| !super::is_tcp_port(p)) {
+            let cluster = outbound_cluster_name(service, port);
+            for route in profile.routes.iter().filter(|r| r.is_retryable) {
+                config.retryable_routes.insert(
+                    OutboundConfig::route_key(&cluster, &route.name),
+                    RetryableRoute {
+                        budget: profile.name.clone(),
+                        max_retries: PROFILE_MAX_RETRIES,
+                    },
+                );
+            }
+        }
+    }
+    config
+}
+
+/// Failure accrual on Envoy's outlier detection. Envoy ejects after `max_failures`
+/// consecutive 5xx answers or connection failures, for `min_penalty × times ejected` (capped
+/// at `max_penalty`) where Linkerd doubles the penalty; after it the endpoint is back for
+/// everyone rather than for one probe request.
+pub fn outlier_detection(accrual: &FailureAccrual) -> OutlierDetection {
+    let jitter_ms = accrual.min_penalty_ms * accrual.jitter_permille as u64 / 1000;
+    OutlierDetection {
+        consecutive_5xx: Some(UInt32Value {
+            value: accrual.max_failures,
+        }),
+        enforcing_consecutive_5xx: Some(UInt32Value { value: 100 }),
+        // Only consecutive failures, as Linkerd: no success-rate or gateway ejections.
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        enforcing_consecutive_gateway_failure: Some(UInt32Value { value: 0 }),
+        // Ejection checks run every interval: it bounds how late an endpoint comes back.
+        interval: Some(duration_ms(1000)),
+        base_ejection_time: Some(duration_ms(accrual.min_penalty_ms)),
+        max_ejection_time: Some(duration_ms(accrual.max_penalty_ms)),
+        max_ejection_time_jitter: Some(duration_ms(jitter_ms)),
+        // Linkerd ejects the last endpoint too.
+        max_ejection_percent: Some(UInt32Value { value: 100 }),
+        ..Default::default()
+    }
+}
+
+/// With failure accrual, an ejected endpoint gets no traffic even when it is the only one
+/// (Envoy's default panic threshold would send to every endpoint once half are out): the
+/// client fails fast with 503, as Linkerd's does.
+pub fn no_panic_routing() -> cluster::CommonLbConfig {
+    cluster::CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 0.0 }),
+        ..Default::default()
+    }
+}
+
+/// Like Istio: Envoy's default allows 3 retries in flight per cluster, which would cap a
+/// budget long before the budget does.
+pub fn circuit_breakers() -> CircuitBreakers {
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_retries: Some(UInt32Value { value: u32::MAX }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Applies a service's client-side resilience to its outbound cluster.
+pub fn apply_to_cluster(
+    mesh: &Mesh,
+    service: &Service,
+    cluster: &mut envoy_types::pb::envoy::config::cluster::v3::Cluster,
+) {
+    cluster.circuit_breakers = Some(circuit_breakers());
+    if let Some(accrual) = mesh.failure_accrual(service) {
+        cluster.outlier_detection = Some(outlier_detection(&accrual));
+        cluster.common_lb_config = Some(no_panic_routing());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(m: &str) -> RequestMatch {
+        RequestMatch::Method(m.into())
+    }
+    fn path(p: &str) -> RequestMatch {
+        RequestMatch::PathRegex(p.into())
+    }
+
+    #[test]
+    fn all_is_one_conjunction() {
+        let m = RequestMatch::All(vec![method("GET"), path("^/aura$")]);
+        assert_eq!(
+            alternatives(&m),
+            vec![vec![
+                Atom::Method("GET".into(), false),
+                Atom::Path("^/aura$".into(), false)
+            ]]
+        );
+    }
+
+    #[test]
+    fn any_becomes_several_routes_and_not_follows_de_morgan() {
+        let m = RequestMatch::Any(vec![method("GET"), method("HEAD")]);
+        assert_eq!(alternatives(&m).len(), 2);
+        let not_all =
+            RequestMatch::Not(Box::new(RequestMatch::All(vec![method("GET"), path("/a")])));
+        assert_eq!(
+            alternatives(&not_all),
+            vec![
+                vec![Atom::Method("GET".into(), true)],
+                vec![Atom::Path("/a".into(), true)]
+            ]
+        );
+        let not_any =
+            RequestMatch::Not(Box::new(RequestMatch::Any(vec![method("GET"), path("/a")])));
+        assert_eq!(
+            alternatives(&not_any),
+            vec![vec![
+                Atom::Method("GET".into(), true),
+                Atom::Path("/a".into(), true)
+            ]]
+        );
+    }
+
+    #[test]
+    fn a_negated_path_matches_the_path_header_with_any_query() {
+        let m = route_match(&[Atom::Path("/a".into(), true)]);
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::Prefix("/".into()))
+        );
+        assert!(m.headers[0].invert_match);
+        let Some(header_matcher::HeaderMatchSpecifier::StringMatch(s)) =
+            &m.headers[0].header_match_specifier
+        else {
+            panic!("a string match");
+        };
+        assert_eq!(
+            s.match_pattern,
+            Some(string_matcher::MatchPattern::SafeRegex(regex_matcher(
+                "(?:/a)(?:\\?.*)?".into()
+            )))
+        );
+    }
+}
