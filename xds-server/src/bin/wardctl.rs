@@ -169,6 +169,11 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Remove what `apply -f FILE` wrote (like `kubectl delete -f`).
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -537,6 +542,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
         Command::Apply { file } => commands::apply(&state_dir, &file).await,
+        Command::Delete { file } => commands::delete(&state_dir, &file).await,
         Command::Bench(BenchCommand::Xds {
             proxies,
             services,

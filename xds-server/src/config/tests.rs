@@ -1228,7 +1228,7 @@ fn the_labs_profile_with_a_repeated_condition_is_refused_at_its_line() {
 
 #[test]
 fn the_corrected_aura_profile_loads_with_routes_and_budget() {
-    let profile = include_str!("../../../config/aura-lab/aura-profile.yaml");
+    let profile = include_str!("../../../config/aura-lab/profiles/aura-profile.yaml");
     let loaded = load_sources(&sources(&[
         ("aura-api.yaml", AURA_API),
         ("aura-profile.yaml", profile),
@@ -1323,7 +1323,7 @@ fn failure_accrual_annotations_are_read_with_linkerds_defaults() {
     );
 
     // With a ServiceProfile, Linkerd turns failure accrual off, and Ward says so.
-    let profile = include_str!("../../../config/aura-lab/aura-profile.yaml");
+    let profile = include_str!("../../../config/aura-lab/profiles/aura-profile.yaml");
     let loaded = load_sources(&sources(&[
         ("aura-api.yaml", &annotated),
         ("aura-profile.yaml", profile),

@@ -279,11 +279,7 @@ pub enum LogKind {
 /// where the watchers pick it up. An invalid file is refused and nothing changes.
 pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let state = state::read_state(state_dir)?;
-    let generation = |status: &serde_json::Value| status["config"]["generation"].as_u64();
-    let before = admin_client::get_json(state.xds_admin_address, "/status")
-        .await
-        .ok()
-        .and_then(|s| generation(&s));
+    let before = config_generation(state.xds_admin_address).await;
     let name = file
         .file_name()
         .with_context(|| format!("{} is not a file", file.display()))?;
@@ -318,14 +314,72 @@ pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &target)?;
     println!("{} applied to {}", file.display(), target.display());
-    // Like `istioctl x wait`: return once the change is serving, so the next command sees it.
+    wait_for_generation_after(state.xds_admin_address, before).await
+}
+
+/// Like `kubectl delete -f`: removes what `wardctl apply -f FILE` wrote (the config
+/// directory's file of the same name), once the config without it is valid.
+pub async fn delete(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
+    let state = state::read_state(state_dir)?;
+    let before = config_generation(state.xds_admin_address).await;
+    let name = file
+        .file_name()
+        .with_context(|| format!("{} is not a file", file.display()))?;
+    let target = state.config_dir.join(name);
+    if !target.is_file() {
+        bail!(
+            "nothing to delete: the running config ({}) has no {}",
+            state.config_dir.display(),
+            name.to_string_lossy()
+        );
+    }
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(&state.config_dir)? {
+        let path = entry?.path();
+        let is_yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if is_yaml && !hidden && path != target {
+            sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
+        }
+    }
+    sources.sort();
+    if let Err(e) = config::load_sources(&sources) {
+        bail!(
+            "{} not deleted: the config without it is invalid:\n{e}",
+            target.display()
+        );
+    }
+    std::fs::remove_file(&target).with_context(|| format!("removing {}", target.display()))?;
+    println!("{} deleted", target.display());
+    wait_for_generation_after(state.xds_admin_address, before).await
+}
+
+async fn config_generation(admin: SocketAddr) -> Option<u64> {
+    admin_client::get_json(admin, "/status")
+        .await
+        .ok()
+        .and_then(|s| s["config"]["generation"].as_u64())
+}
+
+/// Like `istioctl x wait`: returns once a config generation after `before` is serving, so
+/// the next command sees it.
+async fn wait_for_generation_after(admin: SocketAddr, before: Option<u64>) -> anyhow::Result<()> {
     let Some(before) = before else {
         return Ok(());
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = admin_client::get_json(state.xds_admin_address, "/status").await?;
-        if generation(&status).is_some_and(|g| g > before) {
+        let status = admin_client::get_json(admin, "/status").await?;
+        if status["config"]["generation"]
+            .as_u64()
+            .is_some_and(|g| g > before)
+        {
             break;
         }
         if let Some(error) = status["config"]["last_error"].as_str() {
@@ -338,7 +392,7 @@ pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_synced(state.xds_admin_address, Duration::from_secs(10)).await?;
+    wait_synced(admin, Duration::from_secs(10)).await?;
     println!("every proxy has the new config");
     Ok(())
 }
