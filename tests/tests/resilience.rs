@@ -373,3 +373,108 @@ fn timeouts_non_retryable_routes_failure_accrual_and_tap() {
     let second = second_ejection.elapsed().as_secs_f64();
     assert!(second >= 7.5, "second penalty {second:.1} s");
 }
+
+const ISTIO_ROUTES: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: aura-api
+spec:
+  hosts:
+  - aura-api
+  http:
+  - match:
+    - uri:
+        exact: /slow
+    timeout: 1s
+    route:
+    - destination:
+        host: aura-api
+  - match:
+    - uri:
+        prefix: /aura
+    retries:
+      attempts: 5
+      retryOn: 5xx
+    route:
+    - destination:
+        host: aura-api
+  - match:
+    - uri:
+        exact: /chaos
+    retries:
+      attempts: 0
+    route:
+    - destination:
+        host: aura-api
+"#;
+
+const ISTIO_OUTLIER_DETECTION: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: aura-api
+spec:
+  host: aura-api
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 1s
+      baseEjectionTime: 3s
+      maxEjectionPercent: 100
+"#;
+
+/// The same lab with Istio's resilience fields: VirtualService retries and timeouts, routes
+/// that match nothing, DestinationRule outlier detection.
+#[test]
+fn istio_retries_timeouts_and_outlier_detection() {
+    let mesh = LocalMesh::up("config/aura-lab").expect("mesh up");
+    mesh.apply("aura-routes.yaml", ISTIO_ROUTES);
+
+    let (code, seconds, body) = timed_get(&mesh, "/slow");
+    assert_eq!((code, body.as_str()), (504, "upstream request timeout"));
+    assert!((0.9..1.8).contains(&seconds), "{seconds} s");
+
+    // 40 % errors, up to 5 retries on another replica: almost every request succeeds.
+    let report = load(&mesh, "/aura", 20, 0, 8);
+    let requests = report["requests"].as_u64().unwrap();
+    let ok = status_count(&report, 200);
+    assert!(requests >= 40, "{report}");
+    assert!(
+        ok as f64 >= 0.95 * requests as f64,
+        "{ok}/{requests}: {report}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let row = route_row(&mesh, "aura-api.default/http[1]", Duration::from_secs(60));
+    assert!(
+        row["attempts"].as_u64().unwrap() > row["requests"].as_u64().unwrap(),
+        "retries were made: {row}"
+    );
+
+    // No route matches: Envoy's 404, as in Istio.
+    let (code, _, _) = timed_get(&mesh, "/healthz");
+    assert_eq!(code, 404);
+
+    // Outlier detection on one replica: ejected after 3 consecutive 5xx, back after 3 s.
+    mesh.apply("aura-api-dr.yaml", ISTIO_OUTLIER_DETECTION);
+    mesh.apply(
+        "aura-api.yaml",
+        &lab_deployment().replace("replicas: 3", "replicas: 1"),
+    );
+    mesh.eventually(Duration::from_secs(20), || {
+        let (code, _, body) = timed_get(&mesh, "/aura");
+        anyhow::ensure!(code == 200, "{code} {body}");
+        Ok(())
+    })
+    .unwrap();
+    for _ in 0..3 {
+        let (code, _, body) = timed_get(&mesh, "/chaos");
+        assert_eq!((code, body.as_str()), (500, r#"{"error":"chaos"}"#));
+    }
+    let (code, _, body) = timed_get(&mesh, "/chaos");
+    assert_eq!((code, body.as_str()), (503, "no healthy upstream"));
+    mesh.eventually(Duration::from_secs(8), || {
+        let (code, _, _) = timed_get(&mesh, "/chaos");
+        anyhow::ensure!(code == 500, "still {code}");
+        Ok(())
+    })
+    .unwrap();
+}

@@ -188,11 +188,12 @@ fn budget_key(destination: &str) -> String {
 }
 
 /// Applies `update` to the shared budget of `destination` (compare-and-swap, retried when
-/// another worker wrote in between) and publishes its gauges.
+/// another worker wrote in between), then publishes its gauges if `publish`.
 fn update_budget<T>(
     destination: &str,
     config: &RetryBudgetConfig,
     now_ms: u64,
+    publish: bool,
     update: impl Fn(&mut BudgetState) -> T,
 ) -> T {
     let key = budget_key(destination);
@@ -208,9 +209,18 @@ fn update_budget<T>(
             Err(e) => log::warn!("ward: cannot store the retry budget of {destination}: {e:?}"),
             Ok(()) => {}
         }
-        publish_gauges(destination, &mut state, config, now_ms);
+        if publish {
+            publish_gauges(destination, &mut state, config, now_ms);
+        }
         return result;
     }
+}
+
+thread_local! {
+    /// Gauge ids by destination: defining a metric is a host call and a string to build, so
+    /// once per destination and worker, not per request.
+    static GAUGES: std::cell::RefCell<std::collections::HashMap<String, Option<[u32; 4]>>> =
+        Default::default();
 }
 
 /// `wasmcustom.ward.retry_budget.<destination>.{requests,retries,refused,available}` in
@@ -221,18 +231,29 @@ fn publish_gauges(
     config: &RetryBudgetConfig,
     now_ms: u64,
 ) {
+    const NAMES: [&str; 4] = ["requests", "retries", "refused", "available"];
+    let ids = GAUGES.with(|gauges| {
+        *gauges
+            .borrow_mut()
+            .entry(destination.to_string())
+            .or_insert_with(|| {
+                let mut ids = [0u32; 4];
+                for (id, name) in ids.iter_mut().zip(NAMES) {
+                    let metric = format!("ward.retry_budget.{destination}.{name}");
+                    *id = hostcalls::define_metric(MetricType::Gauge, &metric).ok()?;
+                }
+                Some(ids)
+            })
+    });
+    let Some(ids) = ids else {
+        return;
+    };
     let available = state.available_retries(config, now_ms);
-    for (name, value) in [
-        ("requests", state.requests),
-        ("retries", state.retries),
-        ("refused", state.refused),
-        ("available", available),
-    ] {
-        let metric = format!("ward.retry_budget.{destination}.{name}");
-        // Envoy returns the same id for a name defined before.
-        if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &metric) {
-            let _ = hostcalls::record_metric(id, value);
-        }
+    for (id, value) in
+        ids.into_iter()
+            .zip([state.requests, state.retries, state.refused, available])
+    {
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 
@@ -262,7 +283,8 @@ impl HttpContext for RetryBudgetHttp {
             return Action::Continue;
         };
         let now = self.now_ms();
-        let grant = update_budget(destination, budget, now, |state| {
+        // Gauges once per request, when it is charged.
+        let grant = update_budget(destination, budget, now, false, |state| {
             state.grant(budget, now, route_max)
         });
         self.set_http_request_header("x-envoy-max-retries", Some(&grant.retries.to_string()));
@@ -285,7 +307,7 @@ impl HttpContext for RetryBudgetHttp {
             .and_then(|v| v.parse::<u32>().ok())
             .is_none_or(|status| status >= 500);
         let now = self.now_ms();
-        update_budget(&destination, &budget, now, |state| {
+        update_budget(&destination, &budget, now, true, |state| {
             state.charge(&budget, now, &grant, attempts, failed)
         });
         Action::Continue

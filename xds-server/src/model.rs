@@ -40,6 +40,8 @@ pub struct Mesh {
     pub fetched_jwks: BTreeMap<String, String>,
     /// Linkerd ServiceProfiles, sorted by (namespace, name); at most one per service.
     pub service_profiles: Vec<ServiceProfile>,
+    /// Istio VirtualServices, sorted by (namespace, name).
+    pub virtual_services: Vec<VirtualService>,
 }
 
 pub use wasm_authz::retry_budget::RetryBudgetConfig;
@@ -269,7 +271,109 @@ pub struct DestinationRule {
     pub tls: Option<ClientTls>,
     /// `trafficPolicy.portLevelSettings[].tls`, by service port.
     pub port_tls: BTreeMap<u16, ClientTls>,
+    /// `trafficPolicy.outlierDetection`.
+    pub outlier_detection: Option<OutlierDetectionPolicy>,
+    /// `trafficPolicy.connectionPool`.
+    pub connection_pool: Option<ConnectionPool>,
+    /// `trafficPolicy.retryBudget` (Envoy's concurrency-based budget).
+    pub retry_budget: Option<ConcurrencyRetryBudget>,
     pub source: SourceRef,
+}
+
+/// DestinationRule `outlierDetection`, with Istio's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetectionPolicy {
+    /// 0: no ejection on 5xx.
+    pub consecutive_5xx_errors: u32,
+    /// 0: no ejection on gateway errors (502, 503, 504).
+    pub consecutive_gateway_errors: u32,
+    pub interval_ms: u64,
+    pub base_ejection_time_ms: u64,
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, traffic goes to all of them (Envoy's panic
+    /// threshold); Istio's default is 0.
+    pub min_health_percent: u32,
+}
+
+/// DestinationRule `connectionPool`: Envoy's circuit breakers and connection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout_ms: Option<u64>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+}
+
+/// DestinationRule `retryBudget`: retries in flight at most `percent` of the active requests,
+/// and never fewer than `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyRetryBudget {
+    /// Thousandths of a percent (Envoy takes a double; equality needs an integer).
+    pub percent_millis: u32,
+    pub min_retry_concurrency: u32,
+    /// Count requests over this window rather than only the active ones.
+    pub budget_interval_ms: Option<u64>,
+}
+
+/// An Istio VirtualService's HTTP routes for mesh services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualService {
+    pub name: String,
+    pub namespace: String,
+    /// The services' FQDNs (short names qualified in the VirtualService's namespace).
+    pub hosts: Vec<String>,
+    /// In order: the first route that matches a request takes it.
+    pub http: Vec<HttpRoute>,
+    pub source: SourceRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    /// Any of them (none: every request).
+    pub matches: Vec<HttpMatch>,
+    pub destinations: Vec<RouteDestination>,
+    /// The whole request, retries included.
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<HttpRetry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpMatch {
+    pub uri: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub headers: Vec<(String, StringMatch)>,
+    pub ignore_uri_case: bool,
+    /// The service port the request was sent to.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// RE2, the whole value.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteDestination {
+    /// A service FQDN.
+    pub host: String,
+    /// None: the service's only port, or the port the request came in on.
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRetry {
+    pub attempts: u32,
+    pub per_try_timeout_ms: Option<u64>,
+    /// Envoy's `retry_on` (Istio passes it through); status codes in it become
+    /// `retriable-status-codes`.
+    pub retry_on: Option<String>,
 }
 
 impl DestinationRule {
@@ -322,6 +426,15 @@ impl Mesh {
         self.service_profiles
             .iter()
             .find(|p| p.namespace == service.namespace && p.name == fqdn)
+    }
+
+    /// The VirtualService routing `service`'s host, if any: the first by (namespace, name),
+    /// as Istio merges none (the loader warns about the others).
+    pub fn virtual_service(&self, service: &Service) -> Option<&VirtualService> {
+        let fqdn = crate::translate::service_fqdn(service);
+        self.virtual_services
+            .iter()
+            .find(|v| v.hosts.contains(&fqdn))
     }
 
     /// Failure accrual for `service`: Linkerd turns it off when a ServiceProfile exists.

@@ -137,6 +137,18 @@ impl ControlPlane {
         for warning in &loaded.warnings {
             warn!(%warning, "config");
         }
+        let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        if self.options.translate.wasm_module.is_none() {
+            let budgets = crate::translate::resilience::outbound_filter_config(&loaded.mesh);
+            for destination in budgets.budgets.keys() {
+                let warning = format!(
+                    "ServiceProfile {destination}: retries are not budgeted (retryBudget ignored): xds-server runs without --wasm-module, and the budget is kept by the wasm filter; each retryable request is retried up to {} times",
+                    crate::translate::resilience::PROFILE_MAX_RETRIES
+                );
+                warn!(%warning, "config");
+                warnings.push(warning);
+            }
+        }
         // Held across the translation, so a renewal never re-applies the mesh being replaced.
         let mut current = self.current_mesh.lock().expect("mesh lock");
         let mesh = Arc::new(loaded.mesh);
@@ -147,7 +159,7 @@ impl ControlPlane {
         let mut status = self.config_status.write().expect("config status lock");
         status.generation += 1;
         status.loaded_at_unix = unix_now();
-        status.warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+        status.warnings = warnings;
         status.last_error = None;
         Ok(())
     }

@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use super::decode::{integer, Object, IGNORED};
+use super::decode::{go_duration, integer, number, Object, IGNORED};
 use super::diagnostic::Report;
 use super::kinds::{decode_meta, Meta};
 use super::names::Rule;
 use super::yaml::{Node, Position};
-use crate::model::{ClientTls, ClientTlsMode, MtlsMode};
+use crate::model::{
+    ClientTls, ClientTlsMode, ConcurrencyRetryBudget, ConnectionPool, MtlsMode,
+    OutlierDetectionPolicy,
+};
 
 pub const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1beta1", "security.istio.io/v1"];
 pub const NETWORKING_VERSIONS: &[&str] = &[
@@ -36,6 +39,9 @@ pub struct DestinationRuleSpec {
     pub host_position: Position,
     pub tls: Option<ClientTls>,
     pub port_tls: BTreeMap<u16, ClientTls>,
+    pub outlier_detection: Option<OutlierDetectionPolicy>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub retry_budget: Option<ConcurrencyRetryBudget>,
 }
 
 /// `selector.matchLabels` (Istio's WorkloadSelector); None when absent. An empty selector
@@ -181,6 +187,61 @@ fn client_tls(node: &Node, path: &str, report: &mut Report) -> Option<ClientTls>
     Some(result)
 }
 
+/// A `uint32` field, if present.
+fn count(object: &Object, key: &str, report: &mut Report) -> Option<u32> {
+    object
+        .get(key)
+        .and_then(|n| integer(n, &object.field_path(key), 0, u32::MAX as i64, report))
+        .map(|v| v as u32)
+}
+
+fn duration(object: &Object, key: &str, report: &mut Report) -> Option<u64> {
+    object
+        .get(key)
+        .and_then(|n| go_duration(n, &object.field_path(key), report))
+}
+
+/// `outlierDetection` with Istio's defaults (interval 10 s, base ejection 30 s, at most 10 %
+/// of endpoints out, panic threshold 0).
+fn outlier_detection(outlier: Object, report: &mut Report) -> OutlierDetectionPolicy {
+    // `consecutiveErrors` is the deprecated name of consecutive gateway errors.
+    let deprecated = count(&outlier, "consecutiveErrors", report);
+    let policy = OutlierDetectionPolicy {
+        consecutive_5xx_errors: count(&outlier, "consecutive5xxErrors", report).unwrap_or(0),
+        consecutive_gateway_errors: count(&outlier, "consecutiveGatewayErrors", report)
+            .or(deprecated)
+            .unwrap_or(0),
+        interval_ms: duration(&outlier, "interval", report).unwrap_or(10_000),
+        base_ejection_time_ms: duration(&outlier, "baseEjectionTime", report).unwrap_or(30_000),
+        max_ejection_percent: count(&outlier, "maxEjectionPercent", report)
+            .unwrap_or(10)
+            .min(100),
+        min_health_percent: count(&outlier, "minHealthPercent", report)
+            .unwrap_or(0)
+            .min(100),
+    };
+    outlier.finish(report);
+    policy
+}
+
+fn connection_pool(pool: Object, report: &mut Report) -> ConnectionPool {
+    let mut settings = ConnectionPool::default();
+    if let Some(tcp) = pool.object("tcp", report) {
+        settings.max_connections = count(&tcp, "maxConnections", report);
+        settings.connect_timeout_ms = duration(&tcp, "connectTimeout", report);
+        tcp.finish(report);
+    }
+    if let Some(http) = pool.object("http", report) {
+        settings.http1_max_pending_requests = count(&http, "http1MaxPendingRequests", report);
+        settings.http2_max_requests = count(&http, "http2MaxRequests", report);
+        settings.max_requests_per_connection = count(&http, "maxRequestsPerConnection", report);
+        settings.max_retries = count(&http, "maxRetries", report);
+        http.finish(report);
+    }
+    pool.finish(report);
+    settings
+}
+
 pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<DestinationRuleSpec> {
     let meta = decode_meta(doc, true, Rule::Subdomain, report)?;
     let spec = doc.object("spec", report);
@@ -190,6 +251,9 @@ pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<Dest
         host: String::new(),
         tls: None,
         port_tls: BTreeMap::new(),
+        outlier_detection: None,
+        connection_pool: None,
+        retry_budget: None,
     };
     let Some(spec) = spec else {
         doc.missing("spec", report);
@@ -200,6 +264,36 @@ pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<Dest
     if let Some(policy) = spec.object("trafficPolicy", report) {
         if let Some(node) = policy.get("tls") {
             rule.tls = client_tls(node, &policy.field_path("tls"), report);
+        }
+        if let Some(outlier) = policy.object("outlierDetection", report) {
+            rule.outlier_detection = Some(outlier_detection(outlier, report));
+        }
+        if let Some(pool) = policy.object("connectionPool", report) {
+            rule.connection_pool = Some(connection_pool(pool, report));
+        }
+        if let Some(budget) = policy.object("retryBudget", report) {
+            let percent = budget
+                .get("percent")
+                .and_then(|n| number(n, &budget.field_path("percent"), 0.0, 100.0, report))
+                .unwrap_or(20.0);
+            let min = budget
+                .get("minRetryConcurrency")
+                .and_then(|n| {
+                    integer(
+                        n,
+                        &budget.field_path("minRetryConcurrency"),
+                        0,
+                        u32::MAX as i64,
+                        report,
+                    )
+                })
+                .unwrap_or(3);
+            rule.retry_budget = Some(ConcurrencyRetryBudget {
+                percent_millis: (percent * 1000.0).round() as u32,
+                min_retry_concurrency: min as u32,
+                budget_interval_ms: duration(&budget, "budgetInterval", report),
+            });
+            budget.finish(report);
         }
         for (path, node) in policy.list("portLevelSettings", report) {
             let Some(settings) = Object::of(node, &path, report) else {

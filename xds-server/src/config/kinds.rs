@@ -11,6 +11,7 @@ use super::diagnostic::Report;
 use super::istio::{self, DestinationRuleSpec, PeerAuthenticationSpec};
 use super::linkerd::{self, ServiceProfileSpec};
 use super::names::{self, Rule};
+use super::virtual_service::{self, VirtualServiceSpec};
 use super::yaml::{Node, Position, Scalar, Value};
 use crate::model::{Container, ContainerPort};
 
@@ -108,6 +109,7 @@ pub enum Document {
     AuthorizationPolicy(AuthorizationPolicySpec),
     RequestAuthentication(RequestAuthenticationSpec),
     ServiceProfile(ServiceProfileSpec),
+    VirtualService(VirtualServiceSpec),
 }
 
 /// What became of one YAML document.
@@ -133,6 +135,7 @@ impl Document {
             Document::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Document::RequestAuthentication(_) => "RequestAuthentication",
             Document::ServiceProfile(_) => "ServiceProfile",
+            Document::VirtualService(_) => "VirtualService",
         }
     }
 
@@ -146,6 +149,7 @@ impl Document {
             Document::AuthorizationPolicy(p) => Some(&p.meta),
             Document::RequestAuthentication(r) => Some(&r.meta),
             Document::ServiceProfile(p) => Some(&p.meta),
+            Document::VirtualService(v) => Some(&v.meta),
             Document::MeshConfig(_) => None,
         }
     }
@@ -190,6 +194,9 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
         (v, "DestinationRule") if istio::NETWORKING_VERSIONS.contains(&v) => {
             istio::decode_destination_rule(&doc, report).map(Document::DestinationRule)
         }
+        (v, "VirtualService") if istio::NETWORKING_VERSIONS.contains(&v) => {
+            virtual_service::decode_virtual_service(&doc, report).map(Document::VirtualService)
+        }
         (v, "ServiceProfile") if linkerd::SERVICE_PROFILE_VERSIONS.contains(&v) => {
             linkerd::decode_service_profile(&doc, report).map(Document::ServiceProfile)
         }
@@ -198,7 +205,9 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
                 "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
                     " (Ward reads security.istio.io/v1beta1 and v1)"
                 }
-                "DestinationRule" => " (Ward reads networking.istio.io/v1alpha3, v1beta1 and v1)",
+                "DestinationRule" | "VirtualService" => {
+                    " (Ward reads networking.istio.io/v1alpha3, v1beta1 and v1)"
+                }
                 "Namespace" | "ServiceAccount" | "Service" => " (Ward reads it as v1)",
                 "Deployment" => " (Ward reads it as apps/v1)",
                 "MeshConfig" => " (Ward reads it as ward.dev/v1alpha1)",

@@ -6,7 +6,8 @@
 //! - `decode`: typed access that reports wrong types and every key left unread.
 //! - `names`: Kubernetes' name rules.
 //! - `kinds`: the Kubernetes and Ward kinds understood; `istio`: Istio's; `authz`: Istio's
-//!   AuthorizationPolicy; `linkerd`: Linkerd's ServiceProfile and Service annotations.
+//!   AuthorizationPolicy; `virtual_service`: Istio's VirtualService; `linkerd`: Linkerd's
+//!   ServiceProfile and Service annotations.
 //! - `resolve`: checks across documents, and the resolved `Mesh` with addresses.
 //! - `diagnostic`: `Diagnostic`, `ConfigError` and the per-file collector.
 
@@ -18,6 +19,7 @@ mod kinds;
 mod linkerd;
 mod names;
 mod resolve;
+mod virtual_service;
 mod yaml;
 
 use std::path::{Path, PathBuf};

@@ -12,11 +12,12 @@ use super::kinds::{
     DeploymentSpec, Document, ServicePortSpec, ServiceSpec, TargetPort, DEFAULT_SERVICE_ACCOUNT,
 };
 use super::linkerd::ServiceProfileSpec;
+use super::virtual_service::VirtualServiceSpec;
 use super::yaml::Position;
 use crate::model::{
     policy_applies, AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
     RequestAuthentication, ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort,
-    ServiceProfile, SourceRef, Workload,
+    ServiceProfile, SourceRef, VirtualService, Workload,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -119,6 +120,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     let mut authorization_policies: Vec<(String, AuthorizationPolicySpec)> = Vec::new();
     let mut request_authentications: Vec<(String, RequestAuthenticationSpec)> = Vec::new();
     let mut service_profiles: Vec<(String, ServiceProfileSpec)> = Vec::new();
+    let mut virtual_services: Vec<(String, VirtualServiceSpec)> = Vec::new();
     let mut seen: BTreeMap<(&'static str, String, String), (String, usize)> = BTreeMap::new();
 
     for Located {
@@ -192,6 +194,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             Document::AuthorizationPolicy(p) => authorization_policies.push((file, p)),
             Document::RequestAuthentication(r) => request_authentications.push((file, r)),
             Document::ServiceProfile(p) => service_profiles.push((file, p)),
+            Document::VirtualService(v) => virtual_services.push((file, v)),
         }
     }
 
@@ -299,8 +302,11 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     );
 
     let service_profiles = resolve_service_profiles(service_profiles, &resolved, findings);
+    let virtual_services =
+        resolve_virtual_services(virtual_services, &resolved, &service_profiles, findings);
 
     Mesh {
+        virtual_services,
         service_profiles,
         fetched_jwks: BTreeMap::new(),
         request_authentications,
@@ -599,6 +605,9 @@ fn resolve_destination_rules(
             namespace: r.meta.namespace,
             tls: r.tls,
             port_tls: r.port_tls,
+            outlier_detection: r.outlier_detection,
+            connection_pool: r.connection_pool,
+            retry_budget: r.retry_budget,
             source: SourceRef {
                 file: file.clone(),
                 line: r.meta.position.line,
@@ -709,6 +718,126 @@ fn resolve_service_profiles(
     }
     profiles.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     profiles
+}
+
+/// VirtualServices with their hosts and destinations qualified. A destination that is not a
+/// mesh service (or not one of its ports) is an error: the route would send traffic nowhere.
+/// Hosts that are not mesh services are warned and dropped; the first VirtualService (by
+/// namespace and name) for a host is the one applied, as Istio does not merge them.
+fn resolve_virtual_services(
+    specs: Vec<(String, VirtualServiceSpec)>,
+    services: &[Service],
+    profiles: &[ServiceProfile],
+    findings: &mut Findings,
+) -> Vec<VirtualService> {
+    let by_fqdn = |fqdn: &str| {
+        services
+            .iter()
+            .find(|s| crate::translate::service_fqdn(s) == fqdn)
+    };
+    let mut sorted = specs;
+    sorted.sort_by(|(_, a), (_, b)| {
+        (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+    });
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    let mut resolved = Vec::new();
+    for (file, v) in sorted {
+        let qualified_name = format!("{}/{}", v.meta.namespace, v.meta.name);
+        let mut hosts = Vec::new();
+        for (i, (host, at)) in v.hosts.iter().enumerate() {
+            let fqdn = qualify_host(host, &v.meta.namespace);
+            let field = format!("spec.hosts[{i}]");
+            if host.contains('*') || by_fqdn(&fqdn).is_none() {
+                findings.push(
+                    false,
+                    &file,
+                    *at,
+                    &field,
+                    format!("ignored: {fqdn} is not a service of the mesh; Ward routes mesh services only"),
+                );
+                continue;
+            }
+            if let Some(first) = claimed.get(&fqdn) {
+                findings.push(
+                    false,
+                    &file,
+                    *at,
+                    &field,
+                    format!("ignored: VirtualService {first} already routes {fqdn}; Istio does not merge VirtualServices for one host either"),
+                );
+                continue;
+            }
+            if let Some(profile) = profiles.iter().find(|p| p.name == fqdn) {
+                findings.push(
+                    false,
+                    &file,
+                    *at,
+                    &field,
+                    format!(
+                        "routes {fqdn} instead of ServiceProfile {} ({}:{}), whose routes are ignored",
+                        profile.name, profile.source.file, profile.source.line
+                    ),
+                );
+            }
+            claimed.insert(fqdn.clone(), qualified_name.clone());
+            hosts.push(fqdn);
+        }
+        let mut http = v.http;
+        let mut ok = true;
+        for (route, positions) in http.iter_mut().zip(&v.destination_positions) {
+            for (destination, (at, field)) in route.destinations.iter_mut().zip(positions) {
+                destination.host = qualify_host(&destination.host, &v.meta.namespace);
+                let Some(service) = by_fqdn(&destination.host) else {
+                    findings.push(
+                        true,
+                        &file,
+                        *at,
+                        field,
+                        format!(
+                            "{} is not a service of the mesh: the route would send traffic nowhere",
+                            destination.host
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                };
+                let port_ok = match destination.port {
+                    Some(port) => service.ports.iter().any(|p| p.port == port),
+                    None => true,
+                };
+                if !port_ok {
+                    let ports: Vec<String> =
+                        service.ports.iter().map(|p| p.port.to_string()).collect();
+                    findings.push(
+                        true,
+                        &file,
+                        *at,
+                        field,
+                        format!(
+                            "{} has no port {}: its ports are {}",
+                            destination.host,
+                            destination.port.unwrap_or_default(),
+                            ports.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if ok && !hosts.is_empty() {
+            resolved.push(VirtualService {
+                name: v.meta.name,
+                namespace: v.meta.namespace,
+                hosts,
+                http,
+                source: SourceRef {
+                    file,
+                    line: v.meta.position.line,
+                },
+            });
+        }
+    }
+    resolved
 }
 
 /// A Service with its backends and numeric target ports; None if it has errors (reported).

@@ -1343,3 +1343,161 @@ fn failure_accrual_annotations_are_read_with_linkerds_defaults() {
         "{errors:#?}"
     );
 }
+
+const AURA_VIRTUAL_SERVICE: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: aura-api
+spec:
+  hosts:
+  - aura-api
+  http:
+  - name: slow
+    match:
+    - uri:
+        exact: /slow
+    timeout: 1s
+    route:
+    - destination:
+        host: aura-api
+  - match:
+    - uri:
+        prefix: /aura
+      method:
+        exact: GET
+    retries:
+      attempts: 5
+      perTryTimeout: 4s
+      retryOn: 5xx,reset
+    route:
+    - destination:
+        host: aura-api.default.svc.cluster.local
+        port:
+          number: 80
+"#;
+
+#[test]
+fn virtual_service_routes_load_with_qualified_hosts() {
+    let loaded = load_sources(&sources(&[
+        ("aura-api.yaml", AURA_API),
+        ("vs.yaml", AURA_VIRTUAL_SERVICE),
+    ]))
+    .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let mesh = &loaded.mesh;
+    let vs = mesh
+        .virtual_service(&mesh.services[0])
+        .expect("routes aura-api");
+    assert_eq!(vs.hosts, vec!["aura-api.default.svc.cluster.local"]);
+    assert_eq!(vs.http.len(), 2);
+    assert_eq!(vs.http[0].timeout_ms, Some(1000));
+    assert_eq!(
+        vs.http[1].retries,
+        Some(crate::model::HttpRetry {
+            attempts: 5,
+            per_try_timeout_ms: Some(4000),
+            retry_on: Some("5xx,reset".into()),
+        })
+    );
+    assert_eq!(
+        vs.http[0].destinations[0].host,
+        "aura-api.default.svc.cluster.local"
+    );
+    assert_eq!(vs.http[0].destinations[0].weight, 100);
+}
+
+#[test]
+fn virtual_service_features_ward_cannot_honour_are_refused_at_their_line() {
+    let vs = AURA_VIRTUAL_SERVICE
+        .replace(
+            "    timeout: 1s\n",
+            "    timeout: 1s\n    fault:\n      abort:\n        httpStatus: 500\n",
+        )
+        .replace(
+            "      method:\n        exact: GET\n",
+            "      queryParams:\n        v:\n          exact: \"1\"\n",
+        )
+        .replace(
+            "        port:\n          number: 80\n",
+            "        port:\n          number: 8080\n",
+        );
+    let errors = errors_of(&[("aura-api.yaml", AURA_API), ("vs.yaml", &vs)]);
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for expected in [
+        "vs.yaml:14:5: spec.http[0].fault: Ward does not support fault injection",
+        "vs.yaml:23:7: spec.http[1].match[0].queryParams: Ward cannot match on `queryParams`",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(expected)),
+            "no {expected:?} in {messages:#?}"
+        );
+    }
+    let vs = AURA_VIRTUAL_SERVICE.replace("number: 80", "number: 8080");
+    let errors = errors_of(&[("aura-api.yaml", AURA_API), ("vs.yaml", &vs)]);
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("aura-api.default.svc.cluster.local has no port 8080: its ports are 80"),
+        "{errors:#?}"
+    );
+    let vs = AURA_VIRTUAL_SERVICE.replace("        host: aura-api\n", "        host: nowhere\n");
+    let errors = errors_of(&[("aura-api.yaml", AURA_API), ("vs.yaml", &vs)]);
+    assert!(
+        errors[0].to_string().starts_with(
+            "vs.yaml:16:9: spec.http[0].route[0].destination.host: nowhere.default.svc.cluster.local is not a service of the mesh"
+        ),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn destination_rule_resilience_fields_load_with_istios_defaults() {
+    let rule = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: aura-api
+spec:
+  host: aura-api
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 3
+      baseEjectionTime: 3s
+    connectionPool:
+      tcp:
+        maxConnections: 100
+        connectTimeout: 250ms
+      http:
+        http1MaxPendingRequests: 10
+        maxRetries: 7
+    retryBudget:
+      percent: 25
+      minRetryConcurrency: 5
+";
+    let loaded = load_sources(&sources(&[("aura-api.yaml", AURA_API), ("dr.yaml", rule)])).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let dr = &loaded.mesh.destination_rules[0];
+    assert_eq!(
+        dr.outlier_detection,
+        Some(crate::model::OutlierDetectionPolicy {
+            consecutive_5xx_errors: 3,
+            consecutive_gateway_errors: 0,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 3_000,
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        })
+    );
+    let pool = dr.connection_pool.unwrap();
+    assert_eq!(pool.max_connections, Some(100));
+    assert_eq!(pool.connect_timeout_ms, Some(250));
+    assert_eq!(pool.http1_max_pending_requests, Some(10));
+    assert_eq!(pool.max_retries, Some(7));
+    assert_eq!(
+        dr.retry_budget,
+        Some(crate::model::ConcurrencyRetryBudget {
+            percent_millis: 25_000,
+            min_retry_concurrency: 5,
+            budget_interval_ms: None,
+        })
+    );
+}

@@ -19,6 +19,7 @@
 
 pub mod rbac;
 pub mod resilience;
+pub mod routing;
 pub mod tls;
 
 pub use tls::{
@@ -720,7 +721,8 @@ pub fn service_domains(service: &Service, port: u16, client_namespace: &str) -> 
     domains
 }
 
-/// A service port's routes: the ServiceProfile's, in order (first match wins, as in
+/// A service port's routes: a VirtualService's (nothing else: Istio answers 404 to what
+/// they do not match), else the ServiceProfile's, in order (first match wins, as in
 /// Linkerd), then `default` for everything else.
 fn outbound_virtual_host(
     mesh: &Mesh,
@@ -737,6 +739,14 @@ fn outbound_virtual_host(
             ..Default::default()
         }))
     };
+    if let Some(virtual_service) = mesh.virtual_service(service) {
+        return VirtualHost {
+            name: format!("{}:{}", service_fqdn(service), port.port),
+            domains: service_domains(service, port.port, client_namespace),
+            routes: routing::virtual_service_routes(mesh, virtual_service, service, port),
+            ..Default::default()
+        };
+    }
     let mut routes = Vec::new();
     let profile = mesh.service_profile(service);
     for profile_route in profile.iter().flat_map(|p| &p.routes) {

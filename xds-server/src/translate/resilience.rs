@@ -1,6 +1,9 @@
 //! Client-side resilience: Linkerd ServiceProfile routes (per-route names for metrics,
 //! retries, timeouts) on the outbound routes, the retry budget's filter configuration, and
-//! failure accrual on the outbound clusters (Envoy outlier detection).
+//! failure accrual on the outbound clusters (Envoy outlier detection); Istio's
+//! DestinationRule `outlierDetection`, `connectionPool` and `retryBudget` on the same
+//! clusters. (Envoy's default allows 3 retries in flight per cluster, which would cap a
+//! budget long before the budget does: like Istio, Ward lifts it unless `maxRetries` says.)
 //!
 //! Who does what: Envoy's router matches the profile's routes, retries failures of retryable
 //! routes on another endpoint and enforces timeouts; the `ward-retry-budget` wasm filter on
@@ -9,7 +12,7 @@
 //! failures.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers, cluster, CircuitBreakers, OutlierDetection,
+    circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher, retry_policy, route_match, HeaderMatcher, RetryPolicy, RouteMatch,
@@ -21,7 +24,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use wasm_authz::{OutboundConfig, RetryableRoute};
 
 use super::{any, duration_ms, outbound_cluster_name};
-use crate::model::{FailureAccrual, Mesh, RequestMatch, Service};
+use crate::model::{FailureAccrual, Mesh, OutlierDetectionPolicy, RequestMatch, Service};
 
 /// Envoy needs a number where Linkerd's ServiceProfile has none (its budget alone limits
 /// retries): a retryable request is tried at most this many more times, fewer when the
@@ -167,6 +170,10 @@ pub fn outbound_filter_config(mesh: &Mesh) -> OutboundConfig {
         let Some(profile) = mesh.service_profile(service) else {
             continue;
         };
+        // A VirtualService's routes replace the profile's.
+        if mesh.virtual_service(service).is_some() {
+            continue;
+        }
         if !profile.routes.iter().any(|r| r.is_retryable) {
             continue;
         }
@@ -224,29 +231,82 @@ pub fn no_panic_routing() -> cluster::CommonLbConfig {
     }
 }
 
-/// Like Istio: Envoy's default allows 3 retries in flight per cluster, which would cap a
-/// budget long before the budget does.
-pub fn circuit_breakers() -> CircuitBreakers {
-    CircuitBreakers {
-        thresholds: vec![circuit_breakers::Thresholds {
-            max_retries: Some(UInt32Value { value: u32::MAX }),
-            ..Default::default()
-        }],
+/// DestinationRule `outlierDetection` as Istio builds it.
+pub fn istio_outlier_detection(policy: &OutlierDetectionPolicy) -> OutlierDetection {
+    let enforcing = |errors: u32| UInt32Value {
+        value: if errors > 0 { 100 } else { 0 },
+    };
+    OutlierDetection {
+        consecutive_5xx: Some(UInt32Value {
+            value: policy.consecutive_5xx_errors,
+        }),
+        enforcing_consecutive_5xx: Some(enforcing(policy.consecutive_5xx_errors)),
+        consecutive_gateway_failure: Some(UInt32Value {
+            value: policy.consecutive_gateway_errors,
+        }),
+        enforcing_consecutive_gateway_failure: Some(enforcing(policy.consecutive_gateway_errors)),
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        interval: Some(duration_ms(policy.interval_ms)),
+        base_ejection_time: Some(duration_ms(policy.base_ejection_time_ms)),
+        max_ejection_percent: Some(UInt32Value {
+            value: policy.max_ejection_percent,
+        }),
         ..Default::default()
     }
 }
 
-/// Applies a service's client-side resilience to its outbound cluster.
-pub fn apply_to_cluster(
-    mesh: &Mesh,
-    service: &Service,
-    cluster: &mut envoy_types::pb::envoy::config::cluster::v3::Cluster,
-) {
-    cluster.circuit_breakers = Some(circuit_breakers());
-    if let Some(accrual) = mesh.failure_accrual(service) {
+/// Applies a service's client-side resilience to its outbound cluster: its DestinationRule's
+/// `outlierDetection`, `connectionPool` and `retryBudget` (Istio), else failure accrual
+/// (Linkerd).
+pub fn apply_to_cluster(mesh: &Mesh, service: &Service, cluster: &mut Cluster) {
+    let mut thresholds = circuit_breakers::Thresholds {
+        max_retries: Some(UInt32Value { value: u32::MAX }),
+        ..Default::default()
+    };
+    let rule = mesh.destination_rule_for(service, &super::service_fqdn(service));
+    if let Some(policy) = rule.and_then(|r| r.outlier_detection.as_ref()) {
+        cluster.outlier_detection = Some(istio_outlier_detection(policy));
+        cluster.common_lb_config = Some(cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(Percent {
+                value: policy.min_health_percent as f64,
+            }),
+            ..Default::default()
+        });
+    } else if let Some(accrual) = mesh.failure_accrual(service) {
         cluster.outlier_detection = Some(outlier_detection(&accrual));
         cluster.common_lb_config = Some(no_panic_routing());
     }
+    if let Some(pool) = rule.and_then(|r| r.connection_pool.as_ref()) {
+        let value = |v: Option<u32>| v.map(|value| UInt32Value { value });
+        thresholds.max_connections = value(pool.max_connections);
+        thresholds.max_pending_requests = value(pool.http1_max_pending_requests);
+        thresholds.max_requests = value(pool.http2_max_requests);
+        if pool.max_retries.is_some() {
+            thresholds.max_retries = value(pool.max_retries);
+        }
+        if let Some(ms) = pool.connect_timeout_ms {
+            cluster.connect_timeout = Some(duration_ms(ms));
+        }
+        #[allow(deprecated)]
+        {
+            cluster.max_requests_per_connection = value(pool.max_requests_per_connection);
+        }
+    }
+    if let Some(budget) = rule.and_then(|r| r.retry_budget.as_ref()) {
+        thresholds.retry_budget = Some(circuit_breakers::thresholds::RetryBudget {
+            budget_percent: Some(Percent {
+                value: budget.percent_millis as f64 / 1000.0,
+            }),
+            min_retry_concurrency: Some(UInt32Value {
+                value: budget.min_retry_concurrency,
+            }),
+            budget_interval: budget.budget_interval_ms.map(duration_ms),
+        });
+    }
+    cluster.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![thresholds],
+        ..Default::default()
+    });
 }
 
 #[cfg(test)]
