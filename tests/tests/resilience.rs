@@ -331,9 +331,17 @@ fn timeouts_non_retryable_routes_failure_accrual_and_tap() {
         let (code, _, body) = timed_get(&mesh, "/chaos");
         assert_eq!((code, body.as_str()), (500, r#"{"error":"chaos"}"#));
     }
+    // Envoy's outlier detector ejects on its main thread, a moment after the failure.
+    mesh.eventually(Duration::from_secs(2), || {
+        let (code, _, body) = timed_get(&mesh, "/chaos");
+        anyhow::ensure!(
+            (code, body.as_str()) == (503, "no healthy upstream"),
+            "{code} {body}"
+        );
+        Ok(())
+    })
+    .unwrap();
     let ejected_at = Instant::now();
-    let (code, _, body) = timed_get(&mesh, "/chaos");
-    assert_eq!((code, body.as_str()), (503, "no healthy upstream"));
     let (code, _, _) = timed_get(&mesh, "/healthz");
     assert_eq!(
         code, 503,
@@ -348,7 +356,7 @@ fn timeouts_non_retryable_routes_failure_accrual_and_tap() {
     })
     .unwrap();
     let back_after = ejected_at.elapsed().as_secs_f64();
-    assert!(back_after >= 3.5, "back after {back_after:.1} s");
+    assert!(back_after >= 3.0, "back after {back_after:.1} s");
 
     // Failing again, it is ejected for longer: Envoy grows the penalty with each ejection.
     mesh.eventually(Duration::from_secs(5), || {
@@ -469,8 +477,17 @@ fn istio_retries_timeouts_and_outlier_detection() {
         let (code, _, body) = timed_get(&mesh, "/chaos");
         assert_eq!((code, body.as_str()), (500, r#"{"error":"chaos"}"#));
     }
-    let (code, _, body) = timed_get(&mesh, "/chaos");
-    assert_eq!((code, body.as_str()), (503, "no healthy upstream"));
+    // Envoy's outlier detector ejects on its main thread, a moment after the failure.
+    let failed_fast = || {
+        let (code, _, body) = timed_get(&mesh, "/chaos");
+        anyhow::ensure!(
+            (code, body.as_str()) == (503, "no healthy upstream"),
+            "{code} {body}"
+        );
+        Ok(())
+    };
+    mesh.eventually(Duration::from_secs(2), failed_fast)
+        .unwrap();
     mesh.eventually(Duration::from_secs(8), || {
         let (code, _, _) = timed_get(&mesh, "/chaos");
         anyhow::ensure!(code == 500, "still {code}");

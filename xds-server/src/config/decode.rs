@@ -194,6 +194,21 @@ impl<'n> Object<'n> {
         map
     }
 
+    /// Reads past each of `fields` that is present, warning where it is written that it is
+    /// ignored, and why.
+    pub fn ignore(&self, fields: &[(&str, &str)], report: &mut Report) {
+        for (field, why) in fields {
+            if self.has(field) {
+                self.get(field);
+                report.warn(
+                    self.position_of(field),
+                    &self.field_path(field),
+                    format!("{IGNORED}: {why}"),
+                );
+            }
+        }
+    }
+
     /// Every key not read: Ward does not support it, and says so where it is written.
     pub fn finish(self, report: &mut Report) {
         let taken = self.taken.into_inner();
@@ -348,4 +363,25 @@ pub fn parse_go_duration(text: &str) -> Option<u64> {
         total_ms += value * per_ms;
     }
     Some(total_ms.round() as u64)
+}
+
+/// A regular expression in the syntax Envoy's `safe_regex` (RE2) and Linkerd read.
+pub fn regex(node: &Node, path: &str, report: &mut Report) -> Option<String> {
+    let value = string(node, path, report)?;
+    match regex_syntax::Parser::new().parse(&value) {
+        Ok(_) => Some(value),
+        Err(e) => {
+            let detail = e.to_string();
+            let last = detail.lines().last().unwrap_or_default().trim();
+            report.error(
+                node.position,
+                path,
+                format!(
+                    "`{value}` is not a valid regular expression: {}",
+                    last.strip_prefix("error: ").unwrap_or(last)
+                ),
+            );
+            None
+        }
+    }
 }

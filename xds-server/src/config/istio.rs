@@ -320,17 +320,13 @@ pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<Dest
         report.warn(
             spec.position_of("subsets"),
             "spec.subsets",
-            format!("{IGNORED} yet: subsets only matter to VirtualService routes, which Ward does not support yet; traffic goes to every endpoint"),
+            format!("{IGNORED} yet: subsets only matter to VirtualService routes that name one, which Ward refuses; traffic goes to every endpoint"),
         );
     }
-    if spec.has("exportTo") {
-        spec.get("exportTo");
-        report.warn(
-            spec.position_of("exportTo"),
-            "spec.exportTo",
-            format!("{IGNORED}: the rule applies to every client in the mesh"),
-        );
-    }
+    spec.ignore(
+        &[("exportTo", "the rule applies to every client in the mesh")],
+        report,
+    );
     spec.finish(report);
     Some(rule)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::decode::{boolean, go_duration, integer, number, parse_go_duration, Object, IGNORED};
+use super::decode::{boolean, go_duration, integer, number, parse_go_duration, regex, Object};
 use super::diagnostic::Report;
 use super::kinds::{decode_meta, Meta};
 use super::names::Rule;
@@ -79,41 +79,40 @@ pub fn decode_service_profile(doc: &Object, report: &mut Report) -> Option<Servi
         let ttl = budget
             .required("ttl", report)
             .and_then(|n| go_duration(n, &budget.field_path("ttl"), report));
-        if ttl == Some(0) {
-            report.error(
-                budget.position_of("ttl"),
-                &budget.field_path("ttl"),
-                "must be longer than 0",
-            );
-        }
+        // tower's budget, which Linkerd's proxy uses, keeps between 1 s and 60 s.
+        let ttl = ttl.map(|ms| {
+            let clamped = ms.clamp(1_000, 60_000);
+            if clamped != ms {
+                report.warn(
+                    budget.position_of("ttl"),
+                    &budget.field_path("ttl"),
+                    format!("{ms} ms is outside 1s..60s; Ward uses {clamped} ms, as Linkerd's proxy would"),
+                );
+            }
+            clamped
+        });
         if let (Some(retry_ratio), Some(min), Some(ttl_ms)) = (ratio, min_per_second, ttl) {
             profile.retry_budget = RetryBudgetConfig {
                 retry_ratio,
                 min_retries_per_second: min as u32,
-                ttl_ms: ttl_ms.max(1),
+                ttl_ms,
             };
         }
         budget.finish(report);
     }
-    for (field, why) in [
-        (
-            "dstOverrides",
-            "traffic splits are not supported; all traffic goes to the service",
-        ),
-        (
-            "opaquePorts",
-            "every port is treated by its Service port's protocol",
-        ),
-    ] {
-        if spec.has(field) {
-            spec.get(field);
-            report.warn(
-                spec.position_of(field),
-                &spec.field_path(field),
-                format!("{IGNORED}: {why}"),
-            );
-        }
-    }
+    spec.ignore(
+        &[
+            (
+                "dstOverrides",
+                "traffic splits are not supported; all traffic goes to the service",
+            ),
+            (
+                "opaquePorts",
+                "every port is treated by its Service port's protocol",
+            ),
+        ],
+        report,
+    );
     spec.finish(report);
     Some(profile)
 }
@@ -132,16 +131,13 @@ fn decode_route(node: &Node, path: &str, report: &mut Report) -> Option<ProfileR
         .get("timeout")
         .and_then(|n| go_duration(n, &route.field_path("timeout"), report))
         .filter(|ms| *ms > 0);
-    if route.has("responseClasses") {
-        route.get("responseClasses");
-        report.warn(
-            route.position_of("responseClasses"),
-            &route.field_path("responseClasses"),
-            format!(
-                "{IGNORED}: a 5xx answer (or a reset) is a failure, as with no responseClasses"
-            ),
-        );
-    }
+    route.ignore(
+        &[(
+            "responseClasses",
+            "a 5xx answer (or a reset) is a failure, as with no responseClasses",
+        )],
+        report,
+    );
     if let Some(condition) = &condition {
         let count = alternatives(condition).len();
         if count > MAX_ALTERNATIVES {
@@ -195,22 +191,10 @@ fn decode_match(
             );
         }
     }
-    if let Some(regex) = object.string("pathRegex", report) {
-        match regex_syntax::Parser::new().parse(&regex) {
-            Ok(_) => parts.push(RequestMatch::PathRegex(regex)),
-            Err(e) => {
-                ok = false;
-                let detail = e.to_string();
-                let last = detail.lines().last().unwrap_or_default().trim();
-                let last = last.strip_prefix("error: ").unwrap_or(last);
-                report.error(
-                    object
-                        .get("pathRegex")
-                        .map_or(object.position, |n| n.position),
-                    &object.field_path("pathRegex"),
-                    format!("`{regex}` is not a valid regular expression: {last}"),
-                );
-            }
+    if let Some(node) = object.get("pathRegex") {
+        match regex(node, &object.field_path("pathRegex"), report) {
+            Some(regex) => parts.push(RequestMatch::PathRegex(regex)),
+            None => ok = false,
         }
     }
     for (key, combine) in [

@@ -3,7 +3,7 @@
 //! and Ward cannot do is refused (rewrites, redirects, faults, subsets, unsupported matches),
 //! so a route never sends traffic somewhere its author did not mean; the rest is warned.
 
-use super::decode::{go_duration, integer, Object, IGNORED};
+use super::decode::{go_duration, integer, regex, Object};
 use super::diagnostic::Report;
 use super::kinds::{decode_meta, Meta};
 use super::names::Rule;
@@ -54,26 +54,20 @@ pub fn decode_virtual_service(doc: &Object, report: &mut Report) -> Option<Virtu
             service.destination_positions.push(positions);
         }
     }
-    for (field, why) in [
-        (
-            "tcp",
-            "TCP routes are not supported; TCP traffic goes to the service",
-        ),
-        (
-            "tls",
-            "TLS routes are not supported; TLS traffic goes to the service",
-        ),
-        ("exportTo", "the routes apply to every client in the mesh"),
-    ] {
-        if spec.has(field) {
-            spec.get(field);
-            report.warn(
-                spec.position_of(field),
-                &spec.field_path(field),
-                format!("{IGNORED}: {why}"),
-            );
-        }
-    }
+    spec.ignore(
+        &[
+            (
+                "tcp",
+                "TCP routes are not supported; TCP traffic goes to the service",
+            ),
+            (
+                "tls",
+                "TLS routes are not supported; TLS traffic goes to the service",
+            ),
+            ("exportTo", "the routes apply to every client in the mesh"),
+        ],
+        report,
+    );
     spec.finish(report);
     Some(service)
 }
@@ -161,25 +155,19 @@ fn decode_http_route(
             retry_on,
         }
     });
-    for (field, why) in [
-        ("headers", "header manipulation is not supported"),
-        ("corsPolicy", "CORS is not supported"),
-        (
-            "mirror",
-            "mirroring is not supported; traffic goes to the route only",
-        ),
-        ("mirrorPercentage", "mirroring is not supported"),
-        ("mirrors", "mirroring is not supported"),
-    ] {
-        if route.has(field) {
-            route.get(field);
-            report.warn(
-                route.position_of(field),
-                &route.field_path(field),
-                format!("{IGNORED}: {why}"),
-            );
-        }
-    }
+    route.ignore(
+        &[
+            ("headers", "header manipulation is not supported"),
+            ("corsPolicy", "CORS is not supported"),
+            (
+                "mirror",
+                "mirroring is not supported; traffic goes to the route only",
+            ),
+            ("mirrorPercentage", "mirroring is not supported"),
+            ("mirrors", "mirroring is not supported"),
+        ],
+        report,
+    );
     route.finish(report);
     ok.then_some((
         HttpRoute {
@@ -196,32 +184,28 @@ fn decode_http_route(
 fn string_match(node: &Node, path: &str, report: &mut Report) -> Option<StringMatch> {
     let object = Object::of(node, path, report)?;
     let mut found = Vec::new();
+    let mut ok = true;
     for key in ["exact", "prefix", "regex"] {
-        if let Some(value) = object.string(key, report) {
-            found.push(match key {
-                "exact" => StringMatch::Exact(value),
-                "prefix" => StringMatch::Prefix(value),
-                _ => {
-                    if let Err(e) = regex_syntax::Parser::new().parse(&value) {
-                        let detail = e.to_string();
-                        let last = detail.lines().last().unwrap_or_default().trim();
-                        report.error(
-                            object.get(key).map_or(object.position, |n| n.position),
-                            &object.field_path(key),
-                            format!(
-                                "`{value}` is not a valid regular expression: {}",
-                                last.strip_prefix("error: ").unwrap_or(last)
-                            ),
-                        );
-                        object.finish(report);
-                        return None;
-                    }
-                    StringMatch::Regex(value)
-                }
-            });
+        let Some(n) = object.get(key) else {
+            continue;
+        };
+        let path = object.field_path(key);
+        let value = if key == "regex" {
+            regex(n, &path, report)
+        } else {
+            super::decode::string(n, &path, report)
+        };
+        match (key, value) {
+            (_, None) => ok = false,
+            ("exact", Some(v)) => found.push(StringMatch::Exact(v)),
+            ("prefix", Some(v)) => found.push(StringMatch::Prefix(v)),
+            (_, Some(v)) => found.push(StringMatch::Regex(v)),
         }
     }
     object.finish(report);
+    if !ok {
+        return None;
+    }
     if found.len() != 1 {
         report.error(
             node.position,
@@ -324,16 +308,10 @@ fn decode_destination(
         ok = false;
     }
     destination.finish(report);
-    for field in ["headers"] {
-        if item.has(field) {
-            item.get(field);
-            report.warn(
-                item.position_of(field),
-                &item.field_path(field),
-                format!("{IGNORED}: header manipulation is not supported"),
-            );
-        }
-    }
+    item.ignore(
+        &[("headers", "header manipulation is not supported")],
+        report,
+    );
     item.finish(report);
     let host = host?;
     ok.then_some((RouteDestination { host, port, weight }, host_position))

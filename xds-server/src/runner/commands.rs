@@ -286,17 +286,7 @@ pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let target = state.config_dir.join(name);
-    let mut sources = Vec::new();
-    for entry in std::fs::read_dir(&state.config_dir)? {
-        let path = entry?.path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        if is_yaml && path != target {
-            sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
-        }
-    }
+    let mut sources = config_sources_except(&state.config_dir, &target)?;
     sources.push((file.display().to_string(), text.clone()));
     sources.sort();
     let loaded = match config::load_sources(&sources) {
@@ -333,22 +323,7 @@ pub async fn delete(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
             name.to_string_lossy()
         );
     }
-    let mut sources = Vec::new();
-    for entry in std::fs::read_dir(&state.config_dir)? {
-        let path = entry?.path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if is_yaml && !hidden && path != target {
-            sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
-        }
-    }
-    sources.sort();
+    let sources = config_sources_except(&state.config_dir, &target)?;
     if let Err(e) = config::load_sources(&sources) {
         bail!(
             "{} not deleted: the config without it is invalid:\n{e}",
@@ -358,6 +333,27 @@ pub async fn delete(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(&target).with_context(|| format!("removing {}", target.display()))?;
     println!("{} deleted", target.display());
     wait_for_generation_after(state.xds_admin_address, before).await
+}
+
+/// The (file, text) pairs `wardctl up` would load from `dir`, without `except`.
+fn config_sources_except(dir: &Path, except: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if is_yaml && !hidden && path != except {
+            sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
+        }
+    }
+    sources.sort();
+    Ok(sources)
 }
 
 async fn config_generation(admin: SocketAddr) -> Option<u64> {
