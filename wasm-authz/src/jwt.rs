@@ -47,6 +47,12 @@ pub struct JwtRule {
     /// token is verified.
     #[serde(default)]
     pub forward_original_token: bool,
+    /// Send the verified payload (base64url JSON, as in the token) to the app in this header.
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    /// Send claims to the app: `(header, claim)`; a claim may be nested (`a.b`).
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<(String, String)>,
 }
 
 impl JwtRule {
@@ -58,6 +64,16 @@ impl JwtRule {
         self.from_headers
             .iter()
             .map(|(h, _)| h.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// The headers this rule writes for the app, lower case. A client must not be able to
+    /// send them itself, so they are removed from every request first.
+    pub fn output_header_names(&self) -> Vec<String> {
+        self.output_payload_to_header
+            .iter()
+            .chain(self.output_claim_to_headers.iter().map(|(h, _)| h))
+            .map(|h| h.to_ascii_lowercase())
             .collect()
     }
 }
@@ -116,12 +132,63 @@ pub struct VerifiedJwt {
     /// The payload, with space-delimited `scope` and `permission` split into lists, as Istio
     /// configures Envoy's `jwt_authn` to do.
     pub claims: Map<String, Value>,
+    /// The payload as the token carries it (base64url).
+    pub payload_b64: String,
 }
 
 impl VerifiedJwt {
     /// Istio's request principal: `<iss>/<sub>`.
     pub fn principal(&self) -> String {
         format!("{}/{}", self.issuer, self.subject)
+    }
+
+    /// The headers `rule` (`outputPayloadToHeader`, `outputClaimToHeaders`) gives the app, as
+    /// Envoy's `jwt_authn` writes them: the payload as in the token; a claim that is a string,
+    /// number or boolean as text, a list of them joined with commas; other claims not at all.
+    pub fn output_headers(&self, rule: &JwtRule) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        if let Some(header) = &rule.output_payload_to_header {
+            headers.push((header.to_ascii_lowercase(), self.payload_b64.clone()));
+        }
+        if rule.output_claim_to_headers.is_empty() {
+            return headers;
+        }
+        // The claims as issued (`scope` not split).
+        let Some(Value::Object(original)) =
+            decode_part(&self.payload_b64).and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            return headers;
+        };
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        };
+        for (header, claim) in &rule.output_claim_to_headers {
+            let mut value = None;
+            let mut scope = &original;
+            let parts: Vec<&str> = claim.split('.').collect();
+            for (i, part) in parts.iter().enumerate() {
+                match scope.get(*part) {
+                    Some(Value::Object(inner)) if i + 1 < parts.len() => scope = inner,
+                    Some(found) if i + 1 == parts.len() => value = Some(found),
+                    _ => break,
+                }
+            }
+            let text = match value {
+                Some(Value::Array(items)) => {
+                    let texts: Option<Vec<String>> = items.iter().map(scalar).collect();
+                    texts.map(|t| t.join(","))
+                }
+                Some(v) => scalar(v),
+                None => None,
+            };
+            if let Some(text) = text {
+                headers.push((header.to_ascii_lowercase(), text));
+            }
+        }
+        headers
     }
 }
 
@@ -323,6 +390,7 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
         issuer,
         subject,
         claims,
+        payload_b64: payload_b64.to_string(),
     })
 }
 

@@ -203,8 +203,12 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Headers to add to the response on its way back to the client.
     pub response_headers: Vec<(String, String)>,
-    /// Request headers to remove before the app sees the request (verified tokens).
+    /// Request headers to remove before the app sees the request (verified tokens, and
+    /// whatever a client sent in the headers the JWT rules write).
     pub strip_request_headers: Vec<String>,
+    /// Request headers to set, after stripping (`outputPayloadToHeader`,
+    /// `outputClaimToHeaders`).
+    pub set_request_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +263,7 @@ impl Engine {
                 verdict: Verdict::Allow,
                 response_headers,
                 strip_request_headers: Vec::new(),
+                set_request_headers: Vec::new(),
             };
         };
         let path = input.header(":path");
@@ -284,20 +289,31 @@ impl Engine {
                     },
                     response_headers,
                     strip_request_headers: Vec::new(),
+                    set_request_headers: Vec::new(),
                 };
             }
         };
-        let strip_request_headers = token
-            .as_ref()
-            .and_then(|t| {
-                authorization
-                    .jwt_rules
-                    .iter()
-                    .find(|r| r.issuer == t.issuer)
-            })
-            .filter(|rule| !rule.forward_original_token)
-            .map(jwt::JwtRule::token_headers)
-            .unwrap_or_default();
+        let token_rule = token.as_ref().and_then(|t| {
+            authorization
+                .jwt_rules
+                .iter()
+                .find(|r| r.issuer == t.issuer)
+        });
+        let mut strip_request_headers: Vec<String> = authorization
+            .jwt_rules
+            .iter()
+            .flat_map(jwt::JwtRule::output_header_names)
+            .collect();
+        strip_request_headers.extend(
+            token_rule
+                .filter(|rule| !rule.forward_original_token)
+                .map(jwt::JwtRule::token_headers)
+                .unwrap_or_default(),
+        );
+        let set_request_headers = match (&token, token_rule) {
+            (Some(token), Some(rule)) => token.output_headers(rule),
+            _ => Vec::new(),
+        };
         let request = policy::Request {
             source_principal: input.source_principal.clone(),
             source_ip: input.source_ip,
@@ -337,6 +353,7 @@ impl Engine {
             verdict,
             response_headers,
             strip_request_headers,
+            set_request_headers,
         }
     }
 }
@@ -443,6 +460,7 @@ mod tests {
                 verdict: Verdict::Allow,
                 response_headers: vec![("x-ward-wasm".into(), "exam-scheduler.default".into())],
                 strip_request_headers: vec![],
+                set_request_headers: vec![],
             }
         );
     }

@@ -151,6 +151,9 @@ impl HttpContext for WardHttp {
         for header in &decision.strip_request_headers {
             self.set_http_request_header(header, None);
         }
+        for (name, value) in &decision.set_request_headers {
+            self.set_http_request_header(name, Some(value));
+        }
         self.decision = Some(decision);
         Action::Continue
     }

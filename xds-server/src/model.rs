@@ -574,6 +574,8 @@ impl Mesh {
                 from_headers: rule.from_headers.clone(),
                 from_params: rule.from_params.clone(),
                 forward_original_token: rule.forward_original_token,
+                output_payload_to_header: rule.output_payload_to_header.clone(),
+                output_claim_to_headers: rule.output_claim_to_headers.clone(),
             })
             .collect()
     }

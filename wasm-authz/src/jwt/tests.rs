@@ -30,6 +30,8 @@ fn rule(audiences: &[&str]) -> JwtRule {
         from_headers: vec![],
         from_params: vec![],
         forward_original_token: false,
+        output_payload_to_header: None,
+        output_claim_to_headers: vec![],
     }
 }
 
@@ -41,6 +43,8 @@ fn test_issuer_rule(n: u8) -> JwtRule {
         from_headers: vec![],
         from_params: vec![],
         forward_original_token: false,
+        output_payload_to_header: None,
+        output_claim_to_headers: vec![],
     }
 }
 
@@ -311,5 +315,44 @@ fn es256_and_es384_tokens_are_verified() {
     assert_eq!(
         verify(&eddsa, &rules, NOW),
         Err(JwtError::UnsupportedAlgorithm("EdDSA".into()))
+    );
+}
+
+#[test]
+fn verified_claims_and_payload_go_to_the_app_in_the_configured_headers() {
+    let token = read("demo.jwt").trim().to_string();
+    let rule = JwtRule {
+        output_payload_to_header: Some("X-Jwt-Payload".into()),
+        output_claim_to_headers: vec![
+            ("x-jwt-iss".into(), "iss".into()),
+            ("x-jwt-exp".into(), "exp".into()),
+            ("x-jwt-nested".into(), "foo.bar".into()),
+            ("x-jwt-absent".into(), "nope".into()),
+        ],
+        ..rule(&[])
+    };
+    let verified = verify(&token, std::slice::from_ref(&rule), NOW).unwrap();
+    let headers = verified.output_headers(&rule);
+    assert_eq!(
+        headers[0],
+        (
+            "x-jwt-payload".to_string(),
+            token.split('.').nth(1).unwrap().to_string()
+        )
+    );
+    assert_eq!(headers[1], ("x-jwt-iss".to_string(), ISSUER.to_string()));
+    assert_eq!(headers[2].0, "x-jwt-exp");
+    assert!(headers[2].1.parse::<i64>().is_ok(), "{headers:?}");
+    // demo.jwt has no `foo` claim and no `nope`: no header rather than an empty one.
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    assert_eq!(
+        rule.output_header_names(),
+        [
+            "x-jwt-payload",
+            "x-jwt-iss",
+            "x-jwt-exp",
+            "x-jwt-nested",
+            "x-jwt-absent"
+        ]
     );
 }

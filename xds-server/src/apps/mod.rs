@@ -5,6 +5,7 @@
 mod aura_api;
 mod exam_scheduler;
 mod http_echo;
+mod httpbin;
 mod python_value;
 
 use std::convert::Infallible;
@@ -34,6 +35,9 @@ pub enum StandIn {
         min_delay_s: f64,
         max_delay_s: f64,
     },
+    /// httpbin (`kong/httpbin`, `kennethreitz/httpbin`, `mccutchen/go-httpbin`): echoes the
+    /// request's headers (`/headers`), `/status/CODE`, `/ip`, `/get`, `/anything`.
+    Httpbin { listen: SocketAddr },
     /// `curlimages/curl`, `radial/busyboxplus`: client-only pods, nothing listens.
     ClientOnly,
 }
@@ -61,6 +65,11 @@ pub enum AppError {
 const HTTP_ECHO: &str = "hashicorp/http-echo";
 const EXAM_SCHEDULER: &str = "alepispi/exam-scheduler";
 const AURA_API: &str = "servicemeshncs/aura-api";
+const HTTPBIN_IMAGES: &[&str] = &[
+    "kong/httpbin",
+    "kennethreitz/httpbin",
+    "mccutchen/go-httpbin",
+];
 const CLIENT_ONLY_IMAGES: &[&str] = &["curlimages/curl", "radial/busyboxplus"];
 
 /// Picks the stand-in for a container, `None` if Ward has none for `image`.
@@ -91,6 +100,7 @@ pub fn stand_in_for(
                 max_delay_s: settings.max_delay_s,
             }
         }
+        other if HTTPBIN_IMAGES.contains(&other) => StandIn::Httpbin { listen },
         other if CLIENT_ONLY_IMAGES.contains(&other) => StandIn::ClientOnly,
         _ => return Ok(None),
     };
@@ -123,6 +133,7 @@ pub async fn run_stand_in(app: StandIn) -> anyhow::Result<()> {
     let listen = match &app {
         StandIn::HttpEcho { listen, .. }
         | StandIn::ExamScheduler { listen }
+        | StandIn::Httpbin { listen }
         | StandIn::AuraApi { listen, .. } => *listen,
         StandIn::ClientOnly => {
             // The pod exists only to `exec` into; keep the process alive like `sleep infinity`.
@@ -143,6 +154,12 @@ pub async fn serve_stand_in(app: StandIn, listener: TcpListener) -> anyhow::Resu
     match app {
         StandIn::HttpEcho { text, .. } => serve_http(listener, http_echo::handler(text)).await,
         StandIn::ExamScheduler { .. } => serve_http(listener, exam_scheduler::handler()).await,
+        StandIn::Httpbin { .. } => {
+            serve_http(listener, |request: Request<Incoming>| {
+                std::future::ready(httpbin::answer(&request))
+            })
+            .await
+        }
         StandIn::AuraApi {
             error_rate,
             min_delay_s,

@@ -528,6 +528,9 @@ pub struct JwtRuleSpec {
     pub from_headers: Vec<(String, String)>,
     pub from_params: Vec<String>,
     pub forward_original_token: bool,
+    pub output_payload_to_header: Option<String>,
+    /// `(header, claim)`.
+    pub output_claim_to_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -584,6 +587,18 @@ fn decode_jwt_rule(object: &Object, report: &mut Report) -> Option<JwtRuleSpec> 
     let forward_original_token = object
         .get("forwardOriginalToken")
         .is_some_and(|n| n.text() == Some("true"));
+    let output_payload_to_header = object.string("outputPayloadToHeader", report);
+    let mut output_claim_to_headers = Vec::new();
+    for (path, node) in object.list("outputClaimToHeaders", report) {
+        if let Some(entry) = Object::of(node, &path, report) {
+            let header = entry.required_string("header", report);
+            let claim = entry.required_string("claim", report);
+            if let (Some(header), Some(claim)) = (header, claim) {
+                output_claim_to_headers.push((header, claim));
+            }
+            entry.finish(report);
+        }
+    }
     Some(JwtRuleSpec {
         issuer,
         audiences,
@@ -592,6 +607,8 @@ fn decode_jwt_rule(object: &Object, report: &mut Report) -> Option<JwtRuleSpec> 
         from_headers,
         from_params,
         forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
     })
 }
 

@@ -1131,6 +1131,9 @@ spec:
     fromParams: [token]
     forwardOriginalToken: true
     outputPayloadToHeader: x-payload
+    outputClaimToHeaders:
+    - header: x-sub
+      claim: sub
 ";
     let loaded = load_sources(&lab_with(text)).unwrap();
     let warnings: Vec<String> = loaded
@@ -1139,7 +1142,7 @@ spec:
         .filter(|w| w.file == "authz.yaml")
         .map(ToString::to_string)
         .collect();
-    assert_eq!(warnings, ["authz.yaml:18:5: spec.jwtRules[0].outputPayloadToHeader: ignored: not supported by Ward"]);
+    assert!(warnings.is_empty(), "{warnings:?}");
     let mesh = loaded.mesh;
     let scheduler = mesh.workload("default", "exam-scheduler").unwrap();
     assert!(mesh.wasm_authorizes(scheduler));
@@ -1153,6 +1156,14 @@ spec:
         [("x-jwt".to_string(), "Bearer ".to_string())]
     );
     assert!(rules[0].forward_original_token);
+    assert_eq!(
+        rules[0].output_payload_to_header.as_deref(),
+        Some("x-payload")
+    );
+    assert_eq!(
+        rules[0].output_claim_to_headers,
+        [("x-sub".to_string(), "sub".to_string())]
+    );
     // Never fetched: no keys, so tokens are refused, never accepted unverified.
     assert_eq!(rules[0].jwks, r#"{"keys":[]}"#);
 
