@@ -43,7 +43,13 @@ fn every_manifest_is_valid_kubernetes() {
     let files = manifests();
     assert!(files.len() >= 7, "{files:?}");
     let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "-k", KUBERNETES_VERSION])
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "-k",
+            KUBERNETES_VERSION,
+        ])
         .args(&files)
         .env("PYTHONPATH", &tools)
         .output()
@@ -56,7 +62,11 @@ fn every_manifest_is_valid_kubernetes() {
     assert!(out.status.success(), "{report}");
     // Every document was checked, none skipped.
     let documents: usize = files.iter().map(|f| load(f).len()).sum();
-    assert_eq!(report.matches(" passed for resource ").count(), documents, "{report}");
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        documents,
+        "{report}"
+    );
 
     // A misspelt field is caught: the check is not vacuous.
     let bad = std::env::temp_dir().join(format!("ward-bad-deployment-{}.yaml", std::process::id()));
@@ -68,7 +78,13 @@ fn every_manifest_is_valid_kubernetes() {
     )
     .unwrap();
     let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "-k", KUBERNETES_VERSION])
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "-k",
+            KUBERNETES_VERSION,
+        ])
         .arg(&bad)
         .env("PYTHONPATH", &tools)
         .output()
@@ -136,7 +152,11 @@ fn xds_server_container() -> Container {
 #[test]
 fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     let container = xds_server_container();
-    let root = std::env::temp_dir().join(format!("ward-deploy-{}-{}", std::process::id(), free_port()));
+    let root = std::env::temp_dir().join(format!(
+        "ward-deploy-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     let mount = |name: &str| {
         let path = container
             .mounts
@@ -153,7 +173,11 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     std::fs::create_dir_all(&config_dir).unwrap();
     let config_map = &load(&manifests_dir().join("mesh-config.yaml"))[0];
     for (file, text) in config_map["data"].as_hash().unwrap() {
-        std::fs::write(config_dir.join(file.as_str().unwrap()), text.as_str().unwrap()).unwrap();
+        std::fs::write(
+            config_dir.join(file.as_str().unwrap()),
+            text.as_str().unwrap(),
+        )
+        .unwrap();
     }
     // The `cacerts` Secret: an intermediate in Istio's layout, signed by another xds-server.
     let (ca_path, ca_dir) = mount("cacerts");
@@ -164,8 +188,17 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
         .arg(root.join("root-ca"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for file in ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"] {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
         assert!(ca_dir.join(file).is_file(), "{file}");
     }
     let (state_path, state_dir) = mount("state");
@@ -184,7 +217,10 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
             other => other.to_string(),
         })
         .collect();
-    assert_ne!(args, container.args, "the paths and addresses were stood in for");
+    assert_ne!(
+        args, container.args,
+        "the paths and addresses were stood in for"
+    );
     let mut server = Command::new(binary("xds-server"))
         .args(&args)
         .stdout(Stdio::null())
@@ -194,7 +230,12 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         let probe = Command::new("curl")
-            .args(["-s", "-m", "2", &format!("http://{admin}{}", container.probe_path)])
+            .args([
+                "-s",
+                "-m",
+                "2",
+                &format!("http://{admin}{}", container.probe_path),
+            ])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&probe.stdout) == "ok\n" {
@@ -207,8 +248,15 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
         if let Some(exit) = server.try_wait().unwrap() {
             let mut stderr = String::new();
             use std::io::Read;
-            server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-            panic!("xds-server exited ({exit}) with the Deployment's arguments {args:?}:\n{stderr}");
+            server
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!(
+                "xds-server exited ({exit}) with the Deployment's arguments {args:?}:\n{stderr}"
+            );
         }
         assert!(Instant::now() < deadline, "xds-server never became ready");
         std::thread::sleep(Duration::from_millis(100));

@@ -152,6 +152,8 @@ pub struct SharedLayers {
     endpoints: Arc<ResourceLayer>,
     /// Short service names resolve within the client's namespace: one route table each.
     routes_by_namespace: BTreeMap<String, Arc<ResourceLayer>>,
+    /// The retry budget filter's routes and budgets, the same for every sidecar.
+    outbound_filter: serde_json::Value,
 }
 
 impl SharedLayers {
@@ -194,6 +196,8 @@ impl SharedLayers {
             clusters: ResourceLayer::replacing(clusters, previous.map(|p| &p.clusters)),
             endpoints: ResourceLayer::replacing(endpoints, previous.map(|p| &p.endpoints)),
             routes_by_namespace,
+            outbound_filter: serde_json::to_value(resilience::outbound_filter_config(mesh))
+                .unwrap_or_default(),
         }
     }
 }
@@ -242,7 +246,8 @@ pub fn proxy_snapshot(
     snapshot.insert(snapshot::SECRET, secrets.into_iter().collect());
     if let Some(module) = &options.wasm_module {
         let inbound = wasm_extension_config(mesh, workload, module, options);
-        let outbound = retry_budget_extension_config(mesh, workload, module);
+        let outbound =
+            retry_budget_extension_config(mesh, workload, module, &shared.outbound_filter);
         snapshot.insert(
             snapshot::EXTENSION_CONFIG,
             vec![ResourceLayer::new(vec![inbound, outbound])],
@@ -455,13 +460,18 @@ pub const RETRY_BUDGET_FILTER: &str = "ward-retry-budget";
 
 /// The outbound wasm filter's configuration for one sidecar: the retry budgets of the
 /// destinations with a ServiceProfile.
-fn retry_budget_extension_config(mesh: &Mesh, workload: &Workload, module_path: &str) -> Resource {
+fn retry_budget_extension_config(
+    mesh: &Mesh,
+    workload: &Workload,
+    module_path: &str,
+    outbound: &serde_json::Value,
+) -> Resource {
     let configuration = serde_json::json!({
         "workload": workload.name,
         "namespace": workload.namespace,
         "identity": mesh.identity(workload),
         "version": env!("CARGO_PKG_VERSION"),
-        "outbound": resilience::outbound_filter_config(mesh),
+        "outbound": outbound,
     });
     let mut wasm = wasm_config(module_path, configuration.to_string());
     if let Some(plugin) = wasm.config.as_mut() {

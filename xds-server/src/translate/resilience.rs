@@ -3,7 +3,8 @@
 //! failure accrual on the outbound clusters (Envoy outlier detection); Istio's
 //! DestinationRule `outlierDetection`, `connectionPool` and `retryBudget` on the same
 //! clusters. (Envoy's default allows 3 retries in flight per cluster, which would cap a
-//! budget long before the budget does: like Istio, Ward lifts it unless `maxRetries` says.)
+//! budget long before the budget does: for a service with retries configured, Ward lifts it,
+//! as Istio does, unless `maxRetries` says otherwise.)
 //!
 //! Who does what: Envoy's router matches the profile's routes, retries failures of retryable
 //! routes on another endpoint and enforces timeouts; the `ward-retry-budget` wasm filter on
@@ -259,11 +260,17 @@ pub fn istio_outlier_detection(policy: &OutlierDetectionPolicy) -> OutlierDetect
 /// `outlierDetection`, `connectionPool` and `retryBudget` (Istio), else failure accrual
 /// (Linkerd).
 pub fn apply_to_cluster(mesh: &Mesh, service: &Service, cluster: &mut Cluster) {
+    let rule = mesh.destination_rule_for(service, &super::service_fqdn(service));
+    let retries_configured = mesh.virtual_service(service).is_some()
+        || mesh
+            .service_profile(service)
+            .is_some_and(|p| p.routes.iter().any(|r| r.is_retryable));
+    let pool_or_budget =
+        rule.is_some_and(|r| r.connection_pool.is_some() || r.retry_budget.is_some());
     let mut thresholds = circuit_breakers::Thresholds {
         max_retries: Some(UInt32Value { value: u32::MAX }),
         ..Default::default()
     };
-    let rule = mesh.destination_rule_for(service, &super::service_fqdn(service));
     if let Some(policy) = rule.and_then(|r| r.outlier_detection.as_ref()) {
         cluster.outlier_detection = Some(istio_outlier_detection(policy));
         cluster.common_lb_config = Some(cluster::CommonLbConfig {
@@ -303,10 +310,14 @@ pub fn apply_to_cluster(mesh: &Mesh, service: &Service, cluster: &mut Cluster) {
             budget_interval: budget.budget_interval_ms.map(duration_ms),
         });
     }
-    cluster.circuit_breakers = Some(CircuitBreakers {
-        thresholds: vec![thresholds],
-        ..Default::default()
-    });
+    // Services with neither retries configured nor a pool: Envoy's defaults, and smaller
+    // clusters for every proxy.
+    if retries_configured || pool_or_budget {
+        cluster.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![thresholds],
+            ..Default::default()
+        });
+    }
 }
 
 #[cfg(test)]
