@@ -10,8 +10,7 @@
 //! - `alg: none` and HMAC algorithms are refused: the keys are public, and accepting HS256
 //!   with a public RSA key as the secret is the classic algorithm-confusion attack.
 //!
-//! Signatures: RS256/384/512, PS256/384/512, ES256 and ES384. EdDSA is refused as
-//! unsupported (never accepted unverified).
+//! Signatures: RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA (Ed25519, an `OKP` key).
 
 use std::fmt;
 
@@ -227,6 +226,28 @@ fn decode_part(part: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()
 }
 
+/// EdDSA over Ed25519 (RFC 8037): an `OKP` key with `crv: Ed25519`; Ed448 is refused.
+fn verify_ed25519(jwk: &Jwk, message: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
+    if jwk.crv.as_deref() != Some("Ed25519") {
+        return Err(JwtError::BadJwks(format!(
+            "OKP curve {:?} is not supported (Ed25519 is)",
+            jwk.crv.as_deref().unwrap_or("")
+        )));
+    }
+    let key: [u8; 32] = jwk
+        .x
+        .as_deref()
+        .and_then(decode_part)
+        .and_then(|x| x.try_into().ok())
+        .ok_or_else(|| JwtError::BadJwks("an Ed25519 key without a 32-byte x".into()))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|e| JwtError::BadJwks(e.to_string()))?;
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+        return Ok(false);
+    };
+    Ok(key.verify_strict(message, &signature).is_ok())
+}
+
 fn rsa_key(jwk: &Jwk) -> Result<RsaPublicKey, JwtError> {
     let n = jwk.n.as_deref().and_then(decode_part);
     let e = jwk.e.as_deref().and_then(decode_part);
@@ -312,6 +333,7 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
     let key_type = match header.alg.as_str() {
         "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => "RSA",
         "ES256" | "ES384" => "EC",
+        "EdDSA" => "OKP",
         _ => return Err(JwtError::UnsupportedAlgorithm(header.alg)),
     };
     let issuer = claims
@@ -338,10 +360,10 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
     let message = format!("{header_b64}.{payload_b64}");
     let mut verified = false;
     for jwk in candidates {
-        let ok = if key_type == "RSA" {
-            verify_rsa(&header.alg, rsa_key(jwk)?, message.as_bytes(), &signature)
-        } else {
-            verify_ec(&header.alg, jwk, message.as_bytes(), &signature)?
+        let ok = match key_type {
+            "RSA" => verify_rsa(&header.alg, rsa_key(jwk)?, message.as_bytes(), &signature),
+            "OKP" => verify_ed25519(jwk, message.as_bytes(), &signature)?,
+            _ => verify_ec(&header.alg, jwk, message.as_bytes(), &signature)?,
         };
         if ok {
             verified = true;

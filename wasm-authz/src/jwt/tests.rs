@@ -310,12 +310,38 @@ fn es256_and_es384_tokens_are_verified() {
     let signature: p384::ecdsa::Signature = key384.sign(message.as_bytes());
     let token = format!("{message}.{}", b64(&signature.to_bytes()));
     assert!(verify(&token, &rules, NOW).is_ok());
-    // EdDSA is refused, never accepted unverified.
-    let eddsa = format!("{}.{payload}.{}", b64(br#"{"alg":"EdDSA"}"#), b64(b"sig"));
-    assert_eq!(
-        verify(&eddsa, &rules, NOW),
-        Err(JwtError::UnsupportedAlgorithm("EdDSA".into()))
+
+    // EdDSA (Ed25519, RFC 8037's OKP key).
+    let ed = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
+        "x": b64(ed.verifying_key().as_bytes())}]});
+    let rules = [JwtRule {
+        jwks: jwks.to_string(),
+        ..rule(&[])
+    }];
+    let message = format!("{}.{payload}", b64(br#"{"alg":"EdDSA"}"#));
+    let signature = ed25519_dalek::Signer::sign(&ed, message.as_bytes());
+    let token = format!("{message}.{}", b64(&signature.to_bytes()));
+    assert!(verify(&token, &rules, NOW).is_ok());
+    // Signed by another key, or the payload changed: refused.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[6u8; 32]);
+    let forged = format!(
+        "{message}.{}",
+        b64(&ed25519_dalek::Signer::sign(&other, message.as_bytes()).to_bytes())
     );
+    assert_eq!(verify(&forged, &rules, NOW), Err(JwtError::BadSignature));
+    let short = format!("{message}.{}", b64(b"sig"));
+    assert_eq!(verify(&short, &rules, NOW), Err(JwtError::BadSignature));
+    // An Ed448 key is not one Ward verifies with.
+    let ed448 = json!({"keys": [{"kty": "OKP", "crv": "Ed448", "x": b64(&[1u8; 57])}]});
+    let rules = [JwtRule {
+        jwks: ed448.to_string(),
+        ..rule(&[])
+    }];
+    assert!(matches!(
+        verify(&token, &rules, NOW),
+        Err(JwtError::BadJwks(_))
+    ));
 }
 
 #[test]
