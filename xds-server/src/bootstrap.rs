@@ -91,6 +91,15 @@ pub fn render(
         "admin": {
             "address": { "socket_address": { "address": instance.address.to_string(), "port_value": ADMIN_PORT } }
         },
+        // The retry budget's gauges (`wasmcustom.ward.retry_budget.<service>.<name>`) carry
+        // the service as a tag, so Prometheus sees
+        // `envoy_wasmcustom_ward_retry_budget_retries{ward_service="…"}`.
+        "stats_config": {
+            "stats_tags": [ {
+                "tag_name": "ward_service",
+                "regex": r"^wasmcustom\.ward\.retry_budget\.((.+)\.)[a-z]+$"
+            } ]
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": api_type,
