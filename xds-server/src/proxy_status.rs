@@ -164,11 +164,12 @@ impl ProxyStatusRegistry {
     }
 }
 
-/// `wardctl status`'s table, from `/status` JSON.
+/// `wardctl status`'s table, from `/status` JSON. ECDS is the wasm filters' configuration: a
+/// module that cannot load shows there as NACKED (and its requests are refused: fail closed).
 pub fn render_table(status: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
-        "NAME", "XDS", "CDS", "EDS", "LDS", "RDS", "SDS"
+        "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
+        "NAME", "XDS", "CDS", "EDS", "LDS", "RDS", "SDS", "ECDS"
     );
     let mut nacks = Vec::new();
     for proxy in status["proxies"].as_array().into_iter().flatten() {
@@ -180,14 +181,15 @@ pub fn render_table(status: &serde_json::Value) -> String {
                 .to_string()
         };
         out.push_str(&format!(
-            "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
+            "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
             node,
             proxy["protocol"].as_str().unwrap_or("?"),
             state("CDS"),
             state("EDS"),
             state("LDS"),
             state("RDS"),
-            state("SDS")
+            state("SDS"),
+            state("ECDS")
         ));
         if let Some(types) = proxy["types"].as_object() {
             for (t, v) in types {
@@ -216,4 +218,39 @@ pub fn render_table(status: &serde_json::Value) -> String {
         out.push_str(&format!("NACK {nack}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_table;
+
+    #[test]
+    fn the_table_shows_every_type_and_names_each_nack() {
+        let status = serde_json::json!({
+            "proxies": [{
+                "node_id": "exam-scheduler-0.default",
+                "protocol": "delta",
+                "types": {
+                    "CDS": {"state": "SYNCED"}, "EDS": {"state": "SYNCED"},
+                    "LDS": {"state": "SYNCED"}, "RDS": {"state": "SYNCED"},
+                    "SDS": {"state": "SYNCED"},
+                    "ECDS": {"state": "NACKED", "last_nack": {"error": "Unable to create Wasm HTTP filter"}},
+                },
+            }],
+            "config": {"expected_nodes": ["exam-scheduler-0.default", "student-portal-0.default"]},
+        });
+        let table = render_table(&status);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].trim_end().ends_with("ECDS"), "{table}");
+        assert!(lines[1].starts_with("exam-scheduler-0.default"), "{table}");
+        assert!(lines[1].trim_end().ends_with("NACKED"), "{table}");
+        assert!(
+            table.contains("student-portal-0.default           NOT CONNECTED"),
+            "{table}"
+        );
+        assert!(
+            table.contains("NACK exam-scheduler-0.default ECDS: Unable to create Wasm HTTP filter"),
+            "{table}"
+        );
+    }
 }
