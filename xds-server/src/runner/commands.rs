@@ -252,10 +252,10 @@ pub fn logs(state_dir: &Path, workload: &str, kind: LogKind) -> anyhow::Result<(
             .flat_map(|i| {
                 let mut files = Vec::new();
                 if kind != LogKind::App {
-                    files.push(dir.join(format!("{}.envoy.log", i.node_id)));
+                    files.push(state::envoy_log(state_dir, &i.node_id));
                 }
                 if kind != LogKind::Proxy {
-                    files.push(dir.join(format!("{}.app.log", i.node_id)));
+                    files.push(state::app_log(state_dir, &i.node_id));
                 }
                 files
             })

@@ -60,6 +60,16 @@ pub fn logs_dir(dir: &Path) -> PathBuf {
     dir.join("logs")
 }
 
+/// Where an instance's Envoy writes (its access log among it).
+pub fn envoy_log(dir: &Path, node_id: &str) -> PathBuf {
+    logs_dir(dir).join(format!("{node_id}.envoy.log"))
+}
+
+/// Where an instance's app writes.
+pub fn app_log(dir: &Path, node_id: &str) -> PathBuf {
+    logs_dir(dir).join(format!("{node_id}.app.log"))
+}
+
 pub fn read_state(dir: &Path) -> anyhow::Result<RunnerState> {
     let path = state_file(dir);
     let text = std::fs::read_to_string(&path).with_context(|| {

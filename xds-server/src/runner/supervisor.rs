@@ -508,7 +508,7 @@ impl Supervisor {
             .join(format!("{node_id}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
         let argv = envoy_argv(&self.options, &path);
-        let log = state::logs_dir(&self.options.state_dir).join(format!("{node_id}.envoy.log"));
+        let log = state::envoy_log(&self.options.state_dir, &node_id);
         let child = spawn_logged(&argv, &[], &log)?;
         let running = self
             .instances
@@ -564,7 +564,7 @@ impl Supervisor {
             env.push(("HOST".to_string(), listen.ip().to_string()));
             env.push(("PORT".to_string(), listen.port().to_string()));
         }
-        let log = state::logs_dir(&self.options.state_dir).join(format!("{node_id}.app.log"));
+        let log = state::app_log(&self.options.state_dir, node_id);
         let child = spawn_logged(&argv, &env, &log)?;
         running.spec.app_pid = child.id();
         running.app = Some(child);
@@ -581,7 +581,6 @@ impl Supervisor {
                 self.start_xds_server().await?;
             }
         }
-        let log_dir = state::logs_dir(&self.options.state_dir);
         let mut changed = false;
         for (node_id, running) in self.instances.iter_mut() {
             if let Some(envoy) = running.envoy.as_mut() {
@@ -593,8 +592,8 @@ impl Supervisor {
                         .join("bootstrap")
                         .join(format!("{node_id}.json"));
                     let argv = envoy_argv(&self.options, &bootstrap);
-                    let child =
-                        spawn_logged(&argv, &[], &log_dir.join(format!("{node_id}.envoy.log")))?;
+                    let log = state::envoy_log(&self.options.state_dir, node_id);
+                    let child = spawn_logged(&argv, &[], &log)?;
                     running.spec.envoy_pid = child.id();
                     running.envoy = Some(child);
                     changed = true;
@@ -608,8 +607,8 @@ impl Supervisor {
                         env.push(("HOST".to_string(), running.spec.app_address.to_string()));
                         env.push(("PORT".to_string(), port.to_string()));
                     }
-                    let child =
-                        spawn_logged(&argv, &env, &log_dir.join(format!("{node_id}.app.log")))?;
+                    let log = state::app_log(&self.options.state_dir, node_id);
+                    let child = spawn_logged(&argv, &env, &log)?;
                     running.spec.app_pid = child.id();
                     running.app = Some(child);
                     changed = true;

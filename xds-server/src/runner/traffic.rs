@@ -415,10 +415,6 @@ fn client_instances(
     Ok(instances)
 }
 
-fn envoy_log(state_dir: &Path, instance: &InstanceState) -> PathBuf {
-    state::logs_dir(state_dir).join(format!("{}.envoy.log", instance.node_id))
-}
-
 /// Every outbound request to TO (`name` in NAMESPACE, or `name.namespace`) in the access logs
 /// of every sidecar of WORKLOAD, oldest first.
 pub fn read_outbound_entries(
@@ -432,7 +428,7 @@ pub fn read_outbound_entries(
     let mut entries = Vec::new();
     let mut missing = Vec::new();
     for instance in &instances {
-        let path = envoy_log(state_dir, instance);
+        let path = state::envoy_log(state_dir, &instance.node_id);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -686,7 +682,7 @@ pub async fn tap_into(
     for instance in client_instances(state_dir, workload, namespace)? {
         logs.insert(
             instance.node_id.clone(),
-            FollowedLog::at_end(envoy_log(state_dir, &instance)),
+            FollowedLog::at_end(state::envoy_log(state_dir, &instance.node_id)),
         );
     }
     eprintln!(
@@ -712,8 +708,9 @@ pub async fn tap_into(
             // The mesh may be reloading or gone; keep following what is known.
             if let Ok(instances) = client_instances(state_dir, workload, namespace) {
                 for instance in instances {
-                    logs.entry(instance.node_id.clone())
-                        .or_insert_with(|| FollowedLog::at_end(envoy_log(state_dir, &instance)));
+                    logs.entry(instance.node_id.clone()).or_insert_with(|| {
+                        FollowedLog::at_end(state::envoy_log(state_dir, &instance.node_id))
+                    });
                 }
             }
         }
@@ -1127,7 +1124,7 @@ GET /aura   aura-api              99.50%        100.2rps           75.00%     12
             app: "sleep".to_string(),
             env: Vec::new(),
         };
-        let log = envoy_log(&dir, &instance);
+        let log = state::envoy_log(&dir, &instance.node_id);
         let runner = state::RunnerState {
             supervisor_pid: 0,
             config_dir: dir.clone(),
