@@ -37,9 +37,7 @@ pub struct LoadedConfig {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (sorted by name, not
-/// recursive; hidden files are skipped, as editors and `wardctl apply` write temporaries
-/// there).
+/// Loads a YAML file, or every file [`yaml_files`] lists in a directory.
 pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -47,20 +45,7 @@ pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
     };
     let metadata = std::fs::metadata(path).map_err(io(path))?;
     let files = if metadata.is_dir() {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(io(path))? {
-            let file = entry.map_err(io(path))?.path();
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            let yaml = matches!(
-                file.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            );
-            if yaml && !name.starts_with('.') && file.is_file() {
-                files.push(file);
-            }
-        }
-        files.sort();
-        files
+        yaml_files(path).map_err(io(path))?
     } else {
         vec![path.to_path_buf()]
     };
@@ -72,6 +57,25 @@ pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     load_sources(&sources)
+}
+
+/// The `*.yaml`/`*.yml` files of `dir` a mesh is loaded from, sorted by name: not recursive,
+/// hidden files skipped (editors and `wardctl apply` write temporaries there).
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let file = entry?.path();
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+        let yaml = matches!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if yaml && !name.starts_with('.') && file.is_file() {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Loads one file's text; `file_name` is what diagnostics call it.

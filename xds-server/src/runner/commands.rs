@@ -337,23 +337,16 @@ pub async fn delete(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
 
 /// The (file, text) pairs `wardctl up` would load from `dir`, without `except`.
 fn config_sources_except(dir: &Path, except: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let mut sources = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if is_yaml && !hidden && path != except {
-            sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
-        }
-    }
-    sources.sort();
-    Ok(sources)
+    config::yaml_files(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .into_iter()
+        .filter(|path| path != except)
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok((path.display().to_string(), text))
+        })
+        .collect()
 }
 
 async fn config_generation(admin: SocketAddr) -> Option<u64> {
