@@ -15,17 +15,16 @@
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher, retry_policy, route_match, HeaderMatcher, RetryPolicy, RouteMatch,
-};
-use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::config::route::v3::{route_match, RetryPolicy, RouteMatch};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use wasm_authz::{OutboundConfig, RetryableRoute};
 
-use super::{any, duration_ms, outbound_cluster_name};
-use crate::model::{FailureAccrual, Mesh, OutlierDetectionPolicy, RequestMatch, Service};
+use super::routing::{header, previous_hosts, regex_matcher};
+use super::{duration_ms, outbound_cluster_name};
+use crate::model::{
+    FailureAccrual, Mesh, OutlierDetectionPolicy, RequestMatch, Service, StringMatch,
+};
 
 /// Envoy needs a number where Linkerd's ServiceProfile has none (its budget alone limits
 /// retries): a retryable request is tried at most this many more times, fewer when the
@@ -81,29 +80,6 @@ pub fn alternatives(condition: &RequestMatch) -> Vec<Vec<Atom>> {
     expand(condition, false)
 }
 
-fn regex_matcher(regex: String) -> RegexMatcher {
-    RegexMatcher {
-        regex,
-        ..Default::default()
-    }
-}
-
-fn header_regex(name: &str, regex: String, invert: bool) -> HeaderMatcher {
-    HeaderMatcher {
-        name: name.to_string(),
-        invert_match: invert,
-        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-            StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex_matcher(
-                    regex,
-                ))),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
-    }
-}
-
 /// Envoy's match for one conjunction. Linkerd anchors path regexes and matches the path
 /// without the query, as Envoy's `safe_regex` path match does; further or negated path atoms
 /// match the `:path` header, which carries the query, so their regex allows one.
@@ -112,25 +88,19 @@ pub fn route_match(conjunction: &[Atom]) -> RouteMatch {
     let mut headers = Vec::new();
     for atom in conjunction {
         match atom {
-            Atom::Method(method, negated) => headers.push(HeaderMatcher {
-                name: ":method".to_string(),
-                invert_match: *negated,
-                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-                    StringMatcher {
-                        match_pattern: Some(string_matcher::MatchPattern::Exact(method.clone())),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            }),
+            Atom::Method(method, negated) => headers.push(header(
+                ":method",
+                &StringMatch::Exact(method.clone()),
+                *negated,
+            )),
             Atom::Path(regex, false) if path_specifier.is_none() => {
                 path_specifier = Some(route_match::PathSpecifier::SafeRegex(regex_matcher(
                     regex.clone(),
                 )));
             }
-            Atom::Path(regex, negated) => headers.push(header_regex(
+            Atom::Path(regex, negated) => headers.push(header(
                 ":path",
-                format!("(?:{regex})(?:\\?.*)?"),
+                &StringMatch::Regex(format!("(?:{regex})(?:\\?.*)?")),
                 *negated,
             )),
         }
@@ -152,12 +122,7 @@ pub fn profile_retry_policy() -> RetryPolicy {
         num_retries: Some(UInt32Value {
             value: PROFILE_MAX_RETRIES,
         }),
-        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                any(&PreviousHostsPredicate::default()),
-            )),
-        }],
+        retry_host_predicate: previous_hosts(),
         host_selection_retry_max_attempts: 3,
         ..Default::default()
     }
@@ -323,6 +288,8 @@ pub fn apply_to_cluster(mesh: &Mesh, service: &Service, cluster: &mut Cluster) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::config::route::v3::header_matcher;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 
     fn method(m: &str) -> RequestMatch {
         RequestMatch::Method(m.into())

@@ -17,29 +17,47 @@ use crate::model::{HttpRetry, HttpRoute, Mesh, ServicePort, StringMatch, Virtual
 const ISTIO_DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
-fn string_matcher(m: &StringMatch, ignore_case: bool) -> StringMatcher {
-    let pattern = match m {
-        StringMatch::Exact(v) => string_matcher::MatchPattern::Exact(v.clone()),
-        StringMatch::Prefix(v) => string_matcher::MatchPattern::Prefix(v.clone()),
-        StringMatch::Regex(v) => string_matcher::MatchPattern::SafeRegex(RegexMatcher {
-            regex: v.clone(),
-            ..Default::default()
-        }),
-    };
-    StringMatcher {
-        match_pattern: Some(pattern),
-        ignore_case,
+/// Envoy's RE2 matcher for `regex` (the whole value must match).
+pub(super) fn regex_matcher(regex: String) -> RegexMatcher {
+    RegexMatcher {
+        regex,
+        ..Default::default()
     }
 }
 
-fn header(name: &str, m: &StringMatch) -> HeaderMatcher {
+fn string_matcher(m: &StringMatch) -> StringMatcher {
+    let pattern = match m {
+        StringMatch::Exact(v) => string_matcher::MatchPattern::Exact(v.clone()),
+        StringMatch::Prefix(v) => string_matcher::MatchPattern::Prefix(v.clone()),
+        StringMatch::Regex(v) => string_matcher::MatchPattern::SafeRegex(regex_matcher(v.clone())),
+    };
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case: false,
+    }
+}
+
+/// A header (pseudo-headers included) matching `m`, or not matching it when `invert`.
+pub(super) fn header(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_string(),
+        invert_match: invert,
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
-            string_matcher(m, false),
+            string_matcher(m),
         )),
         ..Default::default()
     }
+}
+
+/// Retry on another endpoint than the ones already tried, when there is one (Istio's and
+/// Linkerd's behaviour).
+pub(super) fn previous_hosts() -> Vec<retry_policy::RetryHostPredicate> {
+    vec![retry_policy::RetryHostPredicate {
+        name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+        config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+            any(&PreviousHostsPredicate::default()),
+        )),
+    }]
 }
 
 /// Istio's `HTTPRetry`: `retryOn` goes to Envoy as written, status codes in it become
@@ -75,12 +93,7 @@ pub fn retry_policy(retries: Option<&HttpRetry>) -> Option<RetryPolicy> {
         num_retries: Some(UInt32Value { value: attempts }),
         per_try_timeout: per_try.map(duration_ms),
         retriable_status_codes: codes,
-        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                any(&PreviousHostsPredicate::default()),
-            )),
-        }],
+        retry_host_predicate: previous_hosts(),
         host_selection_retry_max_attempts: 5,
         ..Default::default()
     })
@@ -169,18 +182,19 @@ pub fn virtual_service_routes(
                 Some(StringMatch::Exact(v)) => route_match::PathSpecifier::Path(v.clone()),
                 Some(StringMatch::Prefix(v)) => route_match::PathSpecifier::Prefix(v.clone()),
                 Some(StringMatch::Regex(v)) => {
-                    route_match::PathSpecifier::SafeRegex(RegexMatcher {
-                        regex: v.clone(),
-                        ..Default::default()
-                    })
+                    route_match::PathSpecifier::SafeRegex(regex_matcher(v.clone()))
                 }
             };
             let mut headers: Vec<HeaderMatcher> = m
                 .method
                 .iter()
-                .map(|method| header(":method", method))
+                .map(|method| header(":method", method, false))
                 .collect();
-            headers.extend(m.headers.iter().map(|(name, value)| header(name, value)));
+            headers.extend(
+                m.headers
+                    .iter()
+                    .map(|(name, value)| header(name, value, false)),
+            );
             routes.push(Route {
                 name: name.clone(),
                 r#match: Some(RouteMatch {
