@@ -194,6 +194,12 @@ impl<'n> Object<'n> {
         map
     }
 
+    /// An optional Go duration ([`go_duration`]), in milliseconds.
+    pub fn duration(&self, key: &str, report: &mut Report) -> Option<u64> {
+        let node = self.get(key)?;
+        go_duration(node, &self.field_path(key), report)
+    }
+
     /// Reads past each of `fields` that is present, warning where it is written that it is
     /// ignored, and why.
     pub fn ignore(&self, fields: &[(&str, &str)], report: &mut Report) {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::decode::{go_duration, integer, number, Object, IGNORED};
+use super::decode::{integer, number, Object, IGNORED};
 use super::diagnostic::Report;
 use super::kinds::{decode_meta, Meta};
 use super::names::Rule;
@@ -195,12 +195,6 @@ fn count(object: &Object, key: &str, report: &mut Report) -> Option<u32> {
         .map(|v| v as u32)
 }
 
-fn duration(object: &Object, key: &str, report: &mut Report) -> Option<u64> {
-    object
-        .get(key)
-        .and_then(|n| go_duration(n, &object.field_path(key), report))
-}
-
 /// `outlierDetection` with Istio's defaults (interval 10 s, base ejection 30 s, at most 10 %
 /// of endpoints out, panic threshold 0).
 fn outlier_detection(outlier: Object, report: &mut Report) -> OutlierDetectionPolicy {
@@ -211,8 +205,10 @@ fn outlier_detection(outlier: Object, report: &mut Report) -> OutlierDetectionPo
         consecutive_gateway_errors: count(&outlier, "consecutiveGatewayErrors", report)
             .or(deprecated)
             .unwrap_or(0),
-        interval_ms: duration(&outlier, "interval", report).unwrap_or(10_000),
-        base_ejection_time_ms: duration(&outlier, "baseEjectionTime", report).unwrap_or(30_000),
+        interval_ms: outlier.duration("interval", report).unwrap_or(10_000),
+        base_ejection_time_ms: outlier
+            .duration("baseEjectionTime", report)
+            .unwrap_or(30_000),
         max_ejection_percent: count(&outlier, "maxEjectionPercent", report)
             .unwrap_or(10)
             .min(100),
@@ -228,7 +224,7 @@ fn connection_pool(pool: Object, report: &mut Report) -> ConnectionPool {
     let mut settings = ConnectionPool::default();
     if let Some(tcp) = pool.object("tcp", report) {
         settings.max_connections = count(&tcp, "maxConnections", report);
-        settings.connect_timeout_ms = duration(&tcp, "connectTimeout", report);
+        settings.connect_timeout_ms = tcp.duration("connectTimeout", report);
         tcp.finish(report);
     }
     if let Some(http) = pool.object("http", report) {
@@ -291,7 +287,7 @@ pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<Dest
             rule.retry_budget = Some(ConcurrencyRetryBudget {
                 percent_millis: (percent * 1000.0).round() as u32,
                 min_retry_concurrency: min as u32,
-                budget_interval_ms: duration(&budget, "budgetInterval", report),
+                budget_interval_ms: budget.duration("budgetInterval", report),
             });
             budget.finish(report);
         }

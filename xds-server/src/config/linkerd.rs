@@ -127,10 +127,7 @@ fn decode_route(node: &Node, path: &str, report: &mut Report) -> Option<ProfileR
         .get("isRetryable")
         .and_then(|n| boolean(n, &route.field_path("isRetryable"), report))
         .unwrap_or(false);
-    let timeout_ms = route
-        .get("timeout")
-        .and_then(|n| go_duration(n, &route.field_path("timeout"), report))
-        .filter(|ms| *ms > 0);
+    let timeout_ms = route.duration("timeout", report).filter(|ms| *ms > 0);
     route.ignore(
         &[(
             "responseClasses",

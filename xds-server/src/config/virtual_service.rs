@@ -3,7 +3,7 @@
 //! and Ward cannot do is refused (rewrites, redirects, faults, subsets, unsupported matches),
 //! so a route never sends traffic somewhere its author did not mean; the rest is warned.
 
-use super::decode::{go_duration, integer, regex, Object};
+use super::decode::{integer, regex, Object};
 use super::diagnostic::Report;
 use super::kinds::{decode_meta, Meta};
 use super::names::Rule;
@@ -132,18 +132,13 @@ fn decode_http_route(
     if destinations.len() == 1 && destinations[0].weight == 0 {
         destinations[0].weight = 100;
     }
-    let timeout_ms = route
-        .get("timeout")
-        .and_then(|n| go_duration(n, &route.field_path("timeout"), report))
-        .filter(|ms| *ms > 0);
+    let timeout_ms = route.duration("timeout", report).filter(|ms| *ms > 0);
     let retries = route.object("retries", report).map(|retries| {
         let attempts = retries
             .get("attempts")
             .and_then(|n| integer(n, &retries.field_path("attempts"), 0, 1000, report))
             .unwrap_or(2) as u32;
-        let per_try_timeout_ms = retries
-            .get("perTryTimeout")
-            .and_then(|n| go_duration(n, &retries.field_path("perTryTimeout"), report));
+        let per_try_timeout_ms = retries.duration("perTryTimeout", report);
         let retry_on = retries.string("retryOn", report);
         if retries.has("retryRemoteLocalities") {
             retries.get("retryRemoteLocalities");
