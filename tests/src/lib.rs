@@ -162,9 +162,19 @@ impl LocalMesh {
         workload: Option<&str>,
         curl_args: &[&str],
     ) -> anyhow::Result<(u16, String)> {
+        self.curl_from_in(workload, "default", curl_args)
+    }
+
+    /// [`LocalMesh::curl_from`] for a workload in `namespace`.
+    pub fn curl_from_in(
+        &self,
+        workload: Option<&str>,
+        namespace: &str,
+        curl_args: &[&str],
+    ) -> anyhow::Result<(u16, String)> {
         let mut args = vec!["exec"];
         match workload {
-            Some(w) => args.push(w),
+            Some(w) => args.extend([w, "-n", namespace]),
             None => args.push("--no-mesh"),
         }
         args.extend(["--", "curl", "-s", "-m", "10", "-w", "\n%{http_code}"]);

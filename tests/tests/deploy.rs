@@ -40,20 +40,23 @@ fn every_manifest_is_valid_kubernetes() {
         tools.is_dir(),
         "kubernetes-validate missing: run scripts/setup.sh"
     );
+    let validate = |files: &[PathBuf]| {
+        Command::new("python3")
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "-k",
+                KUBERNETES_VERSION,
+            ])
+            .args(files)
+            .env("PYTHONPATH", &tools)
+            .output()
+            .unwrap()
+    };
     let files = manifests();
     assert!(files.len() >= 7, "{files:?}");
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "-k",
-            KUBERNETES_VERSION,
-        ])
-        .args(&files)
-        .env("PYTHONPATH", &tools)
-        .output()
-        .unwrap();
+    let out = validate(&files);
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -77,18 +80,7 @@ fn every_manifest_is_valid_kubernetes() {
             .replace("  replicas: 2", "  replicaz: 2"),
     )
     .unwrap();
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "-k",
-            KUBERNETES_VERSION,
-        ])
-        .arg(&bad)
-        .env("PYTHONPATH", &tools)
-        .output()
-        .unwrap();
+    let out = validate(std::slice::from_ref(&bad));
     let _ = std::fs::remove_file(&bad);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("'replicaz' was unexpected"));

@@ -262,24 +262,7 @@ spec:
     );
     let demo = sample("demo.jwt");
     // `kubectl exec -n foo deploy/sleep -- curl ...`: (status, body).
-    let curl = |args: &[&str]| {
-        let mut argv = vec![
-            "exec",
-            "sleep",
-            "-n",
-            "foo",
-            "--",
-            "curl",
-            "-s",
-            "-w",
-            "\n%{http_code}",
-        ];
-        argv.extend(args);
-        let out = mesh.wardctl(&argv).unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
-        (code.trim().parse::<u16>().unwrap_or(0), body.to_string())
-    };
+    let curl = |args: &[&str]| mesh.curl_from_in(Some("sleep"), "foo", args).unwrap();
     let headers = |extra: &[&str]| {
         let mut args = vec!["http://httpbin.foo:8000/headers"];
         args.extend(extra);

@@ -139,6 +139,20 @@ fn timed_get(mesh: &LocalMesh, path: &str) -> (u16, f64, String) {
     )
 }
 
+/// Waits until the client's sidecar fails `/chaos` fast (503 `no healthy upstream`): Envoy's
+/// outlier detector ejects on its main thread, a moment after the failure that decides it.
+fn wait_until_ejected(mesh: &LocalMesh) {
+    mesh.eventually(Duration::from_secs(2), || {
+        let (code, _, body) = timed_get(mesh, "/chaos");
+        anyhow::ensure!(
+            (code, body.as_str()) == (503, "no healthy upstream"),
+            "{code} {body}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Waits until aura-api answers from the app (200 or its own 500), not a 503 from Envoy.
 fn wait_for_app(mesh: &LocalMesh) {
     mesh.eventually(Duration::from_secs(20), || {
@@ -346,16 +360,7 @@ fn timeouts_non_retryable_routes_failure_accrual_and_tap() {
         let (code, _, body) = timed_get(&mesh, "/chaos");
         assert_eq!((code, body.as_str()), (500, r#"{"error":"chaos"}"#));
     }
-    // Envoy's outlier detector ejects on its main thread, a moment after the failure.
-    mesh.eventually(Duration::from_secs(2), || {
-        let (code, _, body) = timed_get(&mesh, "/chaos");
-        anyhow::ensure!(
-            (code, body.as_str()) == (503, "no healthy upstream"),
-            "{code} {body}"
-        );
-        Ok(())
-    })
-    .unwrap();
+    wait_until_ejected(&mesh);
     let ejected_at = Instant::now();
     let (code, _, _) = timed_get(&mesh, "/healthz");
     assert_eq!(
@@ -492,17 +497,7 @@ fn istio_retries_timeouts_and_outlier_detection() {
         let (code, _, body) = timed_get(&mesh, "/chaos");
         assert_eq!((code, body.as_str()), (500, r#"{"error":"chaos"}"#));
     }
-    // Envoy's outlier detector ejects on its main thread, a moment after the failure.
-    let failed_fast = || {
-        let (code, _, body) = timed_get(&mesh, "/chaos");
-        anyhow::ensure!(
-            (code, body.as_str()) == (503, "no healthy upstream"),
-            "{code} {body}"
-        );
-        Ok(())
-    };
-    mesh.eventually(Duration::from_secs(2), failed_fast)
-        .unwrap();
+    wait_until_ejected(&mesh);
     mesh.eventually(Duration::from_secs(8), || {
         let (code, _, _) = timed_get(&mesh, "/chaos");
         anyhow::ensure!(code == 500, "still {code}");
