@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-20}"
+. scripts/lib/bench-envoy.sh
 scripts/setup.sh
 cargo build --quiet --release -p xds-server
 work="$(mktemp -d)"
@@ -75,14 +76,7 @@ print(json.dumps({
     ]}}))
 EOF
 
-.ward-tools/envoy/envoy/_bin/envoy -c "$work/envoy.json" --concurrency 1 --disable-hot-restart \
-  --log-level error 2>"$work/envoy.log" &
-envoy_pid=$!
-for _ in $(seq 100); do
-  curl -s -m 1 http://127.0.0.1:20000/ready | grep -q LIVE && break
-  sleep 0.1
-done
-sleep 1
+start_bench_envoy "$work/envoy.json" "$work/envoy.log"
 
 # Each listener decides as intended before it is measured: no token 403 (200 with no
 # filter), a forged token 401, demo.jwt 200.
@@ -100,16 +94,7 @@ for port in 20002 20003 20004; do
 done
 
 row() {
-  local label="$1" port="$2"
-  target/release/wardctl bench http bench --target "127.0.0.1:$port" \
-    -H "Authorization: Bearer $token" --users 8 \
-    --duration "${SECONDS_EACH}s" --warmup 3s --json |
-    python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-statuses = " ".join("%s×%s" % (s, n) for s, n in r["statuses"].items())
-print("| %s | %.0f | %.2f | %.2f | %d | %s |" % (sys.argv[1], r["requests_per_second"], r["p50_ms"], r["p99_ms"], r["errors"], statuses))
-' "$label"
+  bench_row "$1" "$2" bench -H "Authorization: Bearer $token"
 }
 
 echo

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-20}"
+. scripts/lib/bench-envoy.sh
 scripts/setup.sh
 cargo build --quiet --release -p xds-server
 work="$(mktemp -d)"
@@ -67,14 +68,7 @@ print(json.dumps({
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 20010}}}}]}]}}]}}))
 EOF
 
-.ward-tools/envoy/envoy/_bin/envoy -c "$work/envoy.json" --concurrency 1 --disable-hot-restart \
-  --log-level error 2>"$work/envoy.log" &
-envoy_pid=$!
-for _ in $(seq 100); do
-  curl -s -m 1 http://127.0.0.1:20000/ready | grep -q LIVE && break
-  sleep 0.1
-done
-sleep 1
+start_bench_envoy "$work/envoy.json" "$work/envoy.log"
 
 # The filter is in the path before anything is measured: it counts the requests it granted.
 for port in 20001 20002 20003; do
@@ -85,15 +79,7 @@ curl -s http://127.0.0.1:20000/stats | grep -q 'wasmcustom.ward.retry_budget.ups
   { echo "the budget filter did not count the request" >&2; exit 1; }
 
 row() {
-  local label="$1" port="$2"
-  target/release/wardctl bench http upstream --target "127.0.0.1:$port" --users 8 \
-    --duration "${SECONDS_EACH}s" --warmup 3s --json |
-    python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-statuses = " ".join("%s×%s" % (s, n) for s, n in r["statuses"].items())
-print("| %s | %.0f | %.2f | %.2f | %d | %s |" % (sys.argv[1], r["requests_per_second"], r["p50_ms"], r["p99_ms"], r["errors"], statuses))
-' "$label"
+  bench_row "$1" "$2" upstream
 }
 
 echo
