@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, Weak};
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -35,27 +36,89 @@ pub fn short_name(type_url: &str) -> &'static str {
 }
 
 /// One named, encoded resource with the hash of its bytes (its delta-xDS version).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It is encoded once, when the snapshot is built, straight into the form it takes on the
+/// wire: one entry of a delta response's `resources` field. Every response that carries it,
+/// to any number of proxies, shares those bytes (`ads::grpc` frames them without copying), so
+/// a connected proxy costs the server no buffer of its own.
+#[derive(Debug, Clone)]
 pub struct Resource {
     /// Shared with subscriptions that name it, so a thousand proxies asking for the same
     /// thousand clusters do not hold a thousand copies of each name.
     pub name: Arc<str>,
-    pub body: Any,
     pub version: String,
+    /// Field 2 of `DeltaDiscoveryResponse` (key, length, then a discovery `Resource` with
+    /// name, version and the `Any`, in that order).
+    delta_entry: Bytes,
+    /// Where the encoded `Any` lies in `delta_entry` (its last bytes).
+    any_start: usize,
 }
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version && self.any() == other.any()
+    }
+}
+
+/// Field numbers of `envoy.service.discovery.v3.Resource` and of the responses' `resources`.
+const DELTA_RESOURCE_NAME: u32 = 3;
+const DELTA_RESOURCE_VERSION: u32 = 1;
+const DELTA_RESOURCE_BODY: u32 = 2;
+/// `resources` is field 2 in both `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+pub const RESPONSE_RESOURCES: u32 = 2;
 
 impl Resource {
     pub fn new<M: Message>(type_url: &str, name: impl AsRef<str>, message: &M) -> Self {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, string, WireType};
+        let name = name.as_ref();
         let value = message.encode_to_vec();
         let version = hex::encode(&Sha256::digest(&value)[..8]);
+        let any = Any {
+            type_url: type_url.to_string(),
+            value,
+        };
+        let any_len = any.encoded_len();
+        let (name_string, version_string) = (name.to_string(), version.clone());
+        let inner_len = string::encoded_len(DELTA_RESOURCE_NAME, &name_string)
+            + string::encoded_len(DELTA_RESOURCE_VERSION, &version_string)
+            + 1
+            + encoded_len_varint(any_len as u64)
+            + any_len;
+        let mut entry = Vec::with_capacity(1 + encoded_len_varint(inner_len as u64) + inner_len);
+        encode_key(RESPONSE_RESOURCES, WireType::LengthDelimited, &mut entry);
+        encode_varint(inner_len as u64, &mut entry);
+        string::encode(DELTA_RESOURCE_NAME, &name_string, &mut entry);
+        string::encode(DELTA_RESOURCE_VERSION, &version_string, &mut entry);
+        encode_key(DELTA_RESOURCE_BODY, WireType::LengthDelimited, &mut entry);
+        encode_varint(any_len as u64, &mut entry);
+        let any_start = entry.len();
+        any.encode_raw(&mut entry);
         Resource {
-            name: Arc::from(name.as_ref()),
-            body: Any {
-                type_url: type_url.to_string(),
-                value,
-            },
+            name: Arc::from(name),
             version,
+            delta_entry: Bytes::from(entry),
+            any_start,
         }
+    }
+
+    /// The resource as one entry of a `DeltaDiscoveryResponse`'s `resources`.
+    pub fn delta_entry(&self) -> Bytes {
+        self.delta_entry.clone()
+    }
+
+    /// The encoded `Any` (type URL and value), as a `DiscoveryResponse` carries it.
+    pub fn any_bytes(&self) -> Bytes {
+        self.delta_entry.slice(self.any_start..)
+    }
+
+    /// Size of the resource on the wire, for chunking responses.
+    pub fn encoded_len(&self) -> usize {
+        self.delta_entry.len()
+    }
+
+    /// The resource decoded back into its `Any` (tests and tools; the server never needs it).
+    pub fn any(&self) -> Any {
+        Any::decode(&self.delta_entry[self.any_start..]).expect("encoded by Resource::new")
     }
 }
 

@@ -330,7 +330,7 @@ mod tests {
         let resource = set
             .get("outbound|80||exam-scheduler.default.svc.cluster.local")
             .unwrap();
-        Cluster::decode(resource.body.value.as_slice()).unwrap()
+        Cluster::decode(resource.any().value.as_slice()).unwrap()
     }
 
     fn upstream(socket: &TransportSocket) -> UpstreamTlsContext {

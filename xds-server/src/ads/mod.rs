@@ -11,25 +11,24 @@
 //! - requests carrying a stale nonce are ignored, as the xDS protocol specifies.
 //!
 //! Use: `AdsServer::new(cache, status, metrics).into_service()` and add it to a tonic server.
+//! The wire format (gRPC framing, responses made of shared pre-encoded resources) is in
+//! [`grpc`].
+
+pub mod grpc;
+mod subscription;
+
+use subscription::{NameSet, Subscription};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
 };
-use futures::Stream;
-use prost::Message;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
@@ -38,13 +37,9 @@ use crate::snapshot::{
     self, Resource, ResourceLayer, ResourceSet, Snapshot, SnapshotCache, PUSH_ORDER,
 };
 
-/// Largest xDS message accepted or sent: a 1,000-service mesh makes big CDS responses.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Delta responses carry at most about this many bytes of resources (at least one resource);
-/// the rest follows once the proxy ACKs. tonic keeps each stream's encode buffer as large as
-/// the largest message it sent, for as long as the proxy stays connected: a 1,000-service CDS
-/// in one response would cost ~550 KB per proxy. A single large resource (the outbound route
-/// configuration) still sets that size; see docs/benchmarks.md.
+/// the rest follows once the proxy ACKs, so one proxy's initial sync does not hold the
+/// stream's share of the connection for long.
 const DELTA_CHUNK_BYTES: usize = 32 * 1024;
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -142,27 +137,8 @@ fn peer_identity<T>(request: &Request<T>) -> Option<Result<String, String>> {
 }
 
 impl AdsServer {
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
-    }
-}
-
-/// Which resources of a type a proxy wants.
-#[derive(Debug, Clone, PartialEq, Default)]
-enum Subscription {
-    #[default]
-    Wildcard,
-    Names(BTreeSet<Arc<str>>),
-}
-
-impl Subscription {
-    fn wants(&self, name: &str) -> bool {
-        match self {
-            Subscription::Wildcard => true,
-            Subscription::Names(names) => names.contains(name),
-        }
+    pub fn into_service(self) -> grpc::AdsService {
+        grpc::AdsService::new(self)
     }
 }
 
@@ -347,31 +323,39 @@ fn intern(snapshot: Option<&Snapshot>, type_url: &str, name: &str) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(name))
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 fn node_id_of(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Option<String> {
     node.map(|n| n.id.clone()).filter(|id| !id.is_empty())
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl AdsServer {
+    /// Reads the first request (it names the node), authorizes the stream and starts its
+    /// task. An error is the gRPC status the call ends with.
+    async fn first_request<T>(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = peer_identity(&request);
-        let mut requests = request.into_inner();
+        request: &Request<()>,
+        requests: &mut Streaming<T>,
+        node: impl Fn(&T) -> Option<String>,
+    ) -> Result<(T, String), Status> {
+        let peer = peer_identity(request);
         let first = requests
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let node_id = node_id_of(first.node.as_ref())
+        let node_id = node(&first)
             .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
         self.authorize(&node_id, peer)?;
-        let (tx, rx) = mpsc::channel(16);
+        Ok((first, node_id))
+    }
+
+    pub(crate) async fn open_sotw(
+        &self,
+        request: Request<()>,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: grpc::ResponseSender,
+    ) -> Result<(), Status> {
+        let (first, node_id) = self
+            .first_request(&request, &mut requests, |r| node_id_of(r.node.as_ref()))
+            .await?;
         let server = self.clone();
         let span = info_span!("ads", node = %node_id, protocol = "sotw");
         tokio::spawn(
@@ -385,23 +369,18 @@ impl AggregatedDiscoveryService for AdsServer {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(())
     }
 
-    async fn delta_aggregated_resources(
+    pub(crate) async fn open_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = peer_identity(&request);
-        let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let node_id = node_id_of(first.node.as_ref())
-            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
-        self.authorize(&node_id, peer)?;
-        let (tx, rx) = mpsc::channel(16);
+        request: Request<()>,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        tx: grpc::ResponseSender,
+    ) -> Result<(), Status> {
+        let (first, node_id) = self
+            .first_request(&request, &mut requests, |r| node_id_of(r.node.as_ref()))
+            .await?;
         let server = self.clone();
         let span = info_span!("ads", node = %node_id, protocol = "delta");
         tokio::spawn(
@@ -415,7 +394,7 @@ impl AggregatedDiscoveryService for AdsServer {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(())
     }
 }
 
@@ -451,7 +430,7 @@ impl Connection {
 struct SotwStream {
     state: StreamState,
     server: AdsServer,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: grpc::ResponseSender,
 }
 
 impl SotwStream {
@@ -503,13 +482,13 @@ impl SotwStream {
         {
             Subscription::Wildcard
         } else {
-            Subscription::Names(
+            Subscription::Names(NameSet::new(
                 request
                     .resource_names
                     .iter()
                     .map(|n| intern(snapshot, type_url, n))
                     .collect(),
-            )
+            ))
         };
         let state = self.state.types.entry(type_url).or_default();
         if !state.requested
@@ -547,18 +526,18 @@ impl SotwStream {
             if !send {
                 continue;
             }
-            let resources: Vec<_> = set
-                .iter()
-                .filter(|r| state.subscription.wants(&r.name))
-                .map(|r| r.body.clone())
-                .collect();
-            let response = DiscoveryResponse {
+            let head = DiscoveryResponse {
                 version_info: set.version.clone(),
-                resources,
                 type_url: type_url.to_string(),
                 nonce: nonce.clone(),
                 ..Default::default()
             };
+            let response = grpc::EncodedMessage::sotw(
+                head,
+                set.iter()
+                    .filter(|r| state.subscription.wants(&r.name))
+                    .map(|r| &**r),
+            );
             state.must_send = false;
             state.in_flight = Some((nonce.clone(), set.version.clone()));
             state.sent_version = Some(set.version.clone());
@@ -569,7 +548,7 @@ impl SotwStream {
                 type_url,
                 &set.version,
                 &nonce,
-                response.encoded_len(),
+                response.len(),
             );
             if self.tx.send(Ok(response)).await.is_err() {
                 return Err(());
@@ -606,7 +585,7 @@ fn record_push(
 struct DeltaStream {
     state: StreamState,
     server: AdsServer,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: grpc::ResponseSender,
 }
 
 impl DeltaStream {
@@ -661,25 +640,27 @@ impl DeltaStream {
             state.subscription = if legacy_wildcard {
                 Subscription::Wildcard
             } else {
-                Subscription::Names(BTreeSet::new())
+                Subscription::Names(NameSet::default())
             };
         }
+        let mut subscribe = Vec::new();
         for name in &request.resource_names_subscribe {
             if name == "*" {
                 state.subscription = Subscription::Wildcard;
                 state.must_send = true;
-            } else if let Subscription::Names(names) = &mut state.subscription {
-                let name = intern(snapshot, type_url, name);
-                if names.insert(name.clone()) {
-                    state.newly_subscribed.insert(name);
-                    state.must_send = true;
-                }
+            } else if matches!(state.subscription, Subscription::Names(_)) {
+                subscribe.push(intern(snapshot, type_url, name));
+            }
+        }
+        if let Subscription::Names(names) = &mut state.subscription {
+            let (updated, new) = names.changed(&subscribe, &request.resource_names_unsubscribe);
+            *names = updated;
+            if !new.is_empty() {
+                state.must_send = true;
+                state.newly_subscribed.extend(new);
             }
         }
         for name in &request.resource_names_unsubscribe {
-            if let Subscription::Names(names) = &mut state.subscription {
-                names.remove(name.as_str());
-            }
             state.newly_subscribed.remove(name.as_str());
         }
     }
@@ -733,7 +714,7 @@ impl DeltaStream {
             let fits = changed
                 .iter()
                 .position(|r| {
-                    bytes += r.body.value.len() + r.name.len();
+                    bytes += r.encoded_len();
                     bytes > DELTA_CHUNK_BYTES
                 })
                 .map(|i| i.max(1));
@@ -767,22 +748,14 @@ impl DeltaStream {
             } else {
                 Vec::new()
             };
-            let response = DeltaDiscoveryResponse {
+            let head = DeltaDiscoveryResponse {
                 system_version_info: set.version.clone(),
-                resources: changed
-                    .into_iter()
-                    .map(|r| DeltaResource {
-                        name: r.name.to_string(),
-                        version: r.version.clone(),
-                        resource: Some(r.body.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
                 type_url: type_url.to_string(),
                 removed_resources: removed,
                 nonce: nonce.clone(),
                 ..Default::default()
             };
+            let response = grpc::EncodedMessage::delta(head, changed.into_iter().map(|r| &**r));
             state.in_flight = Some((nonce.clone(), set.version.clone()));
             state.in_flight_set = Some(InFlight {
                 set: set.clone(),
@@ -797,7 +770,7 @@ impl DeltaStream {
                 type_url,
                 &set.version,
                 &nonce,
-                response.encoded_len(),
+                response.len(),
             );
             if self.tx.send(Ok(response)).await.is_err() {
                 return Err(());
