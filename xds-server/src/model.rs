@@ -1,7 +1,7 @@
 //! The resolved mesh model: what the loader (files today, the Kubernetes API later) produces
 //! and what translation consumes. Pure data, no I/O; every value is already validated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 pub use wasm_authz::policy::AuthorizationPolicy;
@@ -42,7 +42,37 @@ pub struct Mesh {
     pub service_profiles: Vec<ServiceProfile>,
     /// Istio VirtualServices, sorted by (namespace, name).
     pub virtual_services: Vec<VirtualService>,
+    /// Which services select each workload, derived from `services` (build it with
+    /// [`ServicesByWorkload::new`] whenever `services` is set).
+    pub services_by_workload: ServicesByWorkload,
 }
+
+/// Indices into `Mesh::services` by backend workload (namespace, name): translation asks for
+/// every proxy which services select it, which would otherwise be a scan of all services per
+/// proxy on every config change.
+#[derive(Debug, Clone, Default)]
+pub struct ServicesByWorkload(HashMap<(String, String), Vec<usize>>);
+
+impl ServicesByWorkload {
+    pub fn new(services: &[Service]) -> Self {
+        let mut index: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, service) in services.iter().enumerate() {
+            for backend in &service.backends {
+                index.entry(backend.clone()).or_default().push(i);
+            }
+        }
+        ServicesByWorkload(index)
+    }
+}
+
+/// Derived data: two meshes with equal services have equal indices.
+impl PartialEq for ServicesByWorkload {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ServicesByWorkload {}
 
 pub use wasm_authz::retry_budget::RetryBudgetConfig;
 
@@ -624,11 +654,12 @@ impl Mesh {
     }
 
     pub fn services_of<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a Service> {
-        self.services.iter().filter(move |s| {
-            s.backends
-                .iter()
-                .any(|(ns, n)| *ns == workload.namespace && *n == workload.name)
-        })
+        self.services_by_workload
+            .0
+            .get(&(workload.namespace.clone(), workload.name.clone()))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.services[i])
     }
 
     /// Ports a workload's sidecar accepts traffic on: declared container ports and every

@@ -2,7 +2,7 @@
 //! target ports, service accounts), instances with their addresses, services with their
 //! backends and numeric target ports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use super::authz::{AuthorizationPolicySpec, ReferenceKind, RequestAuthenticationSpec};
@@ -237,11 +237,10 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
         });
     }
 
+    let index = WorkloadIndex::new(&workloads, &deployments);
     let mut resolved = Vec::new();
     for (file, s) in &services {
-        if let Some(service) =
-            resolve_service(file, s, &workloads, &deployments, complete, findings)
-        {
+        if let Some(service) = resolve_service(file, s, &index, complete, findings) {
             resolved.push(service);
         }
     }
@@ -322,6 +321,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             .map(|(namespace, name)| ServiceAccount { name, namespace })
             .collect(),
         workloads,
+        services_by_workload: crate::model::ServicesByWorkload::new(&resolved),
         services: resolved,
     }
 }
@@ -840,12 +840,65 @@ fn resolve_virtual_services(
     resolved
 }
 
+/// Workloads by namespace and label, so matching a thousand Services against a thousand
+/// Deployments is not a million label comparisons (the resolver runs on every config change).
+struct WorkloadIndex<'w> {
+    by_label: HashMap<(&'w str, &'w str, &'w str), Vec<&'w Workload>>,
+    /// Deployments that decoded without errors, by (namespace, name).
+    clean: HashSet<(&'w str, &'w str)>,
+    /// Namespaces with a Deployment that had errors.
+    unclean_namespaces: HashSet<&'w str>,
+}
+
+impl<'w> WorkloadIndex<'w> {
+    fn new(workloads: &'w [Workload], deployments: &'w [(String, bool, DeploymentSpec)]) -> Self {
+        let mut by_label: HashMap<_, Vec<&Workload>> = HashMap::new();
+        for w in workloads {
+            for (k, v) in &w.labels {
+                by_label
+                    .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(w);
+            }
+        }
+        let (clean, unclean): (Vec<_>, Vec<_>) = deployments.iter().partition(|(_, c, _)| *c);
+        WorkloadIndex {
+            by_label,
+            clean: clean
+                .iter()
+                .map(|(_, _, d)| (d.meta.namespace.as_str(), d.meta.name.as_str()))
+                .collect(),
+            unclean_namespaces: unclean
+                .iter()
+                .map(|(_, _, d)| d.meta.namespace.as_str())
+                .collect(),
+        }
+    }
+
+    /// The workloads of `namespace` whose pod labels include all of `selector` (not empty),
+    /// in the order of the workload list.
+    fn selected(&self, namespace: &str, selector: &BTreeMap<String, String>) -> Vec<&'w Workload> {
+        let Some((k, v)) = selector.iter().next() else {
+            return Vec::new();
+        };
+        self.by_label
+            .get(&(namespace, k.as_str(), v.as_str()))
+            .map(|candidates| {
+                candidates
+                    .iter()
+                    .copied()
+                    .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// A Service with its backends and numeric target ports; None if it has errors (reported).
 fn resolve_service(
     file: &str,
     s: &ServiceSpec,
-    workloads: &[Workload],
-    deployments: &[(String, bool, DeploymentSpec)],
+    index: &WorkloadIndex,
     complete: bool,
     findings: &mut Findings,
 ) -> Option<Service> {
@@ -853,17 +906,9 @@ fn resolve_service(
         // Reported while decoding.
         return None;
     }
-    let backends: Vec<&Workload> = workloads
-        .iter()
-        .filter(|w| {
-            w.namespace == s.meta.namespace
-                && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-        })
-        .collect();
+    let backends = index.selected(&s.meta.namespace, &s.selector);
     if backends.is_empty() {
-        let unclean_neighbour = deployments
-            .iter()
-            .any(|(_, clean, d)| !clean && d.meta.namespace == s.meta.namespace);
+        let unclean_neighbour = index.unclean_namespaces.contains(s.meta.namespace.as_str());
         if complete && !unclean_neighbour {
             let selector: Vec<String> =
                 s.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -884,11 +929,9 @@ fn resolve_service(
         return None;
     }
     // A backend with errors may be missing the very port looked for: stay quiet then.
-    let check_ports = backends.iter().all(|w| {
-        deployments
-            .iter()
-            .any(|(_, clean, d)| *clean && d.meta.namespace == w.namespace && d.meta.name == w.name)
-    });
+    let check_ports = backends
+        .iter()
+        .all(|w| index.clean.contains(&(w.namespace.as_str(), w.name.as_str())));
     let mut ports = Vec::new();
     let mut ok = true;
     for p in &s.ports {
