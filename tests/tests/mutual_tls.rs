@@ -389,6 +389,77 @@ fn a_proxy_cannot_get_another_workloads_config_with_its_own_credential() {
     assert_eq!(code, 200);
 }
 
+/// The wasm module is pinned: a sidecar whose bootstrap reports another module file (a
+/// tampered or stale copy) gets no configuration at all, so it serves nothing rather than
+/// running unknown code on its traffic; `wardctl status` says why.
+#[test]
+fn a_sidecar_with_another_wasm_module_is_refused_its_configuration() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    let bootstrap_path = mesh
+        .state_dir
+        .join("bootstrap/professor-tools-0.default.json");
+    let mut bootstrap: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bootstrap_path).unwrap()).unwrap();
+    let pinned = bootstrap["node"]["metadata"]["WASM_MODULE_SHA256"]
+        .as_str()
+        .expect("the sidecar reports its module's sha256")
+        .to_string();
+    // The module with one byte appended, as `xds-server bootstrap --wasm-module` reports it.
+    let module = ward_e2e::wasm_module();
+    let mut tampered = std::fs::read(&module).unwrap();
+    tampered.push(0);
+    let tampered_path = mesh.root.join("tampered.wasm");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    let reported = ward::bootstrap::file_sha256(&tampered_path).unwrap();
+    assert_ne!(reported, pinned);
+    bootstrap["node"]["metadata"]["WASM_MODULE_SHA256"] = reported.clone().into();
+    let admin_port = ward_e2e::free_port();
+    bootstrap["admin"]["address"]["socket_address"] =
+        serde_json::json!({"address": "127.0.0.1", "port_value": admin_port});
+    bootstrap["cluster_manager"] = serde_json::json!({});
+    let tampered_bootstrap = mesh.root.join("tampered.json");
+    std::fs::write(&tampered_bootstrap, bootstrap.to_string()).unwrap();
+    let mut sidecar = std::process::Command::new(ward_e2e::envoy_binary())
+        .args(["-c", tampered_bootstrap.to_str().unwrap()])
+        .args(["--base-id", &admin_port.to_string(), "-l", "warning"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = mesh.eventually(Duration::from_secs(15), || {
+        let out = mesh.wardctl(&["status"])?;
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(printed.contains("REFUSED"), "{printed}");
+        Ok(printed)
+    });
+    let dump = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin_port}/config_dump")])
+        .output()
+        .unwrap();
+    sidecar.kill().unwrap();
+    let _ = sidecar.wait();
+    let printed = printed.unwrap();
+    assert!(
+        printed.contains(&format!(
+            "REFUSED professor-tools-0.default: its wasm module has sha256 {reported}; xds-server pins {pinned}"
+        )),
+        "{printed}"
+    );
+    assert!(mesh
+        .metrics()
+        .unwrap()
+        .contains("ward_xds_refused_streams_total{reason=\"wasm-module-mismatch\"}"));
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("ward-xds"), "the admin answered: {dump}");
+    assert!(
+        !dump.contains("dynamic_listeners"),
+        "the sidecar got listeners"
+    );
+    // The real sidecars, with the pinned module, are unaffected.
+    let (code, _) = get_scheduler(&mesh, "professor-tools");
+    assert_eq!(code, 200);
+}
+
 #[test]
 fn xds_refuses_clients_without_a_certificate_and_survives_a_connection_flood() {
     use std::io::{Read, Write};

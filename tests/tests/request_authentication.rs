@@ -97,6 +97,101 @@ spec:
     )
 }
 
+/// A token signed with Istio's published test key (`key.pem`), under key id `kid`.
+fn mint(kid: &str, claims: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let key = rsa::RsaPrivateKey::from_pkcs1_pem(&sample("key.pem")).unwrap();
+    let signing = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
+    let header = serde_json::json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = signing.sign(message.as_bytes()).to_bytes();
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// Keys rotated at the issuer: a token signed with a key the sidecar lacks is refused, the
+/// sidecar asks xds-server to fetch the `jwksUri` again, and the same token then passes. No
+/// config change and no restart: the periodic fetch is 5 minutes away.
+#[test]
+fn a_token_signed_with_a_new_key_makes_xds_server_fetch_the_keys_again() {
+    let mesh = LocalMesh::up("tests/configs/bookinfo").expect("mesh up");
+    let document = Arc::new(Mutex::new(sample("jwks.json")));
+    let url = jwks_server(document.clone());
+    mesh.apply("jwt.yaml", &request_authentication(&url));
+    let demo = sample("demo.jwt");
+    mesh.eventually(Duration::from_secs(10), || {
+        let (status, body) = call(&mesh, Some(&demo), &[]);
+        anyhow::ensure!(status == 200, "demo.jwt: {status} {body}");
+        Ok(())
+    })
+    .unwrap();
+
+    // The issuer publishes a new key (its test key under a new id) and signs with it.
+    let mut jwks: serde_json::Value = serde_json::from_str(&sample("jwks.json")).unwrap();
+    let mut rotated = jwks["keys"][0].clone();
+    rotated["kid"] = "rotated-2026-11".into();
+    jwks["keys"].as_array_mut().unwrap().push(rotated);
+    *document.lock().unwrap() = jwks.to_string();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = mint(
+        "rotated-2026-11",
+        serde_json::json!({"iss": "testing@secure.istio.io", "sub": "rotated", "exp": exp}),
+    );
+    assert_eq!(
+        call(&mesh, Some(&token), &[]),
+        (
+            401,
+            "Jwks doesn't have key to match kid or alg from Jwt".to_string()
+        ),
+        "the sidecar does not have the new key yet"
+    );
+    mesh.eventually(Duration::from_secs(15), || {
+        let (status, body) = call(&mesh, Some(&token), &[]);
+        anyhow::ensure!(status == 200, "token with the new key: {status} {body}");
+        Ok(())
+    })
+    .unwrap();
+    let metrics = mesh.metrics().unwrap();
+    assert!(
+        metrics.contains("ward_jwks_unknown_keys_total{result=\"fetch\"}"),
+        "{metrics}"
+    );
+
+    // A key nobody publishes stays refused; the sidecar's requests to fetch are rate-limited
+    // (one per key per 10 s), and xds-server fetches at most every 5 s.
+    let unknown = mint(
+        "never-published",
+        serde_json::json!({"iss": "testing@secure.istio.io", "sub": "x", "exp": exp}),
+    );
+    for _ in 0..20 {
+        assert_eq!(call(&mesh, Some(&unknown), &[]).0, 401);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let fetch_requests = mesh
+        .metrics()
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("ward_jwks_unknown_keys_total{result=\"fetch\"} ")
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap();
+    assert!(
+        fetch_requests <= 3.0,
+        "20 requests with an unknown key asked for {fetch_requests} fetches in all"
+    );
+}
+
 #[test]
 fn jwt_tokens_are_verified_and_policies_see_their_principal_and_claims() {
     let mesh = LocalMesh::up("tests/configs/bookinfo").expect("mesh up");

@@ -36,6 +36,10 @@ pub struct JwtRule {
     pub audiences: Vec<String>,
     /// The JWKS document, as JSON text.
     pub jwks: String,
+    /// Where the control plane fetched `jwks` from (absent for inline keys): a token whose
+    /// `kid` it lacks makes the filter ask the control plane to fetch it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
     /// Where the token is: `(header, prefix)`; default `Authorization: Bearer `.
     #[serde(default)]
     pub from_headers: Vec<(String, String)>,
@@ -86,7 +90,11 @@ pub enum JwtError {
     /// `none`, HMAC, or an algorithm Ward does not verify.
     UnsupportedAlgorithm(String),
     UnknownIssuer,
-    UnknownKid,
+    /// No key of the issuer's JWKS matches the token's `kid` and algorithm.
+    UnknownKid {
+        issuer: String,
+        kid: Option<String>,
+    },
     BadSignature,
     Expired,
     NotYetValid,
@@ -108,7 +116,7 @@ impl fmt::Display for JwtError {
                 write!(f, "Jwt algorithm `{alg}` is not supported")
             }
             JwtError::UnknownIssuer => f.write_str("Jwt issuer is not configured"),
-            JwtError::UnknownKid => {
+            JwtError::UnknownKid { .. } => {
                 f.write_str("Jwks doesn't have key to match kid or alg from Jwt")
             }
             JwtError::BadSignature => f.write_str("Jwt verification fails"),
@@ -355,7 +363,10 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
         .filter(|k| k.alg.as_deref().is_none_or(|a| a == header.alg))
         .collect();
     if candidates.is_empty() {
-        return Err(JwtError::UnknownKid);
+        return Err(JwtError::UnknownKid {
+            issuer,
+            kid: header.kid,
+        });
     }
     let message = format!("{header_b64}.{payload_b64}");
     let mut verified = false;

@@ -103,6 +103,10 @@ pub struct AuthorizationConfig {
     /// Remember verified tokens (default); off only to measure verification itself.
     #[serde(default = "yes")]
     pub cache_tokens: bool,
+    /// The Envoy cluster of the control plane, to ask it to fetch a `jwksUri` again when a
+    /// token names a key the filter does not have (keys rotated at the issuer).
+    #[serde(default)]
+    pub key_refresh_cluster: Option<String>,
 }
 
 fn yes() -> bool {
@@ -209,6 +213,42 @@ pub struct Decision {
     /// Request headers to set, after stripping (`outputPayloadToHeader`,
     /// `outputClaimToHeaders`).
     pub set_request_headers: Vec<(String, String)>,
+    /// The token named a key its issuer's fetched JWKS lacks: ask the control plane to
+    /// fetch the keys again (the request itself is refused, as Envoy's jwt_authn does).
+    pub refresh_keys: Option<KeyRefresh>,
+}
+
+/// A request to the control plane to fetch an issuer's `jwksUri` again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRefresh {
+    /// The control plane's cluster in Envoy.
+    pub cluster: String,
+    pub issuer: String,
+    pub kid: String,
+}
+
+/// The control plane's gRPC method for [`KeyRefresh`]; its request message is
+/// [`KeyRefresh::encode_request`], its response empty.
+pub const KEY_REFRESH_SERVICE: &str = "ward.control.v1.KeyRefresh";
+pub const KEY_REFRESH_METHOD: &str = "UnknownKey";
+
+impl KeyRefresh {
+    /// The protobuf request `{ string issuer = 1; string kid = 2; }`, encoded by hand so
+    /// the wasm module needs no protobuf library.
+    pub fn encode_request(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (field, value) in [(1u8, &self.issuer), (2u8, &self.kid)] {
+            out.push(field << 3 | 2);
+            let mut len = value.len();
+            while len >= 0x80 {
+                out.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            out.push(len as u8);
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +304,7 @@ impl Engine {
                 response_headers,
                 strip_request_headers: Vec::new(),
                 set_request_headers: Vec::new(),
+                refresh_keys: None,
             };
         };
         let path = input.header(":path");
@@ -277,6 +318,18 @@ impl Engine {
         let token = match token {
             Ok(token) => token,
             Err(error) => {
+                let refresh_keys = match (&error, &authorization.key_refresh_cluster) {
+                    (jwt::JwtError::UnknownKid { issuer, kid }, Some(cluster)) => authorization
+                        .jwt_rules
+                        .iter()
+                        .any(|r| r.issuer == *issuer && r.jwks_uri.is_some())
+                        .then(|| KeyRefresh {
+                            cluster: cluster.clone(),
+                            issuer: issuer.clone(),
+                            kid: kid.clone().unwrap_or_default(),
+                        }),
+                    _ => None,
+                };
                 response_headers.push((
                     "www-authenticate".to_string(),
                     format!("Bearer realm=\"{}\", error=\"invalid_token\"", self.marker),
@@ -290,6 +343,7 @@ impl Engine {
                     response_headers,
                     strip_request_headers: Vec::new(),
                     set_request_headers: Vec::new(),
+                    refresh_keys,
                 };
             }
         };
@@ -354,6 +408,7 @@ impl Engine {
             response_headers,
             strip_request_headers,
             set_request_headers,
+            refresh_keys: None,
         }
     }
 }
@@ -461,6 +516,7 @@ mod tests {
                 response_headers: vec![("x-ward-wasm".into(), "exam-scheduler.default".into())],
                 strip_request_headers: vec![],
                 set_request_headers: vec![],
+                refresh_keys: None,
             }
         );
     }

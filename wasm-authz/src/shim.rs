@@ -9,7 +9,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
 use crate::retry_budget::{BudgetState, Grant, RetryBudgetConfig};
-use crate::{Decision, Engine, FilterConfig, HttpInput, Verdict};
+use crate::{
+    Decision, Engine, FilterConfig, HttpInput, KeyRefresh, Verdict, KEY_REFRESH_METHOD,
+    KEY_REFRESH_SERVICE,
+};
 
 proxy_wasm::main! {{
     // Pass everything to the host: Envoy filters by its own `wasm` log level.
@@ -22,7 +25,15 @@ struct WardRoot {
     engine: Option<Rc<Engine>>,
 }
 
-impl Context for WardRoot {}
+impl Context for WardRoot {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, _response_size: usize) {
+        if status_code != 0 {
+            log::warn!(
+                "ward: the control plane refused to fetch keys again (gRPC status {status_code})"
+            );
+        }
+    }
+}
 
 impl RootContext for WardRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -36,13 +47,42 @@ impl RootContext for WardRoot {
                     config.identity,
                     config.version
                 );
+                let refreshes_keys = config
+                    .authorization
+                    .as_ref()
+                    .is_some_and(|a| a.key_refresh_cluster.is_some());
                 self.engine = Some(Rc::new(Engine::new(config)));
+                if refreshes_keys {
+                    self.set_tick_period(KEY_REFRESH_TICK);
+                }
                 true
             }
             Err(e) => {
                 // false makes Envoy fail the plugin; with fail_open false requests are denied.
                 log::error!("ward: {e}");
                 false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let pending = PENDING_REFRESHES.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+        for refresh in pending {
+            let message = refresh.encode_request();
+            match self.dispatch_grpc_call(
+                &refresh.cluster,
+                KEY_REFRESH_SERVICE,
+                KEY_REFRESH_METHOD,
+                Vec::new(),
+                Some(&message),
+                std::time::Duration::from_secs(5),
+            ) {
+                Ok(_) => log::info!(
+                    "ward: no key `{}` for issuer {}: asked the control plane to fetch its keys again",
+                    refresh.kid,
+                    refresh.issuer
+                ),
+                Err(e) => log::warn!("ward: cannot ask the control plane for fresh keys: {e:?}"),
             }
         }
     }
@@ -119,6 +159,47 @@ impl WardHttp {
     }
 }
 
+/// At most one request for fresh keys per issuer and `kid` per this long, across the
+/// proxy's workers (a client retrying with a token nobody can verify would ask on every
+/// request otherwise). The control plane limits its fetches on its own as well.
+const KEY_REFRESH_INTERVAL_MS: u64 = 10_000;
+
+thread_local! {
+    /// Key refreshes HTTP contexts decided on, for the root context to send: a call made by
+    /// an HTTP context is cancelled when its stream ends, which a 401 does at once.
+    static PENDING_REFRESHES: std::cell::RefCell<Vec<KeyRefresh>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How often the root context sends pending key refreshes.
+const KEY_REFRESH_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl WardHttp {
+    /// Queues a request to the control plane to fetch the issuer's JWKS again, unless this
+    /// proxy asked for that key recently. Fire and forget: the new keys arrive with the next
+    /// configuration.
+    fn request_key_refresh(&self, refresh: &KeyRefresh) {
+        let now_ms = self
+            .get_current_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let key = format!("ward.key_refresh.{}/{}", refresh.issuer, refresh.kid);
+        let (last, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+        let last = last
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or_default();
+        if now_ms.saturating_sub(last) < KEY_REFRESH_INTERVAL_MS {
+            return;
+        }
+        // Another worker winning the swap asks instead.
+        if hostcalls::set_shared_data(&key, Some(&now_ms.to_le_bytes()), cas).is_err() {
+            return;
+        }
+        PENDING_REFRESHES.with(|pending| pending.borrow_mut().push(refresh.clone()));
+    }
+}
+
 impl HttpContext for WardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let decision = self.engine.decide(&self.input());
@@ -135,6 +216,9 @@ impl HttpContext for WardHttp {
         } = &decision.verdict
         {
             log::info!("ward: denied with {status}: {reason}");
+            if let Some(refresh) = &decision.refresh_keys {
+                self.request_key_refresh(refresh);
+            }
             let headers: Vec<(&str, &str)> = decision
                 .response_headers
                 .iter()

@@ -26,6 +26,18 @@ pub struct BootstrapParams {
     pub protocol: AdsProtocol,
     /// Mutual TLS to xds-server with these files; None for a plaintext xDS server.
     pub credentials: Option<BootstrapCredentials>,
+    /// sha256 (hex) of the wasm module file this sidecar will load, computed by whoever
+    /// starts it: xds-server serves only sidecars whose module is the one it pins.
+    pub wasm_module_sha256: Option<String>,
+}
+
+/// Node metadata key carrying [`BootstrapParams::wasm_module_sha256`].
+pub const WASM_SHA256_METADATA: &str = "WASM_MODULE_SHA256";
+
+/// sha256 (hex) of a file: the wasm module's pin.
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
 }
 
 /// The xDS cluster's TLS: the proxy's bootstrap credential, xds-server checked against the
@@ -134,6 +146,9 @@ pub fn render(
             } ]
         }
     });
+    if let Some(sha256) = &params.wasm_module_sha256 {
+        bootstrap["node"]["metadata"][WASM_SHA256_METADATA] = sha256.as_str().into();
+    }
     if let Some(credentials) = &params.credentials {
         bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
             xds_transport_socket(credentials);

@@ -45,6 +45,20 @@ impl JwksCache {
             .collect()
     }
 
+    /// True if the last good document of `uri` has a key with this `kid`.
+    pub fn has_key(&self, uri: &str, kid: &str) -> bool {
+        let entries = self.entries.lock().expect("jwks lock");
+        let Some(document) = entries.get(uri).and_then(|s| s.document.as_deref()) else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(document)
+            .ok()
+            .and_then(|v| v.get("keys")?.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|key| key.get("kid").and_then(|k| k.as_str()) == Some(kid))
+    }
+
     pub fn status(&self) -> BTreeMap<String, JwksState> {
         self.entries.lock().expect("jwks lock").clone()
     }

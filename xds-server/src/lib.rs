@@ -1,7 +1,9 @@
 //! Ward's control plane. Modules follow the data flow: `config` (load and validate YAML) →
 //! `model` (the resolved mesh) → `translate` (Envoy resources) → `snapshot` (per-proxy
 //! snapshots) → `ads` (the gRPC ADS server), wired together by `server`. Beside them:
-//! `identity` is the CA and the workload certificates, `bootstrap` renders Envoy bootstraps, `runner` is the local mesh behind `wardctl up`,
+//! `identity` is the CA and the workload certificates, `bootstrap` renders Envoy bootstraps,
+//! `jwks` fetches `jwksUri`s (and `key_refresh` lets sidecars ask for a fetch), `runner` is
+//! the local mesh behind `wardctl up`,
 //! `apps` holds the built-in stand-ins for the seed labs' container images, and `check`
 //! predicts authorization decisions for `wardctl check`.
 
@@ -13,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod identity;
 pub mod jwks;
+pub mod key_refresh;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;

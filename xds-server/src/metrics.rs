@@ -40,6 +40,8 @@ pub struct Metrics {
     pub xds_refused_streams: Family<ReasonLabel, Counter>,
     /// JWKS fetches by result (ok, error).
     pub jwks_fetches: Family<ResultLabel, Counter>,
+    /// Sidecars' requests for keys they lack, by result (fetch, known).
+    pub jwks_unknown_keys: Family<ResultLabel, Counter>,
     registry: Registry,
     pub connected_proxies: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -127,7 +129,14 @@ impl Metrics {
             "Fetches of RequestAuthentication jwksUri documents, by result (ok, error; an error keeps the last good keys)",
             jwks_fetches.clone(),
         );
+        let jwks_unknown_keys = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "jwks_unknown_keys",
+            "Sidecars' requests to fetch a jwksUri again for a token signed with a key they lack, by result (fetch: a fetch was started; known: xds-server has that key, the sidecar's config is on its way)",
+            jwks_unknown_keys.clone(),
+        );
         Metrics {
+            jwks_unknown_keys,
             jwks_fetches,
             push_activity: AtomicU64::new(0),
             certificates_issued,

@@ -606,8 +606,23 @@ impl Mesh {
                 forward_original_token: rule.forward_original_token,
                 output_payload_to_header: rule.output_payload_to_header.clone(),
                 output_claim_to_headers: rule.output_claim_to_headers.clone(),
+                jwks_uri: rule.jwks.is_none().then(|| rule.jwks_uri.clone()).flatten(),
             })
             .collect()
+    }
+
+    /// The `jwksUri`s the keys of `issuer` are fetched from.
+    pub fn jwks_uris_of(&self, issuer: &str) -> Vec<String> {
+        let mut uris: Vec<String> = self
+            .request_authentications
+            .iter()
+            .flat_map(|r| r.rules.iter())
+            .filter(|rule| rule.issuer == issuer && rule.jwks.is_none())
+            .filter_map(|rule| rule.jwks_uri.clone())
+            .collect();
+        uris.sort();
+        uris.dedup();
+        uris
     }
 
     /// Every `jwksUri` the mesh names.

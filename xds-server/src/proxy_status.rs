@@ -46,6 +46,14 @@ fn unix_now() -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct ProxyStatusRegistry {
     streams: Arc<Mutex<BTreeMap<u64, ProxyConnection>>>,
+    /// Nodes whose last stream was refused, with why; cleared when one is served.
+    refused: Arc<Mutex<BTreeMap<String, Refusal>>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub reason: String,
+    pub at_unix: u64,
 }
 
 impl ProxyStatusRegistry {
@@ -53,7 +61,23 @@ impl ProxyStatusRegistry {
         Self::default()
     }
 
+    /// A stream of `node_id` was refused (another wasm module, ...).
+    pub fn refuse(&self, node_id: &str, reason: &str) {
+        self.refused.lock().expect("status lock").insert(
+            node_id.to_string(),
+            Refusal {
+                reason: reason.to_string(),
+                at_unix: unix_now(),
+            },
+        );
+    }
+
+    pub fn refused(&self) -> BTreeMap<String, Refusal> {
+        self.refused.lock().expect("status lock").clone()
+    }
+
     pub fn connect(&self, stream_id: u64, node_id: &str, protocol: &'static str) {
+        self.refused.lock().expect("status lock").remove(node_id);
         self.streams.lock().expect("status lock").insert(
             stream_id,
             ProxyConnection {
@@ -210,12 +234,19 @@ pub fn render_table(status: &serde_json::Value) -> String {
         let connected = status["proxies"]
             .as_array()
             .is_some_and(|ps| ps.iter().any(|p| p["node_id"] == node));
-        if !connected {
+        if !connected && status["refused"].get(node).is_none() {
             out.push_str(&format!("{node:<34} NOT CONNECTED\n"));
         }
     }
     for nack in nacks {
         out.push_str(&format!("NACK {nack}\n"));
+    }
+    // A refused stream gets no configuration: the sidecar serves nothing (fail closed).
+    for (node, refusal) in status["refused"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "REFUSED {node}: {}\n",
+            refusal["reason"].as_str().unwrap_or("")
+        ));
     }
     out
 }
@@ -237,7 +268,8 @@ mod tests {
                     "ECDS": {"state": "NACKED", "last_nack": {"error": "Unable to create Wasm HTTP filter"}},
                 },
             }],
-            "config": {"expected_nodes": ["exam-scheduler-0.default", "student-portal-0.default"]},
+            "config": {"expected_nodes": ["exam-scheduler-0.default", "student-portal-0.default", "professor-tools-0.default"]},
+            "refused": {"professor-tools-0.default": {"reason": "its wasm module has sha256 ab; xds-server pins cd"}},
         });
         let table = render_table(&status);
         let lines: Vec<&str> = table.lines().collect();
@@ -252,5 +284,12 @@ mod tests {
             table.contains("NACK exam-scheduler-0.default ECDS: Unable to create Wasm HTTP filter"),
             "{table}"
         );
+        assert!(
+            table.contains(
+                "REFUSED professor-tools-0.default: its wasm module has sha256 ab; xds-server pins cd"
+            ),
+            "{table}"
+        );
+        assert!(!table.contains("professor-tools-0.default           NOT CONNECTED"));
     }
 }

@@ -40,6 +40,8 @@ pub struct ServerOptions {
     /// Serve xDS without TLS and without authenticating proxies (local debugging only).
     pub plaintext_xds: bool,
     pub xds_limits: XdsLimits,
+    /// sha256 of the wasm module sidecars must report having (None: not pinned).
+    pub wasm_module_sha256: Option<String>,
 }
 
 /// What `/status` reports about the configuration.
@@ -73,6 +75,8 @@ struct ControlPlane {
     jwks: crate::jwks::JwksCache,
     /// Wakes the JWKS task when a new config may name new URIs.
     jwks_wanted: tokio::sync::Notify,
+    /// Wakes the JWKS task when a sidecar saw a token signed with a key it lacks.
+    keys_unknown: tokio::sync::Notify,
 }
 
 fn unix_now() -> u64 {
@@ -165,8 +169,39 @@ impl ControlPlane {
     }
 }
 
-/// How often `jwksUri`s are fetched again (key rotation reaches the proxies within this).
+/// How often `jwksUri`s are fetched again (key rotation reaches the proxies within this, or
+/// at once when a sidecar sees a token signed with a key it lacks).
 const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+/// Fetches asked for by sidecars (unknown `kid`s) are at least this far apart, so tokens
+/// nobody can verify cannot make xds-server hammer an issuer.
+const UNKNOWN_KEY_REFETCH: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ControlPlane {
+    /// A sidecar saw a token from `issuer` whose `kid` its keys lack: fetch the issuer's
+    /// `jwksUri`s again, unless the key is already here (the sidecar's config is on its way).
+    fn on_unknown_key(&self, issuer: &str, kid: &str) -> Result<bool, tonic::Status> {
+        let mesh = self.current_mesh.lock().expect("mesh lock").clone();
+        let uris = mesh.map(|m| m.jwks_uris_of(issuer)).unwrap_or_default();
+        if uris.is_empty() {
+            return Err(tonic::Status::not_found(format!(
+                "no RequestAuthentication fetches keys for issuer {issuer}"
+            )));
+        }
+        let known = uris.iter().any(|uri| self.jwks.has_key(uri, kid));
+        let result = if known { "known" } else { "fetch" };
+        self.metrics
+            .jwks_unknown_keys
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+        info!(%issuer, %kid, result, "a sidecar lacks a key");
+        if !known {
+            self.keys_unknown.notify_one();
+        }
+        Ok(!known)
+    }
+}
 
 /// Fetches the JWKS URIs the current mesh names: at start, after every config change, and
 /// every [`JWKS_REFRESH`]; re-translates when a document changed.
@@ -188,7 +223,14 @@ async fn refresh_jwks(control: Arc<ControlPlane>) {
                 }
             }
         }
-        let _ = tokio::time::timeout(JWKS_REFRESH, control.jwks_wanted.notified()).await;
+        let fetched = tokio::time::Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep(JWKS_REFRESH) => {}
+            _ = control.jwks_wanted.notified() => {}
+            _ = control.keys_unknown.notified() => {
+                tokio::time::sleep_until(fetched + UNKNOWN_KEY_REFETCH).await;
+            }
+        }
     }
 }
 
@@ -250,6 +292,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         renewals: tokio::sync::Notify::new(),
         jwks: Default::default(),
         jwks_wanted: tokio::sync::Notify::new(),
+        keys_unknown: tokio::sync::Notify::new(),
     });
     tokio::spawn(refresh_jwks(control.clone()));
     tokio::spawn(release_freed_memory(metrics.clone()));
@@ -292,6 +335,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     });
 
     let mut ads = AdsServer::new(cache, status, metrics.clone());
+    if let Some(pin) = &options.wasm_module_sha256 {
+        info!(sha256 = %pin, "serving only sidecars whose wasm module has this sha256");
+        ads = ads.pinning_module(pin.clone());
+    }
     let mut server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
     if options.plaintext_xds {
@@ -330,8 +377,12 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         max_connections = options.xds_limits.max_connections,
         "xds-server serving"
     );
+    let key_control = control.clone();
     server
         .add_service(ads.into_service())
+        .add_service(crate::key_refresh::KeyRefreshService::new(Arc::new(
+            move |issuer: &str, kid: &str| key_control.on_unknown_key(issuer, kid),
+        )))
         .serve_with_incoming_shutdown(
             xds_listener::incoming(listener, options.xds_limits, metrics),
             shutdown_signal(),
@@ -399,6 +450,8 @@ fn admin_response(
             let body = serde_json::json!({
                 "config": config,
                 "proxies": status.snapshot_json(&control.cache),
+                // Streams refused (wrong credential, another wasm module), by node.
+                "refused": status.refused(),
                 // Per jwksUri: keys, last good fetch, last error.
                 "jwks": control.jwks.status(),
             });

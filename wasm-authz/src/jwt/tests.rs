@@ -32,6 +32,7 @@ fn rule(audiences: &[&str]) -> JwtRule {
         forward_original_token: false,
         output_payload_to_header: None,
         output_claim_to_headers: vec![],
+        jwks_uri: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn test_issuer_rule(n: u8) -> JwtRule {
         forward_original_token: false,
         output_payload_to_header: None,
         output_claim_to_headers: vec![],
+        jwks_uri: None,
     }
 }
 
@@ -188,7 +190,10 @@ fn minted_tokens_for_every_refusal() {
     );
     // A kid the JWKS lacks.
     let unknown_kid = mint(json!({"alg": "RS256", "kid": "nope"}), claims(json!({})));
-    assert_eq!(verify(&unknown_kid, &rules, NOW), Err(JwtError::UnknownKid));
+    assert!(matches!(
+        verify(&unknown_kid, &rules, NOW),
+        Err(JwtError::UnknownKid { .. })
+    ));
     // A changed payload under the original signature.
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
     parts[1] = b64(claims(json!({"sub": "mallory"})).to_string().as_bytes());
@@ -296,7 +301,10 @@ fn es256_and_es384_tokens_are_verified() {
     );
     assert_eq!(verify(&forged, &rules, NOW), Err(JwtError::BadSignature));
     // An ES256 header against an RSA-only JWKS: no key to match.
-    assert_eq!(verify(&token, &[rule(&[])], NOW), Err(JwtError::UnknownKid));
+    assert!(matches!(
+        verify(&token, &[rule(&[])], NOW),
+        Err(JwtError::UnknownKid { .. })
+    ));
 
     let key384 = p384::ecdsa::SigningKey::from_slice(&[9u8; 48]).unwrap();
     let point = key384.verifying_key().to_encoded_point(false);
@@ -381,4 +389,67 @@ fn verified_claims_and_payload_go_to_the_app_in_the_configured_headers() {
             "x-jwt-absent"
         ]
     );
+}
+
+/// A token whose `kid` the fetched JWKS lacks asks the control plane for fresh keys; inline
+/// keys (nothing to fetch) and other refusals do not.
+#[test]
+fn an_unknown_kid_from_a_fetched_jwks_asks_for_a_refresh() {
+    let rotated = mint(
+        json!({"alg": "RS256", "kid": "rotated-1", "typ": "JWT"}),
+        json!({"iss": ISSUER, "sub": "alice", "exp": NOW + 3600}),
+    );
+    let engine = |jwks_uri: Option<&str>| {
+        let mut fetched = rule(&[]);
+        fetched.jwks_uri = jwks_uri.map(str::to_string);
+        crate::Engine::new(crate::FilterConfig {
+            workload: "productpage".into(),
+            namespace: "default".into(),
+            identity: "spiffe://cluster.local/ns/default/sa/productpage".into(),
+            version: "1".into(),
+            authorization: Some(crate::AuthorizationConfig {
+                policies: vec![],
+                jwt_rules: vec![fetched],
+                cache_tokens: true,
+                key_refresh_cluster: Some("xds_cluster".into()),
+            }),
+            outbound: None,
+        })
+    };
+    let input = |token: &str| crate::HttpInput {
+        headers: vec![
+            (":path".into(), "/".into()),
+            ("authorization".into(), format!("Bearer {token}")),
+        ],
+        now: NOW,
+        ..Default::default()
+    };
+    let decision = engine(Some("http://keys.example/jwks.json")).decide(&input(&rotated));
+    assert!(matches!(
+        decision.verdict,
+        crate::Verdict::Deny { status: 401, .. }
+    ));
+    let refresh = decision.refresh_keys.expect("a refresh request");
+    assert_eq!(
+        refresh,
+        crate::KeyRefresh {
+            cluster: "xds_cluster".into(),
+            issuer: ISSUER.into(),
+            kid: "rotated-1".into(),
+        }
+    );
+    // Field 1 (issuer) then field 2 (kid), length-delimited.
+    let encoded = refresh.encode_request();
+    assert_eq!(encoded[0], 0x0a);
+    assert_eq!(encoded[1] as usize, ISSUER.len());
+    assert_eq!(&encoded[2..2 + ISSUER.len()], ISSUER.as_bytes());
+    assert_eq!(&encoded[2 + ISSUER.len()..], b"\x12\x09rotated-1");
+
+    assert_eq!(engine(None).decide(&input(&rotated)).refresh_keys, None);
+    let expired = mint(
+        valid_header(),
+        json!({"iss": ISSUER, "sub": "a", "exp": NOW - 3600}),
+    );
+    let decision = engine(Some("http://keys.example/jwks.json")).decide(&input(&expired));
+    assert_eq!(decision.refresh_keys, None);
 }

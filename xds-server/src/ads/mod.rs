@@ -23,9 +23,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::google::protobuf::value::Kind as prost_types_kind;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status, Streaming};
@@ -56,6 +58,8 @@ pub struct AdsServer {
     /// Set when proxies authenticate with client certificates: a stream is served only if
     /// its certificate's identity is the one its node id belongs to.
     identities: Option<NodeIdentities>,
+    /// sha256 of the wasm module a sidecar must report (node metadata), if pinned.
+    module_sha256: Option<String>,
 }
 
 impl std::fmt::Debug for AdsServer {
@@ -77,7 +81,45 @@ impl AdsServer {
             status,
             metrics,
             identities: None,
+            module_sha256: None,
         }
+    }
+
+    /// Serve only sidecars whose bootstrap reports this wasm module sha256: a sidecar with
+    /// another module file (tampered, or left from another version) gets no configuration,
+    /// so it serves nothing rather than running unknown code on its traffic.
+    pub fn pinning_module(mut self, sha256: String) -> Self {
+        self.module_sha256 = Some(sha256);
+        self
+    }
+
+    fn check_module(&self, node_id: &str, node: Option<&Node>) -> Result<(), Status> {
+        let Some(pinned) = &self.module_sha256 else {
+            return Ok(());
+        };
+        let reported = node
+            .and_then(|n| n.metadata.as_ref())
+            .and_then(|m| m.fields.get(crate::bootstrap::WASM_SHA256_METADATA))
+            .and_then(|v| match &v.kind {
+                Some(prost_types_kind::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            });
+        let reason = match reported {
+            Some(sha256) if sha256.eq_ignore_ascii_case(pinned) => return Ok(()),
+            Some(sha256) => format!(
+                "its wasm module has sha256 {sha256}; xds-server pins {pinned}"
+            ),
+            None => format!(
+                "it does not report its wasm module's sha256 (node metadata {}); xds-server pins {pinned}",
+                crate::bootstrap::WASM_SHA256_METADATA
+            ),
+        };
+        self.metrics.refuse("wasm-module-mismatch");
+        self.status.refuse(node_id, &reason);
+        warn!(node = node_id, %reason, "refused an ADS stream: the sidecar would run another wasm module");
+        Err(Status::failed_precondition(format!(
+            "node {node_id}: {reason}"
+        )))
     }
 
     /// Serve a node only to a client whose certificate carries the node's identity.
@@ -323,7 +365,7 @@ fn intern(snapshot: Option<&Snapshot>, type_url: &str, name: &str) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(name))
 }
 
-fn node_id_of(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Option<String> {
+fn node_id_of(node: Option<&Node>) -> Option<String> {
     node.map(|n| n.id.clone()).filter(|id| !id.is_empty())
 }
 
@@ -334,16 +376,17 @@ impl AdsServer {
         &self,
         request: &Request<()>,
         requests: &mut Streaming<T>,
-        node: impl Fn(&T) -> Option<String>,
+        node: impl Fn(&T) -> Option<&Node>,
     ) -> Result<(T, String), Status> {
         let peer = peer_identity(request);
         let first = requests
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        let node_id = node(&first)
+        let node_id = node_id_of(node(&first))
             .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
         self.authorize(&node_id, peer)?;
+        self.check_module(&node_id, node(&first))?;
         Ok((first, node_id))
     }
 
@@ -354,7 +397,7 @@ impl AdsServer {
         tx: grpc::ResponseSender,
     ) -> Result<(), Status> {
         let (first, node_id) = self
-            .first_request(&request, &mut requests, |r| node_id_of(r.node.as_ref()))
+            .first_request(&request, &mut requests, |r| r.node.as_ref())
             .await?;
         let server = self.clone();
         let span = info_span!("ads", node = %node_id, protocol = "sotw");
@@ -379,7 +422,7 @@ impl AdsServer {
         tx: grpc::ResponseSender,
     ) -> Result<(), Status> {
         let (first, node_id) = self
-            .first_request(&request, &mut requests, |r| node_id_of(r.node.as_ref()))
+            .first_request(&request, &mut requests, |r| r.node.as_ref())
             .await?;
         let server = self.clone();
         let span = info_span!("ads", node = %node_id, protocol = "delta");

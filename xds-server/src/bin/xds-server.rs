@@ -43,6 +43,11 @@ enum Command {
         /// Path of the wasm-authz module as the proxies see it.
         #[arg(long)]
         wasm_module: Option<PathBuf>,
+        /// The module's sha256 (hex): sidecars reporting another module (bootstrap node
+        /// metadata WASM_MODULE_SHA256) are refused. Default: the sha256 of --wasm-module if
+        /// that file is readable here.
+        #[arg(long)]
+        wasm_module_sha256: Option<String>,
         /// Quiet period before a burst of config changes is applied.
         #[arg(long, default_value_t = 100)]
         debounce_ms: u64,
@@ -139,6 +144,10 @@ enum Command {
         /// For an xds-server started with --plaintext-xds: no credential, no TLS.
         #[arg(long)]
         plaintext_xds: bool,
+        /// The wasm module file this sidecar will load: its sha256 goes into the node
+        /// metadata, and xds-server serves the sidecar only if it is the module it pins.
+        #[arg(long)]
+        wasm_module: Option<PathBuf>,
     },
 }
 
@@ -169,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             xds_address,
             admin_address,
             wasm_module,
+            wasm_module_sha256,
             debounce_ms,
             debounce_max_ms,
             state_dir,
@@ -189,7 +199,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let trust_domain = ward::config::load_path(&config)
                 .map(|c| c.mesh.trust_domain)
                 .unwrap_or_else(|_| ward::config::DEFAULT_TRUST_DOMAIN.to_string());
+            let wasm_module_sha256 = match (wasm_module_sha256, &wasm_module) {
+                (Some(pin), _) => {
+                    let pin = pin.to_ascii_lowercase();
+                    if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        anyhow::bail!("--wasm-module-sha256 {pin}: expected 64 hex digits");
+                    }
+                    Some(pin)
+                }
+                (None, Some(module)) => match bootstrap::file_sha256(module) {
+                    Ok(pin) => Some(pin),
+                    Err(e) => {
+                        tracing::warn!(module = %module.display(), error = %e, "the wasm module is not readable here: sidecars' modules are not pinned (give --wasm-module-sha256)");
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
             server::run(ServerOptions {
+                wasm_module_sha256,
                 config_path: config,
                 xds_address,
                 admin_address,
@@ -278,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_dir,
             credentials_dir,
             plaintext_xds,
+            wasm_module,
         } => {
             let loaded = ward::config::load_path(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             for warning in &loaded.warnings {
@@ -307,10 +336,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 Some(written)
             };
+            let wasm_module_sha256 = match &wasm_module {
+                Some(module) => Some(
+                    bootstrap::file_sha256(module)
+                        .with_context(|| format!("reading the wasm module {}", module.display()))?,
+                ),
+                None => None,
+            };
             let params = BootstrapParams {
                 xds_address,
                 protocol,
                 credentials,
+                wasm_module_sha256,
             };
             let rendered = bootstrap::render(mesh, w, i, &params);
             println!("{}", serde_json::to_string_pretty(&rendered)?);

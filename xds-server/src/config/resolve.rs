@@ -929,9 +929,11 @@ fn resolve_service(
         return None;
     }
     // A backend with errors may be missing the very port looked for: stay quiet then.
-    let check_ports = backends
-        .iter()
-        .all(|w| index.clean.contains(&(w.namespace.as_str(), w.name.as_str())));
+    let check_ports = backends.iter().all(|w| {
+        index
+            .clean
+            .contains(&(w.namespace.as_str(), w.name.as_str()))
+    });
     let mut ports = Vec::new();
     let mut ok = true;
     for p in &s.ports {

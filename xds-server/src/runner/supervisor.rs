@@ -495,10 +495,18 @@ impl Supervisor {
     ) -> anyhow::Result<()> {
         let node_id = Mesh::node_id(workload, instance);
         let credentials = self.bootstrap_credentials(mesh, workload, &node_id)?;
+        let wasm_module_sha256 = match &self.options.wasm {
+            Some(module) => Some(
+                bootstrap::file_sha256(module)
+                    .with_context(|| format!("reading the wasm module {}", module.display()))?,
+            ),
+            None => None,
+        };
         let params = BootstrapParams {
             xds_address: self.options.xds_address,
             protocol: self.options.protocol,
             credentials: Some(credentials),
+            wasm_module_sha256,
         };
         let bootstrap = bootstrap::render(mesh, workload, instance, &params);
         let path = self

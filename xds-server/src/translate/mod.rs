@@ -444,6 +444,11 @@ fn wasm_extension_config(
         let jwt_rules = mesh.jwt_rules_for(workload);
         configuration["authorization"] =
             serde_json::json!({ "policies": policies, "jwtRules": jwt_rules });
+        if jwt_rules.iter().any(|rule| rule.jwks_uri.is_some()) {
+            // Keys rotated at the issuer: the filter asks xds-server to fetch them again.
+            configuration["authorization"]["keyRefreshCluster"] =
+                crate::bootstrap::XDS_CLUSTER.into();
+        }
     }
     Resource::new(
         snapshot::EXTENSION_CONFIG,
