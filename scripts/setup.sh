@@ -28,5 +28,7 @@ fi
 
 echo "==> building wasm-authz for wasm32-wasip1" >&2
 cargo build --quiet -p wasm-authz --target wasm32-wasip1 --release
+# The stand-in module that panics on demand, for the fail-closed end-to-end test.
+cargo build --quiet -p wasm-authz --target wasm32-wasip1 --release --example fault_module
 echo "==> building xds-server and wardctl" >&2
 cargo build --quiet -p xds-server --bins

@@ -59,6 +59,17 @@ pub fn wasm_module() -> PathBuf {
     path
 }
 
+/// A module that panics on `x-ward-fault: panic` (wasm-authz's `fault_module` example), for
+/// the fail-closed test.
+pub fn fault_module() -> PathBuf {
+    let path = target_dir().join("wasm32-wasip1/release/examples/fault_module.wasm");
+    assert!(
+        path.is_file(),
+        "the fault module is missing: run scripts/setup.sh"
+    );
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -117,8 +128,6 @@ impl LocalMesh {
             "--detach".into(),
             "--envoy".into(),
             envoy_binary().display().to_string(),
-            "--wasm".into(),
-            wasm_module().display().to_string(),
             "--xds-address".into(),
             format!("127.0.0.1:{}", free_port()),
             "--xds-admin-address".into(),
@@ -126,6 +135,9 @@ impl LocalMesh {
             "--no-mesh-address".into(),
             format!("127.0.0.1:{}", free_port()),
         ];
+        if !extra_args.contains(&"--wasm") {
+            args.extend(["--wasm".into(), wasm_module().display().to_string()]);
+        }
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let mut mesh = LocalMesh {
             root,

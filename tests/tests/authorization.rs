@@ -768,3 +768,53 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
         );
     }
 }
+
+/// Fail closed when the filter's VM fails at run time: a stand-in module (wasm-authz's
+/// `fault_module` example) panics on one request. That request and the ones that arrive
+/// until Envoy has a new VM are refused with 503, never passed to the app; a new VM then
+/// serves, and `wardctl status` shows the failure.
+#[test]
+fn a_panicking_filter_refuses_requests_until_its_vm_is_reloaded() {
+    let module = ward_e2e::fault_module();
+    let mesh = LocalMesh::up_with("config/exam-lab", &["--wasm", module.to_str().unwrap()])
+        .expect("mesh up");
+    // From outside the mesh, so only exam-scheduler's inbound filter sees the header.
+    let get = |extra: &[&str]| {
+        let mut args = vec!["-i", "http://exam-scheduler"];
+        args.extend(extra);
+        mesh.curl_from(None, &args).unwrap()
+    };
+    let (status, body) = get(&[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-ward-wasm: fault-module"), "{body}");
+
+    let (status, body) = get(&["-H", "x-ward-fault: panic"]);
+    assert_eq!(status, 503, "the request that crashed the filter: {body}");
+    assert!(!body.contains("exams"), "the app must not see it: {body}");
+    // Refused until a new VM is up (backoff from 1 s), never let through unchecked; then
+    // served again.
+    let mut refused = 0;
+    let recovered = mesh.eventually(Duration::from_secs(20), || {
+        let (status, body) = get(&[]);
+        if status == 503 {
+            refused += 1;
+        }
+        anyhow::ensure!(status == 200, "{status} {body}");
+        anyhow::ensure!(body.contains("x-ward-wasm: fault-module"), "{body}");
+        Ok(())
+    });
+    recovered.unwrap();
+    // The module panics again on the same request: refused again, not served.
+    assert_eq!(get(&["-H", "x-ward-fault: panic"]).0, 503);
+
+    let out = mesh.wardctl(&["status"]).unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("WASM FAILURES"), "{printed}");
+    assert!(
+        printed.contains("exam-scheduler-0.default ward-authz: the VM failed;"),
+        "{printed}"
+    );
+    let log = mesh.log("exam-scheduler-0.default.envoy.log");
+    assert!(log.contains("x-ward-fault: panic"), "the panic is in the sidecar's log");
+    eprintln!("{refused} requests refused while the VM was reloading");
+}

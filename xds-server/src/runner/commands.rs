@@ -1,6 +1,7 @@
 //! `wardctl` commands that act on a running local mesh: up, down, exec, status, logs, apply.
 
 use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -211,6 +212,48 @@ pub async fn status(state_dir: &Path) -> anyhow::Result<()> {
                 .map(Vec::len)
                 .unwrap_or(0)
         );
+    }
+    // The wasm filters' health, from each sidecar's own counters: Envoy reloads a VM that
+    // failed (a panic), refusing requests until the new one is up.
+    let mut failures = Vec::new();
+    for instance in &state.instances {
+        let address = std::net::SocketAddr::from((instance.address, instance.admin_port));
+        let Ok((200, stats)) = admin_client::get(address, "/stats?filter=vm_reload").await else {
+            continue;
+        };
+        // wasm.<plugin>.vm_reload_{success,failure,backoff}
+        let mut by_plugin: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
+        for (name, value) in stats.lines().filter_map(|l| l.split_once(": ")) {
+            let Some((plugin, counter)) = name
+                .strip_prefix("wasm.")
+                .and_then(|n| n.rsplit_once(".vm_reload_"))
+            else {
+                continue;
+            };
+            let slot = match counter {
+                "success" => 0,
+                "failure" => 1,
+                "backoff" => 2,
+                _ => continue,
+            };
+            by_plugin.entry(plugin).or_default()[slot] = value.trim().parse().unwrap_or(0);
+        }
+        for (plugin, [reloaded, failed, refused]) in by_plugin {
+            if reloaded + failed + refused > 0 {
+                failures.push(format!(
+                    "  {} {plugin}: the VM failed; {} reloads ({reloaded} ok, {failed} failed), {refused} requests refused while it was down",
+                    instance.node_id,
+                    reloaded + failed
+                ));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("
+WASM FAILURES (see `wardctl logs WORKLOAD --only proxy`):");
+        for line in failures {
+            println!("{line}");
+        }
     }
     // RequestAuthentication keys, as xds-server last fetched them.
     if let Some(jwks) = status["jwks"].as_object().filter(|j| !j.is_empty()) {

@@ -55,7 +55,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::envoy::extensions::wasm::v3::{FailurePolicy, PluginConfig, VmConfig};
+use envoy_types::pb::envoy::config::core::v3::BackoffStrategy;
+use envoy_types::pb::envoy::extensions::wasm::v3::{
+    FailurePolicy, PluginConfig, ReloadConfig, VmConfig,
+};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 
@@ -524,6 +527,13 @@ pub fn wasm_http_filter(module_path: &str, configuration: String) -> HttpFilter 
 }
 
 /// The `ward-authz` plugin: the module at `module_path`, fail closed, with `configuration`.
+///
+/// Failure policy `FAIL_RELOAD`: when the VM fails at run time (a panic), the request that
+/// hit it and every request until a new VM is up are refused with 503, never passed on
+/// unchecked; a new VM then serves (backoff from 1 s to 30 s between reloads). With
+/// `FAIL_CLOSED` one request that makes the module panic would refuse all traffic until
+/// the next config change. Envoy counts each reload (`wasm.<plugin>.vm_reload`), which
+/// `wardctl status` shows.
 fn wasm_config(module_path: &str, configuration: String) -> Wasm {
     Wasm {
         config: Some(PluginConfig {
@@ -552,7 +562,13 @@ fn wasm_config(module_path: &str, configuration: String) -> Wasm {
                 value: configuration,
             })),
             // Fail closed: if the module fails, requests are refused, never let through.
-            failure_policy: FailurePolicy::FailClosed as i32,
+            failure_policy: FailurePolicy::FailReload as i32,
+            reload_config: Some(ReloadConfig {
+                backoff: Some(BackoffStrategy {
+                    base_interval: Some(duration_ms(1_000)),
+                    max_interval: Some(duration_ms(30_000)),
+                }),
+            }),
             ..Default::default()
         }),
     }
