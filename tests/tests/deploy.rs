@@ -86,6 +86,84 @@ fn every_manifest_is_valid_kubernetes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("'replicaz' was unexpected"));
 }
 
+/// `wardctl inject` over every seed manifest with a pod: the output is valid Kubernetes
+/// (strict schema), and injecting it again through standard input changes nothing.
+#[test]
+fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
+    let tools = workspace_root().join(".ward-tools/kubernetes-validate");
+    let dir = std::env::temp_dir().join(format!("ward-inject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    let mut documents = 0;
+    for seed in [
+        "config/exam-lab/exam-scheduler.yaml",
+        "config/exam-lab/professor-tools.yaml",
+        "config/exam-lab/student-portal.yaml",
+        "config/aura-lab/aura-api.yaml",
+        "config/aura-lab/web-frontend.yaml",
+    ] {
+        let out = Command::new(binary("wardctl"))
+            .args(["inject", "-f"])
+            .arg(workspace_root().join(seed))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let injected = String::from_utf8(out.stdout).unwrap();
+        assert!(injected.contains("name: ward-proxy"), "{seed}: {injected}");
+        // Again, from standard input: nothing changes.
+        let mut again = Command::new(binary("wardctl"))
+            .args(["inject", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            again
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(injected.as_bytes())
+                .unwrap();
+        }
+        let again = again.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8(again.stdout).unwrap(), injected, "{seed}");
+        let file = dir.join(seed.replace('/', "_"));
+        std::fs::write(&file, &injected).unwrap();
+        documents += YamlLoader::load_from_str(&injected).unwrap().len();
+        files.push(file);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "-k",
+            KUBERNETES_VERSION,
+        ])
+        .args(&files)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        documents,
+        "{report}"
+    );
+}
+
 #[test]
 fn the_kustomization_names_every_manifest() {
     let kustomization = &load(&manifests_dir().join("kustomization.yaml"))[0];

@@ -75,6 +75,65 @@ pub fn render(
     instance: &Instance,
     params: &BootstrapParams,
 ) -> Value {
+    render_node(
+        &ProxyNode {
+            node_id: Mesh::node_id(workload, instance),
+            workload: workload.name.clone(),
+            namespace: workload.namespace.clone(),
+            instance: instance.name.clone(),
+            service_account: workload.service_account.clone(),
+            identity: mesh.identity(workload),
+            address: instance.address.to_string(),
+            // Connections leave from the instance's own address, as from a pod IP.
+            bind_upstream: true,
+        },
+        params,
+    )
+}
+
+/// Who a sidecar is, as its bootstrap tells xds-server.
+#[derive(Debug, Clone)]
+pub struct ProxyNode {
+    pub node_id: String,
+    pub workload: String,
+    pub namespace: String,
+    pub instance: String,
+    pub service_account: String,
+    pub identity: String,
+    /// The instance's (pod's) IP; the admin listener binds here.
+    pub address: String,
+    /// Bind upstream connections to `address` (the local runner, where instances share a
+    /// host); a pod has its own network namespace and needs no such thing.
+    pub bind_upstream: bool,
+}
+
+impl ProxyNode {
+    /// A Kubernetes pod's sidecar: node id `<pod>.<namespace>`, like the local runner's
+    /// `<instance>.<namespace>`; the workload is the pod's owner (a Deployment's pods are
+    /// named `<deployment>-<replicaset hash>-<suffix>`; the caller says which).
+    pub fn pod(
+        pod: &str,
+        namespace: &str,
+        workload: &str,
+        service_account: &str,
+        pod_ip: &str,
+        trust_domain: &str,
+    ) -> Self {
+        ProxyNode {
+            node_id: format!("{pod}.{namespace}"),
+            workload: workload.to_string(),
+            namespace: namespace.to_string(),
+            instance: pod.to_string(),
+            service_account: service_account.to_string(),
+            identity: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+            address: pod_ip.to_string(),
+            bind_upstream: false,
+        }
+    }
+}
+
+/// The bootstrap of one sidecar.
+pub fn render_node(node: &ProxyNode, params: &BootstrapParams) -> Value {
     let api_type = match params.protocol {
         AdsProtocol::Delta => "DELTA_GRPC",
         AdsProtocol::Sotw => "GRPC",
@@ -82,26 +141,19 @@ pub fn render(
     let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
     let mut bootstrap = json!({
         "node": {
-            "id": Mesh::node_id(workload, instance),
-            "cluster": format!("{}.{}", workload.name, workload.namespace),
+            "id": node.node_id,
+            "cluster": format!("{}.{}", node.workload, node.namespace),
             "metadata": {
-                "WORKLOAD_NAME": workload.name,
-                "NAMESPACE": workload.namespace,
-                "INSTANCE": instance.name,
-                "SERVICE_ACCOUNT": workload.service_account,
-                "IDENTITY": mesh.identity(workload),
-                "INSTANCE_IPS": instance.address.to_string(),
-            }
-        },
-        // Connections leave from the instance's own address, as from a pod IP, so destinations
-        // see the real source. Set here, not per cluster, so clusters stay shared by all proxies.
-        "cluster_manager": {
-            "upstream_bind_config": {
-                "source_address": { "address": instance.address.to_string(), "port_value": 0 }
+                "WORKLOAD_NAME": node.workload,
+                "NAMESPACE": node.namespace,
+                "INSTANCE": node.instance,
+                "SERVICE_ACCOUNT": node.service_account,
+                "IDENTITY": node.identity,
+                "INSTANCE_IPS": node.address,
             }
         },
         "admin": {
-            "address": { "socket_address": { "address": instance.address.to_string(), "port_value": ADMIN_PORT } }
+            "address": { "socket_address": { "address": node.address, "port_value": ADMIN_PORT } }
         },
         // The retry budget's gauges (`wasmcustom.ward.retry_budget.<service>.<name>`) carry
         // the service as a tag, so Prometheus sees
@@ -146,6 +198,16 @@ pub fn render(
             } ]
         }
     });
+    if node.bind_upstream {
+        // Connections leave from the instance's own address, as from a pod IP, so
+        // destinations see the real source. Set here, not per cluster, so clusters stay
+        // shared by all proxies.
+        bootstrap["cluster_manager"] = json!({
+            "upstream_bind_config": {
+                "source_address": { "address": node.address, "port_value": 0 }
+            }
+        });
+    }
     if let Some(sha256) = &params.wasm_module_sha256 {
         bootstrap["node"]["metadata"][WASM_SHA256_METADATA] = sha256.as_str().into();
     }
@@ -154,6 +216,14 @@ pub fn render(
             xds_transport_socket(credentials);
     }
     bootstrap
+}
+
+/// Points a bootstrap's xDS cluster at a DNS name (a Kubernetes Service) instead of an IP.
+pub fn use_xds_hostname(bootstrap: &mut Value, host: &str, port: u16) {
+    let cluster = &mut bootstrap["static_resources"]["clusters"][0];
+    cluster["type"] = "STRICT_DNS".into();
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
+        json!({ "socket_address": { "address": host, "port_value": port } });
 }
 
 /// Finds `workload` (in `namespace`) and its instance `index` in the mesh.

@@ -4,6 +4,7 @@
 //! `identity` is the CA and the workload certificates, `bootstrap` renders Envoy bootstraps,
 //! `jwks` fetches `jwksUri`s (and `key_refresh` lets sidecars ask for a fetch), `runner` is
 //! the local mesh behind `wardctl up`,
+//! `inject` adds the sidecar to Kubernetes manifests (`wardctl inject`),
 //! `apps` holds the built-in stand-ins for the seed labs' container images, and `check`
 //! predicts authorization decisions for `wardctl check`.
 
@@ -14,6 +15,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod identity;
+pub mod inject;
 pub mod jwks;
 pub mod key_refresh;
 pub mod loadgen;

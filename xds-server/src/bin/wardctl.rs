@@ -169,6 +169,26 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Add Ward's sidecar to the pods of Kubernetes manifests and print them
+    /// (`wardctl inject -f app.yaml | kubectl apply -f -`).
+    Inject {
+        /// A YAML file, or `-` for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// xds-server's Service, `host:port`.
+        #[arg(long, default_value = "ward-xds.ward-system.svc:15010")]
+        xds_address: String,
+        #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
+        proxy_image: String,
+        /// Image with xds-server and iptables (deploy/docker/xds-server.Dockerfile).
+        #[arg(long)]
+        init_image: Option<String>,
+        /// Image with the wasm module at /plugin.wasm (deploy/docker/wasm-authz.Dockerfile).
+        #[arg(long)]
+        wasm_image: Option<String>,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
     /// Remove what `apply -f FILE` wrote (like `kubectl delete -f`).
     Delete {
         #[arg(short = 'f', long = "filename")]
@@ -543,6 +563,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
         Command::Apply { file } => commands::apply(&state_dir, &file).await,
         Command::Delete { file } => commands::delete(&state_dir, &file).await,
+        Command::Inject {
+            file,
+            xds_address,
+            proxy_image,
+            init_image,
+            wasm_image,
+            trust_domain,
+        } => {
+            let defaults = ward::inject::InjectOptions::default();
+            let options = ward::inject::InjectOptions {
+                xds_address,
+                proxy_image,
+                init_image: init_image.unwrap_or(defaults.init_image),
+                wasm_image: wasm_image.unwrap_or(defaults.wasm_image),
+                trust_domain,
+            };
+            commands::inject(&file, &options)
+        }
         Command::Bench(BenchCommand::Xds {
             proxies,
             services,

@@ -117,6 +117,41 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// Write the bootstrap of a Kubernetes pod's sidecar (run by the init container
+    /// `wardctl inject` adds; the pod's identity comes from the downward API).
+    PodBootstrap {
+        #[arg(long, env = "POD_NAME")]
+        pod_name: String,
+        #[arg(long, env = "POD_NAMESPACE")]
+        pod_namespace: String,
+        #[arg(long, env = "POD_IP")]
+        pod_ip: String,
+        #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+        service_account: String,
+        /// The pod's owner (a Deployment's name), as `wardctl inject` wrote it.
+        #[arg(long, env = "WARD_WORKLOAD")]
+        workload: String,
+        #[arg(long, env = "WARD_TRUST_DOMAIN", default_value = "cluster.local")]
+        trust_domain: String,
+        /// The mesh's root namespace (MeshConfig `rootNamespace`): xds-server's identity is
+        /// `spiffe://<trust domain>/ns/<root namespace>/sa/xds-server`.
+        #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "istio-system")]
+        root_namespace: String,
+        /// xds-server's Service, `host:port`.
+        #[arg(long, default_value = "ward-xds.ward-system.svc:15010")]
+        xds_address: String,
+        /// The sidecar's bootstrap credential (cert.pem, key.pem, root.pem), mounted from
+        /// a Secret.
+        #[arg(long, conflicts_with = "plaintext_xds")]
+        credentials_from: Option<PathBuf>,
+        #[arg(long)]
+        plaintext_xds: bool,
+        /// The wasm module file the sidecar will load (its sha256 goes into the metadata).
+        #[arg(long)]
+        wasm_module: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a ready Envoy bootstrap (JSON) for one workload instance.
     Bootstrap {
         #[arg(long, short)]
@@ -291,6 +326,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{identity}: serial {} valid until {} in {}",
                 cert.serial_hex,
                 humantime::format_rfc3339_seconds(cert.not_after),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::PodBootstrap {
+            pod_name,
+            pod_namespace,
+            pod_ip,
+            service_account,
+            workload,
+            trust_domain,
+            root_namespace,
+            xds_address,
+            credentials_from,
+            plaintext_xds,
+            wasm_module,
+            out,
+        } => {
+            let (host, port) = xds_address
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .with_context(|| format!("--xds-address {xds_address}: expected host:port"))?;
+            let credentials = match (credentials_from, plaintext_xds) {
+                (Some(dir), false) => Some(ward::identity::BootstrapCredentials {
+                    files: ward::identity::CertificateFiles {
+                        cert_chain: dir.join("cert.pem"),
+                        private_key: dir.join("key.pem"),
+                        trust_bundle: dir.join("root.pem"),
+                    },
+                    server_identity: ward::xds_listener::server_identity(
+                        &trust_domain,
+                        &root_namespace,
+                    ),
+                }),
+                (None, true) => None,
+                _ => anyhow::bail!("give --credentials-from DIR, or --plaintext-xds"),
+            };
+            let wasm_module_sha256 = match &wasm_module {
+                Some(module) => Some(
+                    bootstrap::file_sha256(module)
+                        .with_context(|| format!("reading the wasm module {}", module.display()))?,
+                ),
+                None => None,
+            };
+            let node = bootstrap::ProxyNode::pod(
+                &pod_name,
+                &pod_namespace,
+                &workload,
+                &service_account,
+                &pod_ip,
+                &trust_domain,
+            );
+            let params = BootstrapParams {
+                // Replaced by the Service name below.
+                xds_address: SocketAddr::from(([127, 0, 0, 1], port)),
+                protocol: AdsProtocol::Delta,
+                credentials,
+                wasm_module_sha256,
+            };
+            let mut rendered = bootstrap::render_node(&node, &params);
+            bootstrap::use_xds_hostname(&mut rendered, host, port);
+            std::fs::write(&out, serde_json::to_vec_pretty(&rendered)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "bootstrap for {} written to {}",
+                node.node_id,
                 out.display()
             );
             Ok(())

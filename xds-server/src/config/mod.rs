@@ -20,7 +20,7 @@ mod linkerd;
 mod names;
 mod resolve;
 mod virtual_service;
-mod yaml;
+pub mod yaml;
 
 use std::path::{Path, PathBuf};
 

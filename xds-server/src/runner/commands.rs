@@ -1,7 +1,7 @@
 //! `wardctl` commands that act on a running local mesh: up, down, exec, status, logs, apply.
 
-use std::net::SocketAddr;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -195,6 +195,32 @@ pub fn exec(
     Ok(status.code().unwrap_or(128))
 }
 
+/// `wardctl inject -f FILE`: the manifests with Ward's sidecar, on standard output; what was
+/// left alone, and why, on standard error.
+pub fn inject(file: &Path, options: &crate::inject::InjectOptions) -> anyhow::Result<()> {
+    use std::io::Read;
+    let (text, name) = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        (text, "<stdin>".to_string())
+    } else {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        (text, file.display().to_string())
+    };
+    let out = crate::inject::inject(&text, &name, options)?;
+    print!("{}", out.text);
+    for note in &out.notes {
+        eprintln!("{note}");
+    }
+    if out.injected.is_empty() && out.notes.is_empty() {
+        eprintln!("{name}: no pod template to inject (or injected already)");
+    }
+    Ok(())
+}
+
 /// Prints one line per proxy, like `istioctl proxy-status`.
 pub async fn status(state_dir: &Path) -> anyhow::Result<()> {
     let state = state::read_state(state_dir)?;
@@ -249,8 +275,10 @@ pub async fn status(state_dir: &Path) -> anyhow::Result<()> {
         }
     }
     if !failures.is_empty() {
-        println!("
-WASM FAILURES (see `wardctl logs WORKLOAD --only proxy`):");
+        println!(
+            "
+WASM FAILURES (see `wardctl logs WORKLOAD --only proxy`):"
+        );
         for line in failures {
             println!("{line}");
         }

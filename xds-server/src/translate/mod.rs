@@ -29,6 +29,7 @@ pub use tls::{
 
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::BackoffStrategy;
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, socket_address, substitution_format_string,
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
@@ -55,7 +56,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::envoy::config::core::v3::BackoffStrategy;
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy, PluginConfig, ReloadConfig, VmConfig,
 };
