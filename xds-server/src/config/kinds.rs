@@ -4,6 +4,7 @@
 //! follow-on errors about it missing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use super::authz::{self, AuthorizationPolicySpec, RequestAuthenticationSpec};
 use super::decode::{integer, Object, IGNORED};
@@ -57,6 +58,9 @@ pub struct DeploymentSpec {
     /// Where `serviceAccountName` is written, if it is.
     pub service_account_position: Option<Position>,
     pub containers: Vec<Container>,
+    /// A bare Pod: one instance at `pod_ip` (none until it has one), traffic captured.
+    pub is_pod: bool,
+    pub pod_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +132,7 @@ impl Document {
             Document::Namespace(_) => "Namespace",
             Document::ServiceAccount(_) => "ServiceAccount",
             Document::Service(_) => "Service",
+            Document::Deployment(d) if d.is_pod => "Pod",
             Document::Deployment(_) => "Deployment",
             Document::MeshConfig(_) => "MeshConfig",
             Document::PeerAuthentication(_) => "PeerAuthentication",
@@ -179,6 +184,7 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
         }
         ("v1", "Service") => decode_service(&doc, report).map(Document::Service),
         ("apps/v1", "Deployment") => decode_deployment(&doc, report).map(Document::Deployment),
+        ("v1", "Pod") => decode_pod(&doc, report).map(Document::Deployment),
         ("ward.dev/v1alpha1", "MeshConfig") => {
             Some(Document::MeshConfig(decode_mesh_config(&doc, report)))
         }
@@ -528,6 +534,8 @@ fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec
         service_account: DEFAULT_SERVICE_ACCOUNT.to_string(),
         service_account_position: None,
         containers: Vec::new(),
+        is_pod: false,
+        pod_ip: None,
     };
     let Some(spec) = doc.required("spec", report) else {
         return Some(deployment);
@@ -618,8 +626,14 @@ fn decode_template(
     let Some(pod) = template.required("spec", report) else {
         return labels_ok;
     };
-    let Some(pod) = Object::of(pod, "spec.template.spec", report) else {
-        return labels_ok;
+    decode_pod_spec(pod, "spec.template.spec", deployment, report);
+    labels_ok
+}
+
+/// A pod's spec (a template's, or a Pod's): service account and containers.
+fn decode_pod_spec(node: &Node, path: &str, deployment: &mut DeploymentSpec, report: &mut Report) {
+    let Some(pod) = Object::of(node, path, report) else {
+        return;
     };
     // `serviceAccount` is the deprecated spelling; Kubernetes prefers serviceAccountName.
     let sa_key = ["serviceAccountName", "serviceAccount"]
@@ -649,7 +663,72 @@ fn decode_template(
         }
     }
     pod.finish(report);
-    labels_ok
+}
+
+/// A bare `v1 Pod`, as Kubernetes reports it: a workload of one instance at `status.podIP`
+/// whose sidecar captures the pod's traffic (what `wardctl inject` sets up). Without a
+/// `status.podIP` (not scheduled yet) it has no instance.
+fn decode_pod(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
+    let meta = decode_meta(doc, true, Rule::Subdomain, report)?;
+    let labels = match doc.get("metadata").map(|m| &m.value) {
+        Some(Value::Mapping(entries)) => entries
+            .iter()
+            .find(|(k, _, _)| k == "labels")
+            .and_then(|(_, _, v)| match &v.value {
+                Value::Mapping(labels) => Some(
+                    labels
+                        .iter()
+                        .filter_map(|(k, _, v)| Some((k.clone(), v.text()?.to_string())))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        _ => BTreeMap::new(),
+    };
+    let mut pod = DeploymentSpec {
+        template_annotations: meta.annotations.clone(),
+        meta,
+        replicas: 1,
+        template_labels: labels,
+        service_account: DEFAULT_SERVICE_ACCOUNT.to_string(),
+        service_account_position: None,
+        containers: Vec::new(),
+        is_pod: true,
+        pod_ip: None,
+    };
+    if let Some(spec) = doc.required("spec", report) {
+        decode_pod_spec(spec, "spec", &mut pod, report);
+    }
+    let pod_ip = doc
+        .get("status")
+        .and_then(|s| match &s.value {
+            Value::Mapping(entries) => entries.iter().find(|(k, _, _)| k == "podIP"),
+            _ => None,
+        })
+        .map(|(_, _, v)| v);
+    match pod_ip {
+        Some(node) => match node.text().and_then(|t| t.parse::<Ipv4Addr>().ok()) {
+            Some(ip) => pod.pod_ip = Some(ip),
+            None => report.error(
+                node.position,
+                "status.podIP",
+                format!("{}: expected an IPv4 address", node.describe()),
+            ),
+        },
+        None => {
+            report.warn(
+                doc.position,
+                "status.podIP",
+                format!(
+                    "Pod {}/{} has no status.podIP (not scheduled yet): it has no endpoint until it does",
+                    pod.meta.namespace, pod.meta.name
+                ),
+            );
+            pod.replicas = 0;
+        }
+    }
+    Some(pod)
 }
 
 fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<Container> {

@@ -229,7 +229,17 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             labels: d.template_labels.clone(),
             annotations: d.template_annotations.clone(),
             containers: d.containers.clone(),
-            instances: instances(&d.meta.name, d.replicas, slot),
+            instances: match (d.is_pod, d.pod_ip) {
+                (true, Some(ip)) => vec![Instance {
+                    name: d.meta.name.clone(),
+                    index: 0,
+                    address: ip,
+                    app_address: Ipv4Addr::LOCALHOST,
+                }],
+                (true, None) => Vec::new(),
+                (false, _) => instances(&d.meta.name, d.replicas, slot),
+            },
+            capture: d.is_pod,
             source: SourceRef {
                 file: file.clone(),
                 line: d.meta.position.line,

@@ -15,7 +15,7 @@ use thiserror::Error;
 /// The uid and gid the sidecar runs as; its own traffic is never captured (Istio's 1337).
 pub const PROXY_UID: u32 = 1337;
 /// Where redirected inbound connections arrive (Envoy's inbound capture listener).
-pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+pub const INBOUND_CAPTURE_PORT: u16 = crate::translate::INBOUND_CAPTURE_PORT;
 /// Where redirected outbound connections arrive.
 pub const OUTBOUND_CAPTURE_PORT: u16 = crate::translate::OUTBOUND_PORT;
 /// The sidecar's admin port: probes and scrapes reach it directly.

@@ -234,7 +234,12 @@ pub fn proxy_snapshot(
         listeners.push(listener);
         inbound_routes.extend(route);
     }
-    listeners.push(outbound_listener(instance, options));
+    listeners.push(outbound_listener(workload, instance, options));
+    if workload.capture {
+        let (listener, cluster) = inbound_capture_listener();
+        listeners.push(listener);
+        clusters.push(cluster);
+    }
 
     let mut snapshot = Snapshot::default();
     snapshot.insert(
@@ -682,6 +687,8 @@ fn inbound_listener(
     let listener = Listener {
         name: name.clone(),
         address: Some(socket_address(instance.address, port)),
+        // Captured: connections arrive through the capture listener, by original destination.
+        bind_to_port: workload.capture.then_some(BoolValue { value: false }),
         listener_filters,
         filter_chains,
         traffic_direction: TrafficDirection::Inbound as i32,
@@ -695,7 +702,56 @@ pub fn inbound_route_name(port: u16) -> String {
     format!("inbound|{port}")
 }
 
-fn outbound_listener(instance: &Instance, options: &TranslateOptions) -> Resource {
+/// Where iptables sends a captured pod's inbound connections: Envoy hands each to the
+/// listener of its original destination (`<pod ip>:<port>`, not bound itself); a port with
+/// no listener reaches this one's own chain, which refuses it (fail closed: only declared
+/// ports are served).
+fn inbound_capture_listener() -> (Resource, Resource) {
+    let listener = Listener {
+        name: INBOUND_CAPTURE_LISTENER.to_string(),
+        address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![FilterChain {
+            filters: vec![network_filter(
+                "envoy.filters.network.tcp_proxy",
+                &TcpProxy {
+                    stat_prefix: BLACKHOLE_CLUSTER.to_string(),
+                    cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+                        BLACKHOLE_CLUSTER.to_string(),
+                    )),
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    };
+    let blackhole = Cluster {
+        name: BLACKHOLE_CLUSTER.to_string(),
+        connect_timeout: Some(duration_ms(1000)),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        ..Default::default()
+    };
+    (
+        Resource::new(snapshot::LISTENER, INBOUND_CAPTURE_LISTENER, &listener),
+        Resource::new(snapshot::CLUSTER, BLACKHOLE_CLUSTER, &blackhole),
+    )
+}
+
+/// The capture listener's name and port (Istio's `virtualInbound` on 15006).
+pub const INBOUND_CAPTURE_LISTENER: &str = "inbound-capture";
+pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+/// A cluster with no endpoints: connections to ports a pod does not serve end there.
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+
+fn outbound_listener(
+    workload: &Workload,
+    instance: &Instance,
+    options: &TranslateOptions,
+) -> Resource {
     let mut http_filters = Vec::new();
     if options.wasm_module.is_some() {
         http_filters.push(wasm_discovered_filter(RETRY_BUDGET_FILTER));
@@ -712,7 +768,12 @@ fn outbound_listener(instance: &Instance, options: &TranslateOptions) -> Resourc
     );
     let listener = Listener {
         name: "outbound".to_string(),
-        address: Some(socket_address(instance.address, OUTBOUND_PORT)),
+        // A captured pod's outbound connections arrive redirected to the pod's loopback.
+        address: Some(if workload.capture {
+            socket_address("0.0.0.0", OUTBOUND_PORT)
+        } else {
+            socket_address(instance.address, OUTBOUND_PORT)
+        }),
         filter_chains: vec![FilterChain {
             filters: vec![network_filter(
                 "envoy.filters.network.http_connection_manager",
