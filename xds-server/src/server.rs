@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub xds_limits: XdsLimits,
     /// sha256 of the wasm module sidecars must report having (None: not pinned).
     pub wasm_module_sha256: Option<String>,
+    /// Also read the mesh from the Kubernetes API server (in-cluster or kubeconfig).
+    pub kubernetes: bool,
 }
 
 /// What `/status` reports about the configuration.
@@ -77,6 +79,8 @@ struct ControlPlane {
     jwks_wanted: tokio::sync::Notify,
     /// Wakes the JWKS task when a sidecar saw a token signed with a key it lacks.
     keys_unknown: tokio::sync::Notify,
+    /// The cluster's objects as loader sources (`--kubernetes`), merged with the files.
+    cluster_sources: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 fn unix_now() -> u64 {
@@ -136,8 +140,34 @@ impl ControlPlane {
         status.expected_nodes = expected;
     }
 
+    /// Reloads, and records the outcome (an invalid config keeps the last good one serving).
+    fn reload_reporting(&self, cause: &str) {
+        match self.reload() {
+            Ok(()) => {
+                self.metrics.record_reload(true);
+                info!(cause, "config reloaded");
+            }
+            Err(e) => {
+                self.metrics.record_reload(false);
+                error!(cause, error = %e, "invalid config; the last good config keeps serving");
+                self.config_status
+                    .write()
+                    .expect("config status lock")
+                    .last_error = Some(e.to_string());
+            }
+        }
+    }
+
     fn reload(&self) -> Result<(), config::ConfigError> {
-        let loaded = config::load_path(&self.options.config_path)?;
+        let mut sources = config::read_sources(&self.options.config_path)?;
+        sources.extend(
+            self.cluster_sources
+                .lock()
+                .expect("cluster sources lock")
+                .iter()
+                .cloned(),
+        );
+        let loaded = config::load_sources(&sources)?;
         for warning in &loaded.warnings {
             warn!(%warning, "config");
         }
@@ -293,10 +323,31 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         jwks: Default::default(),
         jwks_wanted: tokio::sync::Notify::new(),
         keys_unknown: tokio::sync::Notify::new(),
+        cluster_sources: Default::default(),
     });
     tokio::spawn(refresh_jwks(control.clone()));
     tokio::spawn(release_freed_memory(metrics.clone()));
 
+    let mut cluster = None;
+    if options.kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API server (in-cluster, or KUBECONFIG)")?;
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(crate::discovery::run(client, options.debounce.quiet, tx));
+        // The first load includes the cluster.
+        let first = rx
+            .wait_for(Option::is_some)
+            .await
+            .context("Kubernetes discovery stopped before listing the cluster")?
+            .clone()
+            .unwrap_or_default();
+        *control
+            .cluster_sources
+            .lock()
+            .expect("cluster sources lock") = first;
+        cluster = Some(rx);
+    }
     // The first load must succeed: there is no last good config to fall back to.
     control.reload().map_err(|e| anyhow::anyhow!("{e}"))?;
     metrics.record_reload(true);
@@ -307,23 +358,22 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let reloader = control.clone();
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
-            match reloader.reload() {
-                Ok(()) => {
-                    reloader.metrics.record_reload(true);
-                    info!("config reloaded");
-                }
-                Err(e) => {
-                    reloader.metrics.record_reload(false);
-                    error!(error = %e, "invalid config; the last good config keeps serving");
-                    reloader
-                        .config_status
-                        .write()
-                        .expect("config status lock")
-                        .last_error = Some(e.to_string());
-                }
-            }
+            reloader.reload_reporting("files");
         }
     });
+    if let Some(mut cluster) = cluster {
+        let reloader = control.clone();
+        tokio::spawn(async move {
+            while cluster.changed().await.is_ok() {
+                let sources = cluster.borrow_and_update().clone().unwrap_or_default();
+                *reloader
+                    .cluster_sources
+                    .lock()
+                    .expect("cluster sources lock") = sources;
+                reloader.reload_reporting("kubernetes");
+            }
+        });
+    }
 
     let admin = tokio::net::TcpListener::bind(options.admin_address)
         .await

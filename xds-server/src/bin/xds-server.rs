@@ -43,6 +43,11 @@ enum Command {
         /// Path of the wasm-authz module as the proxies see it.
         #[arg(long)]
         wasm_module: Option<PathBuf>,
+        /// Also read the mesh from the Kubernetes API server (in-cluster credentials, or
+        /// KUBECONFIG): Namespaces, ServiceAccounts, Services, ready Pods and the Istio and
+        /// Linkerd policy kinds, merged with --config's files.
+        #[arg(long)]
+        kubernetes: bool,
         /// The module's sha256 (hex): sidecars reporting another module (bootstrap node
         /// metadata WASM_MODULE_SHA256) are refused. Default: the sha256 of --wasm-module if
         /// that file is readable here.
@@ -213,6 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             xds_address,
             admin_address,
             wasm_module,
+            kubernetes,
             wasm_module_sha256,
             debounce_ms,
             debounce_max_ms,
@@ -252,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => None,
             };
             server::run(ServerOptions {
+                kubernetes,
                 wasm_module_sha256,
                 config_path: config,
                 xds_address,

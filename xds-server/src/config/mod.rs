@@ -39,6 +39,11 @@ pub struct LoadedConfig {
 
 /// Loads a YAML file, or every file [`yaml_files`] lists in a directory.
 pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    load_sources(&read_sources(path)?)
+}
+
+/// The (name, text) sources of a file or directory, as [`load_sources`] takes them.
+pub fn read_sources(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ConfigError::Io { path, source }
@@ -56,7 +61,7 @@ pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigError> {
             Ok((file.display().to_string(), text))
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
-    load_sources(&sources)
+    Ok(sources)
 }
 
 /// The `*.yaml`/`*.yml` files of `dir` a mesh is loaded from, sorted by name: not recursive,

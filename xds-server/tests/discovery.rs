@@ -1,0 +1,390 @@
+//! Kubernetes discovery driven through list / watch / relist / delete sequences.
+//!
+//! No Kubernetes API server can run on these machines, so the API server is faked at the
+//! HTTP level: a small server answering the list and watch requests kube-rs makes, with the
+//! JSON Kubernetes sends. Everything above it is real: kube-rs's client, watchers and
+//! reflectors, Ward's discovery, loader, resolver and translation, and the snapshot cache
+//! that decides what is pushed to which proxy.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch};
+use ward::discovery::Sources;
+use ward::snapshot::{SnapshotCache, ENDPOINT};
+use ward::translate::{mesh_snapshots, TranslateOptions};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The fake API server's state: objects by resource path (`/api/v1/pods`), the current
+/// resourceVersion, and the watch events it streams.
+struct Cluster {
+    objects: Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
+    version: Mutex<u64>,
+    events: broadcast::Sender<(String, Value)>,
+    /// The next watch request on a path is answered 410 Gone (its version expired).
+    expire_next_watch: Mutex<Vec<String>>,
+    watches: Mutex<u64>,
+    lists: Mutex<u64>,
+}
+
+const PATHS: [(&str, &str); 4] = [
+    ("/api/v1/namespaces", "Namespace"),
+    ("/api/v1/serviceaccounts", "ServiceAccount"),
+    ("/api/v1/services", "Service"),
+    ("/api/v1/pods", "Pod"),
+];
+
+impl Cluster {
+    fn new() -> Arc<Cluster> {
+        let objects = PATHS
+            .iter()
+            .map(|(p, _)| (p.to_string(), BTreeMap::new()))
+            .collect();
+        Arc::new(Cluster {
+            objects: Mutex::new(objects),
+            version: Mutex::new(1),
+            events: broadcast::channel(64).0,
+            expire_next_watch: Mutex::new(Vec::new()),
+            watches: Mutex::new(0),
+            lists: Mutex::new(0),
+        })
+    }
+
+    /// Stores `object` at `path` and streams the event (ADDED, MODIFIED or DELETED).
+    fn change(&self, path: &str, kind: &str, mut object: Value) {
+        let mut version = self.version.lock().unwrap();
+        *version += 1;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let key = format!(
+            "{}/{}",
+            object["metadata"]["namespace"].as_str().unwrap_or(""),
+            object["metadata"]["name"].as_str().unwrap()
+        );
+        let mut objects = self.objects.lock().unwrap();
+        let at = objects.get_mut(path).unwrap();
+        let existed = at.contains_key(&key);
+        if kind == "DELETED" {
+            at.remove(&key);
+        } else {
+            at.insert(key, object.clone());
+        }
+        let kind = match kind {
+            "DELETED" => "DELETED",
+            _ if existed => "MODIFIED",
+            _ => "ADDED",
+        };
+        let _ = self
+            .events
+            .send((path.to_string(), json!({"type": kind, "object": object})));
+    }
+
+    fn respond(self: &Arc<Self>, path: &str, query: &str) -> hyper::Response<Body> {
+        let Some((_, kind)) = PATHS.iter().find(|(p, _)| *p == path) else {
+            // A CRD that is not installed.
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"});
+            return response(404, status.to_string());
+        };
+        let watching = query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1");
+        if !watching {
+            *self.lists.lock().unwrap() += 1;
+            let items: Vec<Value> = self.objects.lock().unwrap()[path]
+                .values()
+                .cloned()
+                .collect();
+            let list = json!({"kind": format!("{kind}List"), "apiVersion": "v1",
+                "metadata": {"resourceVersion": self.version.lock().unwrap().to_string()},
+                "items": items});
+            return response(200, list.to_string());
+        }
+        *self.watches.lock().unwrap() += 1;
+        let mut expire = self.expire_next_watch.lock().unwrap();
+        if let Some(i) = expire.iter().position(|p| p == path) {
+            expire.remove(i);
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "Expired", "code": 410,
+                "message": "too old resource version"}});
+            return response(200, format!("{gone}\n"));
+        }
+        drop(expire);
+        let mut events = self.events.subscribe();
+        let path = path.to_string();
+        let stream = async_stream(move |tx| async move {
+            while let Ok((at, event)) = events.recv().await {
+                if at == "end" {
+                    return;
+                }
+                if at == path && tx.send(format!("{event}\n")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut builder = hyper::Response::builder().status(200);
+        builder = builder.header("content-type", "application/json");
+        builder.body(stream).unwrap()
+    }
+
+    /// Ends every open watch (the API server restarting its watch cache): the watchers
+    /// reconnect, and find their version expired when `expire` is set.
+    fn end_watches(&self, expire: bool) {
+        if expire {
+            *self.expire_next_watch.lock().unwrap() =
+                PATHS.iter().map(|(p, _)| p.to_string()).collect();
+        }
+        let _ = self.events.send(("end".into(), Value::Null));
+    }
+}
+
+/// A streaming body fed by `produce` through a channel; ends when an "end" event arrives.
+fn async_stream<F, Fut>(produce: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
+    tokio::spawn(produce(tx));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let frames = futures::StreamExt::map(stream, |line| Ok(Frame::data(Bytes::from(line))));
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
+fn response(status: u16, body: String) -> hyper::Response<Body> {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(body))))
+        .unwrap()
+}
+
+async fn serve(cluster: Arc<Cluster>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // "end" events close the open watches: each watch body listens for them too.
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let cluster = cluster.clone();
+                        async move {
+                            let query = request.uri().query().unwrap_or("").to_string();
+                            Ok::<_, Infallible>(cluster.respond(request.uri().path(), &query))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+fn pod(name: &str, app: &str, ip: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app},
+            "uid": format!("uid-{name}"), "managedFields": [{"manager": "kubelet"}]},
+        "spec": {"serviceAccountName": app, "containers": [
+            {"name": app, "image": format!("example/{app}:1"), "ports": [{"containerPort": 8080, "protocol": "TCP"}]},
+            {"name": "ward-proxy", "image": "envoyproxy/envoy:v1.40.0", "ports": [{"containerPort": 15000}]}
+        ]},
+        "status": {"phase": "Running", "podIP": ip,
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+fn service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.10", "type": "ClusterIP",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    })
+}
+
+/// The mesh the sources make, translated: (node id → web's endpoints as `ip:port`, for
+/// every proxy), and which nodes' snapshots changed in `cache`.
+struct Translated {
+    endpoints: BTreeMap<String, Vec<String>>,
+    changed: Vec<String>,
+    workloads: Vec<String>,
+}
+
+fn translate(sources: &Sources, cache: &SnapshotCache) -> Translated {
+    let loaded = ward::config::load_sources(sources).expect("the cluster's objects load");
+    let mesh = loaded.mesh;
+    let (snapshots, _) = mesh_snapshots(&mesh, &TranslateOptions::default(), None, |_, _| None);
+    let mut endpoints = BTreeMap::new();
+    let mut changed = Vec::new();
+    for (node, snapshot) in snapshots {
+        let web = snapshot
+            .set(ENDPOINT)
+            .and_then(|set| set.get("outbound|80||web.shop.svc.cluster.local").cloned());
+        let addresses = web
+            .map(|r| {
+                let cla = ClusterLoadAssignment::decode(&r.any().value[..]).unwrap();
+                cla.endpoints
+                    .iter()
+                    .flat_map(|e| &e.lb_endpoints)
+                    .filter_map(|e| match &e.host_identifier {
+                        Some(HostIdentifier::Endpoint(endpoint)) => endpoint.address.clone(),
+                        _ => None,
+                    })
+                    .filter_map(|a| match a.address {
+                        Some(address::Address::SocketAddress(s)) => match s.port_specifier {
+                            Some(socket_address::PortSpecifier::PortValue(port)) => {
+                                Some(format!("{}:{port}", s.address))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        endpoints.insert(node.clone(), addresses);
+        if cache.set(&node, snapshot) {
+            changed.push(node);
+        }
+    }
+    Translated {
+        endpoints,
+        changed,
+        workloads: mesh.workloads.iter().map(|w| w.name.clone()).collect(),
+    }
+}
+
+async fn next_sources(rx: &mut watch::Receiver<Option<Sources>>) -> Sources {
+    tokio::time::timeout(Duration::from_secs(20), rx.changed())
+        .await
+        .expect("the cluster change reached the sources within 20 s")
+        .unwrap();
+    rx.borrow_and_update().clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
+    let cluster = Cluster::new();
+    cluster.change(
+        "/api/v1/namespaces",
+        "ADDED",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
+    cluster.change("/api/v1/services", "ADDED", service());
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("web-a", "web", "10.1.0.1", true),
+    );
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("client", "client", "10.1.0.9", true),
+    );
+    // Not ready: no endpoint.
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("web-b", "web", "10.1.0.2", false),
+    );
+    let url = serve(cluster.clone()).await;
+    let config = kube::Config::new(url.parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (tx, mut rx) = watch::channel(None);
+    tokio::spawn(ward::discovery::run(client, Duration::from_millis(50), tx));
+    let cache = SnapshotCache::new();
+
+    // 1. The initial list: ready pods only, the sidecar container left out.
+    let sources = next_sources(&mut rx).await;
+    let step = translate(&sources, &cache);
+    assert_eq!(step.workloads, ["client", "web-a"]);
+    assert_eq!(step.endpoints["client.shop"], ["10.1.0.1:8080"]);
+    assert_eq!(step.changed, ["client.shop", "web-a.shop"]);
+    let pod_source = &sources
+        .iter()
+        .find(|(n, _)| n == "kube:Pod/shop/web-a")
+        .unwrap()
+        .1;
+    assert!(
+        !pod_source.contains("ward-proxy") && !pod_source.contains("managedFields"),
+        "{pod_source}"
+    );
+
+    // 2. A watch event: web-b becomes ready.
+    cluster.change(
+        "/api/v1/pods",
+        "MODIFIED",
+        pod("web-b", "web", "10.1.0.2", true),
+    );
+    let step = translate(&next_sources(&mut rx).await, &cache);
+    assert_eq!(
+        step.endpoints["client.shop"],
+        ["10.1.0.1:8080", "10.1.0.2:8080"]
+    );
+    assert_eq!(step.changed, ["client.shop", "web-a.shop", "web-b.shop"]);
+
+    // 3. The watches end and their version has expired: kube-rs relists. The cluster is
+    // the same, so the sources are the same and nothing is published or pushed again.
+    let lists_before = *cluster.lists.lock().unwrap();
+    cluster.end_watches(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        *cluster.lists.lock().unwrap() >= lists_before + 4,
+        "every core kind relisted"
+    );
+    assert!(
+        !rx.has_changed().unwrap(),
+        "a relist of the same objects publishes nothing"
+    );
+    let step = translate(&rx.borrow().clone().unwrap(), &cache);
+    assert!(
+        step.changed.is_empty(),
+        "nothing pushed: {:?}",
+        step.changed
+    );
+
+    // 4. Events after the relist still arrive: web-a is deleted.
+    cluster.change(
+        "/api/v1/pods",
+        "DELETED",
+        pod("web-a", "web", "10.1.0.1", true),
+    );
+    let step = translate(&next_sources(&mut rx).await, &cache);
+    assert_eq!(step.workloads, ["client", "web-b"]);
+    assert_eq!(step.endpoints["client.shop"], ["10.1.0.2:8080"]);
+
+    // 5. The last web pod goes: the Service routes nowhere and leaves the mesh.
+    cluster.change(
+        "/api/v1/pods",
+        "DELETED",
+        pod("web-b", "web", "10.1.0.2", true),
+    );
+    let sources = next_sources(&mut rx).await;
+    assert!(
+        !sources.iter().any(|(n, _)| n.starts_with("kube:Service/")),
+        "{sources:?}"
+    );
+    let step = translate(&sources, &cache);
+    assert_eq!(step.workloads, ["client"]);
+    assert!(step.endpoints["client.shop"].is_empty());
+    assert!(*cluster.watches.lock().unwrap() > 4);
+}
