@@ -6,8 +6,10 @@ COPY . .
 RUN cargo build -p xds-server --release --bins
 
 FROM debian:bookworm-slim
+# iptables: the image is also the injected pods' `ward-init` (traffic capture) and
+# `ward-bootstrap` init containers.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates iptables \
  && rm -rf /var/lib/apt/lists/*
 # Same uid as Istio's proxy user.
 RUN groupadd --gid 1337 ward \
