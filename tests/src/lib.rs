@@ -386,3 +386,83 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// A Kubernetes API server with no objects, at the HTTP level (none can run on these
+/// machines): lists are empty, watches stay open with no events, other API groups answer
+/// 404, and TokenReviews authenticate the `tokens` given as (token, username) for audience
+/// `ward-xds`. Returns `host:port`.
+pub fn fake_api_server(tokens: Vec<(String, String)>) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let tokens = std::sync::Arc::new(tokens);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let tokens = tokens.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                let reply = |stream: &mut std::net::TcpStream, status: &str, body: &str| {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                };
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        line.clear();
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let target = request_line.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                    if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+                        let review: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let token = review["spec"]["token"].as_str().unwrap_or("");
+                        let status = match tokens.iter().find(|(t, _)| t == token) {
+                            Some((_, user)) => serde_json::json!({"authenticated": true,
+                                "user": {"username": user}, "audiences": review["spec"]["audiences"]}),
+                            None => serde_json::json!({"authenticated": false,
+                                "error": "invalid bearer token"}),
+                        };
+                        let mut answer = review.clone();
+                        answer["status"] = status;
+                        reply(&mut stream, "201 Created", &answer.to_string());
+                    } else if !path.starts_with("/api/v1/") {
+                        reply(
+                            &mut stream,
+                            "404 Not Found",
+                            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#,
+                        );
+                    } else if query.contains("watch=true") || query.contains("watch=1") {
+                        // A watch with no events: headers, then silence.
+                        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        let _ = stream.flush();
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                        return;
+                    } else {
+                        reply(
+                            &mut stream,
+                            "200 OK",
+                            r#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}"#,
+                        );
+                    }
+                }
+            });
+        }
+    });
+    address
+}

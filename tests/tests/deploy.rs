@@ -219,48 +219,6 @@ fn xds_server_container() -> Container {
     }
 }
 
-/// An API server with no objects: lists are empty, watches stay open, other groups 404.
-fn empty_api_server() -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    // Skip the headers.
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                        line.clear();
-                    }
-                    let target = request_line.split(' ').nth(1).unwrap_or("/").to_string();
-                    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                    if !path.starts_with("/api/v1/") {
-                        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-                        let _ = write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                    } else if query.contains("watch=true") || query.contains("watch=1") {
-                        // A watch with no events: headers, then silence.
-                        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-                        let _ = stream.flush();
-                        std::thread::sleep(Duration::from_secs(3600));
-                        return;
-                    } else {
-                        let body = r#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}"#;
-                        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
 #[test]
 fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     let container = xds_server_container();
@@ -321,7 +279,7 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     std::fs::copy(ward_e2e::wasm_module(), wasm_dir.join("plugin.wasm")).unwrap();
     // `--kubernetes`: the API server is stood in for by one that has nothing yet (empty
     // lists, watches that stay open, no policy CRDs), reached through a kubeconfig.
-    let api = empty_api_server();
+    let api = ward_e2e::fake_api_server(Vec::new());
     let kubeconfig = root.join("kubeconfig");
     std::fs::write(
         &kubeconfig,

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bootstrap;
 pub mod check;
 pub mod config;
+pub mod control_https;
 pub mod discovery;
 pub mod identity;
 pub mod inject;

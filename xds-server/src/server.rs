@@ -44,6 +44,12 @@ pub struct ServerOptions {
     pub wasm_module_sha256: Option<String>,
     /// Also read the mesh from the Kubernetes API server (in-cluster or kubeconfig).
     pub kubernetes: bool,
+    /// The HTTPS port: admission webhook and bootstrap-credential exchange.
+    pub https_address: Option<SocketAddr>,
+    /// DNS names of the HTTPS port's certificate (the Service's names).
+    pub https_names: Vec<String>,
+    /// What the admission webhook injects.
+    pub inject: crate::inject::InjectOptions,
 }
 
 /// What `/status` reports about the configuration.
@@ -329,10 +335,12 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     tokio::spawn(release_freed_memory(metrics.clone()));
 
     let mut cluster = None;
+    let mut kube_client = None;
     if options.kubernetes {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API server (in-cluster, or KUBECONFIG)")?;
+        kube_client = Some(client.clone());
         let (tx, mut rx) = tokio::sync::watch::channel(None);
         tokio::spawn(crate::discovery::run(client, options.debounce.quiet, tx));
         // The first load includes the cluster.
@@ -383,6 +391,36 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     tokio::spawn(async move {
         serve_admin(admin, admin_control, admin_status).await;
     });
+
+    if let Some(address) = options.https_address {
+        let (trust_domain, root_namespace) = {
+            let mesh = control.current_mesh.lock().expect("mesh lock");
+            let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
+            (mesh.trust_domain.clone(), mesh.root_namespace.clone())
+        };
+        let identity = xds_listener::server_identity(&trust_domain, &root_namespace);
+        let mut names: Vec<&str> = options.https_names.iter().map(String::as_str).collect();
+        names.extend(["xds-server", "localhost"]);
+        let tls = crate::control_https::tls_config(
+            &control.certificates.ca(),
+            &identity,
+            &names,
+            &[address.ip()],
+        )
+        .context("issuing the HTTPS port's serving certificate")?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the HTTPS port on {address}"))?;
+        let ca_control = control.clone();
+        let handlers = Arc::new(crate::control_https::Handlers {
+            inject: options.inject.clone(),
+            ca: Arc::new(move || ca_control.certificates.ca()),
+            trust_domain,
+            reviewer: kube_client.map(crate::control_https::kubernetes_reviewer),
+        });
+        info!(https = %address, "admission webhook (/inject) and credential exchange (/v1/credential) serving");
+        tokio::spawn(crate::control_https::serve(listener, tls, handlers));
+    }
 
     let mut ads = AdsServer::new(cache, status, metrics.clone());
     if let Some(pin) = &options.wasm_module_sha256 {

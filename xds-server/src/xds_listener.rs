@@ -21,7 +21,7 @@ use crate::identity::{CaError, CertificateAuthority};
 use crate::metrics::Metrics;
 
 /// Lifetime of xds-server's own serving certificate (re-issued at every start).
-const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy)]
 pub struct XdsLimits {

@@ -178,6 +178,12 @@ enum Command {
         /// xds-server's Service, `host:port`.
         #[arg(long, default_value = "ward-xds.ward-system.svc:15010")]
         xds_address: String,
+        /// xds-server's credential exchange (its HTTPS port).
+        #[arg(
+            long,
+            default_value = "https://ward-xds.ward-system.svc:15012/v1/credential"
+        )]
+        credential_url: String,
         #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
         proxy_image: String,
         /// Image with xds-server and iptables (deploy/docker/xds-server.Dockerfile).
@@ -566,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inject {
             file,
             xds_address,
+            credential_url,
             proxy_image,
             init_image,
             wasm_image,
@@ -573,6 +580,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let defaults = ward::inject::InjectOptions::default();
             let options = ward::inject::InjectOptions {
+                credential_url,
                 xds_address,
                 proxy_image,
                 init_image: init_image.unwrap_or(defaults.init_image),

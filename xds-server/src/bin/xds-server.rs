@@ -48,6 +48,18 @@ enum Command {
         /// Linkerd policy kinds, merged with --config's files.
         #[arg(long)]
         kubernetes: bool,
+        /// The HTTPS port (certificate from the CA): the mutating admission webhook
+        /// (`POST /inject`) and, with --kubernetes, the exchange of a pod's service-account
+        /// token for its sidecar's bootstrap credential (`POST /v1/credential`).
+        #[arg(long)]
+        https_address: Option<SocketAddr>,
+        /// DNS names on the HTTPS port's certificate (its Service's names).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "ward-xds.ward-system.svc,ward-xds.ward-system.svc.cluster.local"
+        )]
+        https_names: Vec<String>,
         /// The module's sha256 (hex): sidecars reporting another module (bootstrap node
         /// metadata WASM_MODULE_SHA256) are refused. Default: the sha256 of --wasm-module if
         /// that file is readable here.
@@ -147,8 +159,24 @@ enum Command {
         xds_address: String,
         /// The sidecar's bootstrap credential (cert.pem, key.pem, root.pem), mounted from
         /// a Secret.
-        #[arg(long, conflicts_with = "plaintext_xds")]
+        #[arg(long, conflicts_with_all = ["plaintext_xds", "token_file"])]
         credentials_from: Option<PathBuf>,
+        /// Get the credential from xds-server instead: this projected service-account
+        /// token (audience ward-xds) is exchanged at --credential-url, and the credential
+        /// written into --credentials-dir.
+        #[arg(long, requires_all = ["credential_url", "root_cert", "credentials_dir"], conflicts_with = "plaintext_xds")]
+        token_file: Option<PathBuf>,
+        /// xds-server's `/v1/credential` (https).
+        #[arg(
+            long,
+            default_value = "https://ward-xds.ward-system.svc:15012/v1/credential"
+        )]
+        credential_url: Option<String>,
+        /// The mesh's root certificate, to trust xds-server with.
+        #[arg(long)]
+        root_cert: Option<PathBuf>,
+        #[arg(long)]
+        credentials_dir: Option<PathBuf>,
         #[arg(long)]
         plaintext_xds: bool,
         /// The wasm module file the sidecar will load (its sha256 goes into the metadata).
@@ -219,6 +247,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_address,
             wasm_module,
             kubernetes,
+            https_address,
+            https_names,
             wasm_module_sha256,
             debounce_ms,
             debounce_max_ms,
@@ -259,6 +289,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             server::run(ServerOptions {
                 kubernetes,
+                https_address,
+                https_names,
+                inject: ward::inject::InjectOptions {
+                    trust_domain: trust_domain.clone(),
+                    ..Default::default()
+                },
                 wasm_module_sha256,
                 config_path: config,
                 xds_address,
@@ -347,10 +383,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             root_namespace,
             xds_address,
             credentials_from,
+            token_file,
+            credential_url,
+            root_cert,
+            credentials_dir,
             plaintext_xds,
             wasm_module,
             out,
         } => {
+            // Exchange the pod's token for its credential first, if asked to.
+            let credentials_from = match (token_file, credentials_from) {
+                (Some(token_file), _) => {
+                    let token = std::fs::read_to_string(&token_file)
+                        .with_context(|| format!("reading {}", token_file.display()))?;
+                    let root_cert = root_cert.context("--root-cert is required")?;
+                    let root = std::fs::read_to_string(&root_cert)
+                        .with_context(|| format!("reading {}", root_cert.display()))?;
+                    let dir = credentials_dir.context("--credentials-dir is required")?;
+                    let url = credential_url.context("--credential-url is required")?;
+                    let identity =
+                        ward::control_https::fetch_credential(&url, &root, token.trim(), &dir)
+                            .await?;
+                    eprintln!(
+                        "bootstrap credential for {identity} written to {}",
+                        dir.display()
+                    );
+                    Some(dir)
+                }
+                (None, from) => from,
+            };
             let (host, port) = xds_address
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))

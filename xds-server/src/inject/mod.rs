@@ -8,8 +8,10 @@
 //! - init container `ward-bootstrap`: renders the sidecar's Envoy bootstrap from the pod's
 //!   identity (`xds-server pod-bootstrap`, downward API);
 //! - container `ward-proxy`: Envoy 1.40 (the official image) as uid 1337;
-//! - volumes: the bootstrap (memory), the wasm module (an image volume), the sidecar's
-//!   bootstrap credential (Secret `ward-bootstrap-<serviceaccount>`);
+//! - volumes: the bootstrap and the sidecar's credential (memory), the wasm module (an image
+//!   volume), the pod's service-account token for audience `ward-xds` (exchanged by
+//!   `ward-bootstrap` for the credential at xds-server's `/v1/credential`), and the mesh's
+//!   root certificate (ConfigMap `ward-root-cert`, to trust xds-server with);
 //! - annotation `ward.dev/injected`, which makes injecting twice change nothing.
 //!
 //! Pods opting out (`sidecar.istio.io/inject: "false"`, `linkerd.io/inject: disabled`,
@@ -30,6 +32,8 @@ pub const INJECTED_ANNOTATION: &str = "ward.dev/injected";
 pub struct InjectOptions {
     /// xds-server's Service, `host:port`.
     pub xds_address: String,
+    /// xds-server's credential exchange (`https://<service>:15012/v1/credential`).
+    pub credential_url: String,
     pub proxy_image: String,
     /// Image with `xds-server` and `iptables` (deploy/docker/xds-server.Dockerfile).
     pub init_image: String,
@@ -43,6 +47,7 @@ impl Default for InjectOptions {
         let version = env!("CARGO_PKG_VERSION");
         InjectOptions {
             xds_address: "ward-xds.ward-system.svc:15010".to_string(),
+            credential_url: "https://ward-xds.ward-system.svc:15012/v1/credential".to_string(),
             proxy_image: "envoyproxy/envoy:v1.40.0".to_string(),
             init_image: format!("ward/xds-server:{version}"),
             wasm_image: format!("ward/wasm-authz:{version}"),
@@ -456,6 +461,10 @@ struct Items<'a> {
 const BOOTSTRAP_DIR: &str = "/etc/ward/bootstrap";
 const WASM_DIR: &str = "/etc/ward/wasm";
 const CREDENTIALS_DIR: &str = "/etc/ward/credentials";
+const TOKEN_DIR: &str = "/var/run/secrets/ward";
+const ROOT_DIR: &str = "/etc/ward/root";
+/// The ConfigMap with the mesh's root certificate (`root-cert.pem`) in each namespace.
+pub const ROOT_CERT_CONFIG_MAP: &str = "ward-root-cert";
 
 impl Items<'_> {
     fn proxy_container(&self) -> String {
@@ -519,7 +528,7 @@ impl Items<'_> {
 - name: ward-bootstrap
   image: {init_image}
   command: ["xds-server", "pod-bootstrap"]
-  args: ["--xds-address", "{xds}", "--credentials-from", "{CREDENTIALS_DIR}", "--wasm-module", "{WASM_DIR}/plugin.wasm", "--out", "{BOOTSTRAP_DIR}/envoy.json"]
+  args: ["--xds-address", "{xds}", "--token-file", "{TOKEN_DIR}/token", "--credential-url", "{credential_url}", "--root-cert", "{ROOT_DIR}/root-cert.pem", "--credentials-dir", "{CREDENTIALS_DIR}", "--wasm-module", "{WASM_DIR}/plugin.wasm", "--out", "{BOOTSTRAP_DIR}/envoy.json"]
   env:
 {pod_name}{pod_namespace}{pod_ip}  - name: SERVICE_ACCOUNT
     value: "{service_account}"
@@ -539,9 +548,15 @@ impl Items<'_> {
     readOnly: true
   - name: ward-credentials
     mountPath: {CREDENTIALS_DIR}
+  - name: ward-token
+    mountPath: {TOKEN_DIR}
+    readOnly: true
+  - name: ward-root-cert
+    mountPath: {ROOT_DIR}
     readOnly: true
 "#,
             init_image = self.options.init_image,
+            credential_url = self.options.credential_url,
             xds = self.options.xds_address,
             pod_name = env("POD_NAME", "metadata.name"),
             pod_namespace = env("POD_NAMESPACE", "metadata.namespace"),
@@ -563,13 +578,143 @@ impl Items<'_> {
     reference: {wasm_image}
     pullPolicy: IfNotPresent
 - name: ward-credentials
-  secret:
-    secretName: ward-bootstrap-{service_account}
+  emptyDir:
+    medium: Memory
+- name: ward-token
+  projected:
+    sources:
+    - serviceAccountToken:
+        audience: ward-xds
+        expirationSeconds: 3600
+        path: token
+- name: ward-root-cert
+  configMap:
+    name: {ROOT_CERT_CONFIG_MAP}
 "#,
             wasm_image = self.options.wasm_image,
-            service_account = self.service_account,
         )
     }
+}
+
+/// Node → JSON, scalars typed by YAML 1.2's core schema (as Kubernetes reads YAML).
+fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match &node.value {
+        Value::Mapping(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, _, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
+        Value::Sequence(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Scalar { .. } => match node.scalar() {
+            Some(yaml::Scalar::Null) | None => Json::Null,
+            Some(yaml::Scalar::Bool(b)) => Json::Bool(b),
+            Some(yaml::Scalar::Int(i)) => serde_json::json!(i as i64),
+            Some(yaml::Scalar::Float) => node
+                .text()
+                .and_then(|t| t.parse::<f64>().ok())
+                .map_or(Json::Null, |f| serde_json::json!(f)),
+            Some(yaml::Scalar::Str(s)) => Json::String(s.to_string()),
+        },
+    }
+}
+
+/// A list of injected items (rendered as YAML above) as JSON values.
+fn items_json(block: &str) -> Vec<serde_json::Value> {
+    let (documents, _) = yaml::parse_documents(block).expect("Ward's own templates parse");
+    match documents.first().map(to_json) {
+        Some(serde_json::Value::Array(items)) => items,
+        _ => unreachable!("the templates are lists"),
+    }
+}
+
+/// The mutating admission webhook's answer for one Pod (`AdmissionReview.request.object`):
+/// the JSON Patch that adds what [`inject`] adds to a manifest (the same items, from the
+/// same templates), or None when the pod is left alone (opted out, host network, injected
+/// already). Errors are capture annotations Ward cannot read.
+pub fn pod_patch(
+    pod: &serde_json::Value,
+    options: &InjectOptions,
+) -> Result<Option<Vec<serde_json::Value>>, capture::AnnotationError> {
+    use serde_json::json;
+    let strings = |v: &serde_json::Value| -> BTreeMap<String, String> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let annotations = strings(&pod["metadata"]["annotations"]);
+    let labels = strings(&pod["metadata"]["labels"]);
+    let opted_out = [
+        ("sidecar.istio.io/inject", "false"),
+        ("linkerd.io/inject", "disabled"),
+        ("ward.dev/inject", "false"),
+    ]
+    .iter()
+    .any(|(k, v)| {
+        annotations.get(*k).map(String::as_str) == Some(*v)
+            || labels.get(*k).map(String::as_str) == Some(*v)
+    });
+    if opted_out
+        || annotations.contains_key(INJECTED_ANNOTATION)
+        || pod["spec"]["hostNetwork"] == json!(true)
+    {
+        return Ok(None);
+    }
+    let capture = capture::CaptureOptions::from_annotations(&annotations)?;
+    let service_account = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    // A pod from a controller has no name yet: its workload is its app label, or its
+    // generated name's prefix.
+    let workload = labels
+        .get("app.kubernetes.io/name")
+        .or_else(|| labels.get("app"))
+        .cloned()
+        .or_else(|| pod["metadata"]["name"].as_str().map(str::to_string))
+        .or_else(|| {
+            pod["metadata"]["generateName"]
+                .as_str()
+                .map(|g| g.trim_end_matches('-').to_string())
+        })
+        .unwrap_or_else(|| "pod".to_string());
+    let items = Items {
+        options,
+        capture: &capture,
+        service_account: &service_account,
+        workload: &workload,
+    };
+    let mut patch = Vec::new();
+    if pod["metadata"]["annotations"].is_object() {
+        patch.push(
+            json!({"op": "add", "path": "/metadata/annotations/ward.dev~1injected",
+            "value": env!("CARGO_PKG_VERSION")}),
+        );
+    } else {
+        patch.push(json!({"op": "add", "path": "/metadata/annotations",
+            "value": {INJECTED_ANNOTATION: env!("CARGO_PKG_VERSION")}}));
+    }
+    for (key, block) in [
+        ("initContainers", items.init_containers()),
+        ("containers", items.proxy_container()),
+        ("volumes", items.volumes()),
+    ] {
+        let new = items_json(&block);
+        if pod["spec"][key].as_array().is_some_and(|l| !l.is_empty()) {
+            // First, in order, as the text injection does.
+            for (i, item) in new.into_iter().enumerate() {
+                patch.push(json!({"op": "add", "path": format!("/spec/{key}/{i}"), "value": item}));
+            }
+        } else {
+            patch.push(json!({"op": "add", "path": format!("/spec/{key}"), "value": new}));
+        }
+    }
+    Ok(Some(patch))
 }
 
 #[cfg(test)]

@@ -86,7 +86,13 @@ fn the_injected_pod_has_the_sidecar_the_capture_and_the_bootstrap() {
     assert_eq!(names("containers").len(), 2, "the app container stays");
     assert_eq!(
         names("volumes"),
-        ["ward-bootstrap", "ward-wasm", "ward-credentials"]
+        [
+            "ward-bootstrap",
+            "ward-wasm",
+            "ward-credentials",
+            "ward-token",
+            "ward-root-cert"
+        ]
     );
     let annotations = string_map(get(get(template, "metadata").unwrap(), "annotations"));
     assert_eq!(
@@ -144,11 +150,8 @@ fn a_pod_without_annotations_or_init_containers_gets_them_and_other_kinds_pass_t
         "{}",
         out.text
     );
-    assert!(
-        out.text.contains("secretName: ward-bootstrap-web-sa"),
-        "{}",
-        out.text
-    );
+    assert!(out.text.contains("value: \"web-sa\""), "{}", out.text);
+    assert!(out.text.contains("audience: ward-xds"), "{}", out.text);
     assert_eq!(
         inject(&out.text, "pod.yaml", &options()).unwrap().text,
         out.text

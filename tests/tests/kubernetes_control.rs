@@ -1,0 +1,205 @@
+//! xds-server's HTTPS port on Kubernetes, end to end with the real binaries and a real Envoy:
+//! a pod's service-account token is exchanged (TokenReview) for its sidecar's bootstrap
+//! credential, the sidecar then gets its configuration over mutual TLS, and the admission
+//! webhook answers an AdmissionReview with the sidecar's JSON Patch. The API server is the
+//! HTTP-level stand-in of `ward_e2e::fake_api_server` (none can run on these machines).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ward_e2e::{binary, envoy_binary, fake_api_server, free_port, workspace_root};
+
+fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() > timeout => panic!("not within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn pod_bootstrap(
+    dir: &Path,
+    token: &str,
+    url: &str,
+    root: &Path,
+    xds: &str,
+) -> std::process::Output {
+    std::fs::create_dir_all(dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    Command::new(binary("xds-server"))
+        .arg("pod-bootstrap")
+        .args(["--xds-address", xds, "--credential-url", url])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--root-cert")
+        .arg(root)
+        .arg("--credentials-dir")
+        .arg(dir.join("credentials"))
+        .arg("--out")
+        .arg(dir.join("envoy.json"))
+        .envs([
+            ("POD_NAME", "exam-scheduler-0"),
+            ("POD_NAMESPACE", "default"),
+            ("POD_IP", "127.78.0.1"),
+            ("SERVICE_ACCOUNT", "exam-scheduler-sa"),
+            ("WARD_WORKLOAD", "exam-scheduler"),
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
+    let dir = std::env::temp_dir().join(format!("ward-kube-control-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = fake_api_server(vec![(
+        "token-of-exam-scheduler".to_string(),
+        "system:serviceaccount:default:exam-scheduler-sa".to_string(),
+    )]);
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let xds = format!("127.0.0.1:{}", free_port());
+    let https = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let log = dir.join("xds-server.log");
+    let mut server = Command::new(binary("xds-server"))
+        .args(["serve", "--kubernetes", "--config"])
+        .arg(workspace_root().join("config/exam-lab"))
+        .args([
+            "--xds-address",
+            &xds,
+            "--https-address",
+            &https,
+            "--admin-address",
+            &admin,
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let root = state.join("ca/root-cert.pem");
+    let url = format!("https://{https}/v1/credential");
+    eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&https)
+            .map(|_| ())
+            .map_err(|e| format!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+    });
+    assert!(root.is_file(), "the CA root is in the state directory");
+
+    // A token the API server does not vouch for gets nothing.
+    let refused = pod_bootstrap(&dir.join("stranger"), "stolen", &url, &root, &xds);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("xds-server refused the token (403 Forbidden): invalid bearer token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!dir.join("stranger/credentials/key.pem").exists());
+
+    // The pod's own token: a credential for its service account, then a bootstrap.
+    let pod = dir.join("pod");
+    let out = pod_bootstrap(&pod, "token-of-exam-scheduler", &url, &root, &xds);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "bootstrap credential for spiffe://cluster.local/ns/default/sa/exam-scheduler-sa written to"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(pod.join("credentials/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the key is the owner's only");
+
+    // The sidecar with that credential is served over mutual TLS and syncs.
+    let mut envoy = Command::new(envoy_binary())
+        .arg("-c")
+        .arg(pod.join("envoy.json"))
+        .args(["--disable-hot-restart", "-l", "warning"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let synced = eventually(Duration::from_secs(20), || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{admin}/status")])
+            .output()
+            .unwrap();
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let proxy = status["proxies"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p["node_id"] == "exam-scheduler-0.default")
+                    .cloned()
+            })
+            .ok_or_else(|| format!("not connected: {status}"))?;
+        if proxy["synced"] == true {
+            Ok(proxy)
+        } else {
+            Err(format!("not synced: {proxy}"))
+        }
+    });
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+    assert_eq!(synced["types"]["SDS"]["state"], "SYNCED", "{synced}");
+
+    // The admission webhook, over the same HTTPS port, trusted through the same root.
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "7", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-", "namespace": "shop", "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}
+    });
+    let out = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&root)
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &review.to_string(),
+        ])
+        .arg(format!("https://{https}/inject"))
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(answer["response"]["uid"], "7", "{answer}");
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        log_text.contains("bootstrap credential issued for a service-account token"),
+        "{log_text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
