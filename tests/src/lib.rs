@@ -387,18 +387,34 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     pids
 }
 
-/// A Kubernetes API server with no objects, at the HTTP level (none can run on these
-/// machines): lists are empty, watches stay open with no events, other API groups answer
-/// 404, and TokenReviews authenticate the `tokens` given as (token, username) for audience
-/// `ward-xds`. Returns `host:port`.
-pub fn fake_api_server(tokens: Vec<(String, String)>) -> String {
+/// What the stand-in API server of [`fake_api_server`] was asked to write.
+pub type Patches = std::sync::Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A Kubernetes API server at the HTTP level (none can run on these machines): it has the
+/// `namespaces` and no other objects, watches stay open with no events, other API groups
+/// answer 404, TokenReviews authenticate the `tokens` given as (token, username) for
+/// audience `ward-xds`, and PATCHes (server-side apply) are recorded and echoed. Returns
+/// `host:port` and the patches.
+pub fn fake_api_server(tokens: Vec<(String, String)>, namespaces: &[&str]) -> (String, Patches) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
+    let patches: Patches = Default::default();
+    let recorded = patches.clone();
     let tokens = std::sync::Arc::new(tokens);
+    let namespaces: std::sync::Arc<Vec<serde_json::Value>> = std::sync::Arc::new(
+        namespaces
+            .iter()
+            .map(|n| {
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": n, "resourceVersion": "1"}})
+            })
+            .collect(),
+    );
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let tokens = tokens.clone();
+            let (tokens, namespaces, recorded) =
+                (tokens.clone(), namespaces.clone(), recorded.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut stream = stream;
@@ -428,7 +444,16 @@ pub fn fake_api_server(tokens: Vec<(String, String)>) -> String {
                     }
                     let target = request_line.split(' ').nth(1).unwrap_or("/").to_string();
                     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                    if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+                    if request_line.starts_with("PATCH ") {
+                        let mut object: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        recorded
+                            .lock()
+                            .unwrap()
+                            .push((path.to_string(), object.clone()));
+                        object["metadata"]["resourceVersion"] = "2".into();
+                        reply(&mut stream, "200 OK", &object.to_string());
+                    } else if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
                         let review: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or_default();
                         let token = review["spec"]["token"].as_str().unwrap_or("");
@@ -454,15 +479,18 @@ pub fn fake_api_server(tokens: Vec<(String, String)>) -> String {
                         std::thread::sleep(std::time::Duration::from_secs(3600));
                         return;
                     } else {
-                        reply(
-                            &mut stream,
-                            "200 OK",
-                            r#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}"#,
-                        );
+                        let items: &[serde_json::Value] = if path == "/api/v1/namespaces" {
+                            &namespaces
+                        } else {
+                            &[]
+                        };
+                        let list = serde_json::json!({"kind": "List", "apiVersion": "v1",
+                            "metadata": {"resourceVersion": "1"}, "items": items});
+                        reply(&mut stream, "200 OK", &list.to_string());
                     }
                 }
             });
         }
     });
-    address
+    (address, patches)
 }

@@ -279,7 +279,7 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     std::fs::copy(ward_e2e::wasm_module(), wasm_dir.join("plugin.wasm")).unwrap();
     // `--kubernetes`: the API server is stood in for by one that has nothing yet (empty
     // lists, watches that stay open, no policy CRDs), reached through a kubeconfig.
-    let api = ward_e2e::fake_api_server(Vec::new());
+    let (api, _) = ward_e2e::fake_api_server(Vec::new(), &[]);
     let kubeconfig = root.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -317,6 +317,7 @@ users:
             }
             "0.0.0.0:15010" => format!("127.0.0.1:{}", free_port()),
             "0.0.0.0:15014" => admin.clone(),
+            "0.0.0.0:15012" => format!("127.0.0.1:{}", free_port()),
             other => other.to_string(),
         })
         .collect();

@@ -58,10 +58,13 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
     let dir = std::env::temp_dir().join(format!("ward-kube-control-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let api = fake_api_server(vec![(
-        "token-of-exam-scheduler".to_string(),
-        "system:serviceaccount:default:exam-scheduler-sa".to_string(),
-    )]);
+    let (api, patches) = fake_api_server(
+        vec![(
+            "token-of-exam-scheduler".to_string(),
+            "system:serviceaccount:default:exam-scheduler-sa".to_string(),
+        )],
+        &["default", "shop"],
+    );
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -101,6 +104,23 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
             .map_err(|e| format!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()))
     });
     assert!(root.is_file(), "the CA root is in the state directory");
+    // The root is published in every namespace, for the injected pods to trust xds-server.
+    let root_pem = std::fs::read_to_string(&root).unwrap();
+    eventually(Duration::from_secs(10), || {
+        let patches = patches.lock().unwrap();
+        let published: Vec<&str> = patches
+            .iter()
+            .filter(|(_, cm)| cm["data"]["root-cert.pem"] == root_pem.as_str())
+            .map(|(path, _)| path.as_str())
+            .collect();
+        if published.contains(&"/api/v1/namespaces/shop/configmaps/ward-root-cert")
+            && published.contains(&"/api/v1/namespaces/default/configmaps/ward-root-cert")
+        {
+            Ok(())
+        } else {
+            Err(format!("published: {published:?}"))
+        }
+    });
 
     // A token the API server does not vouch for gets nothing.
     let refused = pod_bootstrap(&dir.join("stranger"), "stolen", &url, &root, &xds);

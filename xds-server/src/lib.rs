@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy_status;
 pub mod retry_budget_bench;
+pub mod root_cert;
 pub mod runner;
 pub mod server;
 pub mod snapshot;

@@ -341,6 +341,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             .await
             .context("connecting to the Kubernetes API server (in-cluster, or KUBECONFIG)")?;
         kube_client = Some(client.clone());
+        let root_control = control.clone();
+        tokio::spawn(crate::root_cert::run(
+            client.clone(),
+            Arc::new(move || {
+                root_control
+                    .certificates
+                    .ca()
+                    .trust_bundle_pem()
+                    .to_string()
+            }),
+        ));
         let (tx, mut rx) = tokio::sync::watch::channel(None);
         tokio::spawn(crate::discovery::run(client, options.debounce.quiet, tx));
         // The first load includes the cluster.

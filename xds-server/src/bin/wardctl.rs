@@ -176,12 +176,12 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
         /// xds-server's Service, `host:port`.
-        #[arg(long, default_value = "ward-xds.ward-system.svc:15010")]
+        #[arg(long, default_value = "xds-server.ward-system.svc:15010")]
         xds_address: String,
         /// xds-server's credential exchange (its HTTPS port).
         #[arg(
             long,
-            default_value = "https://ward-xds.ward-system.svc:15012/v1/credential"
+            default_value = "https://xds-server.ward-system.svc:15012/v1/credential"
         )]
         credential_url: String,
         #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]

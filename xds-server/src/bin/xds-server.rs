@@ -57,7 +57,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "ward-xds.ward-system.svc,ward-xds.ward-system.svc.cluster.local"
+            default_value = "xds-server.ward-system.svc,xds-server.ward-system.svc.cluster.local"
         )]
         https_names: Vec<String>,
         /// The module's sha256 (hex): sidecars reporting another module (bootstrap node
@@ -155,7 +155,7 @@ enum Command {
         #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "istio-system")]
         root_namespace: String,
         /// xds-server's Service, `host:port`.
-        #[arg(long, default_value = "ward-xds.ward-system.svc:15010")]
+        #[arg(long, default_value = "xds-server.ward-system.svc:15010")]
         xds_address: String,
         /// The sidecar's bootstrap credential (cert.pem, key.pem, root.pem), mounted from
         /// a Secret.
@@ -169,7 +169,7 @@ enum Command {
         /// xds-server's `/v1/credential` (https).
         #[arg(
             long,
-            default_value = "https://ward-xds.ward-system.svc:15012/v1/credential"
+            default_value = "https://xds-server.ward-system.svc:15012/v1/credential"
         )]
         credential_url: Option<String>,
         /// The mesh's root certificate, to trust xds-server with.

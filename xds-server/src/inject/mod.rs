@@ -46,8 +46,8 @@ impl Default for InjectOptions {
     fn default() -> Self {
         let version = env!("CARGO_PKG_VERSION");
         InjectOptions {
-            xds_address: "ward-xds.ward-system.svc:15010".to_string(),
-            credential_url: "https://ward-xds.ward-system.svc:15012/v1/credential".to_string(),
+            xds_address: "xds-server.ward-system.svc:15010".to_string(),
+            credential_url: "https://xds-server.ward-system.svc:15012/v1/credential".to_string(),
             proxy_image: "envoyproxy/envoy:v1.40.0".to_string(),
             init_image: format!("ward/xds-server:{version}"),
             wasm_image: format!("ward/wasm-authz:{version}"),
