@@ -243,16 +243,36 @@ impl LocalMesh {
     pub fn eventually<T>(
         &self,
         limit: Duration,
-        mut check: impl FnMut() -> anyhow::Result<T>,
+        check: impl FnMut() -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match check() {
-                Ok(value) => return Ok(value),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        eventually(limit, check)
+    }
+
+    /// Starts another Envoy with a sidecar's bootstrap (`bootstrap/<node>.json`) changed by
+    /// `edit`, its admin on a port of its own: (the process, its admin port).
+    pub fn start_edited_sidecar(
+        &self,
+        node: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> (std::process::Child, u16) {
+        let path = self.state_dir.join(format!("bootstrap/{node}.json"));
+        let mut bootstrap: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut bootstrap);
+        let admin_port = free_port();
+        bootstrap["admin"]["address"]["socket_address"] =
+            serde_json::json!({"address": "127.0.0.1", "port_value": admin_port});
+        bootstrap["cluster_manager"] = serde_json::json!({});
+        let edited = self.root.join(format!("edited-{admin_port}.json"));
+        std::fs::write(&edited, bootstrap.to_string()).unwrap();
+        let child = Command::new(envoy_binary())
+            .args(["-c", edited.to_str().unwrap()])
+            .args(["--base-id", &admin_port.to_string(), "-l", "warning"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, admin_port)
     }
 
     /// `wardctl apply -f` of `text` written to `name` under the mesh's scratch directory;
@@ -385,6 +405,32 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Retries `check` until it succeeds or `limit` passes (then its last error).
+pub fn eventually<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A kubeconfig at `path` for the API server at `address` (`host:port`, plain http).
+pub fn write_kubeconfig(path: &Path, address: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{address}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
 }
 
 /// What the stand-in API server of [`fake_api_server`] was asked to write.

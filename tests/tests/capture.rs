@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ward_e2e::{binary, envoy_binary, free_port, wasm_module};
+use ward_e2e::{binary, envoy_binary, eventually, free_port, wasm_module};
 
 /// Network namespaces, the bridge and what runs in them; removed on drop.
 struct Pods {
@@ -156,17 +156,6 @@ impl Drop for Pods {
             .output();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > timeout => panic!("not within {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
@@ -395,12 +384,13 @@ spec:
         if code == 0 && out.starts_with("HTTP/1.1 200") {
             Ok(out)
         } else {
-            Err(format!(
+            Err(anyhow::anyhow!(
                 "curl {code}: {out}\nxds-server: {}",
                 std::fs::read_to_string(&server_log).unwrap_or_default()
             ))
         }
-    });
+    })
+    .unwrap();
     assert!(response.contains("hello from the server pod"), "{response}");
     assert!(
         response.contains("x-ward-wasm: server.default"),
@@ -442,9 +432,10 @@ spec:
         if code != 0 && !out.contains("hello") {
             Ok(())
         } else {
-            Err(format!("still served in plaintext: {code} {out}"))
+            Err(anyhow::anyhow!("still served in plaintext: {code} {out}"))
         }
-    });
+    })
+    .unwrap();
     let (code, out) = pods.curl(&client_ns, "http://server/");
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -281,28 +281,7 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     // lists, watches that stay open, no policy CRDs), reached through a kubeconfig.
     let (api, _) = ward_e2e::fake_api_server(Vec::new(), &[]);
     let kubeconfig = root.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: fake
-  cluster:
-    server: http://{api}
-contexts:
-- name: fake
-  context:
-    cluster: fake
-    user: fake
-current-context: fake
-users:
-- name: fake
-  user: {{}}
-"
-        ),
-    )
-    .unwrap();
+    ward_e2e::write_kubeconfig(&kubeconfig, &api);
 
     let admin = format!("127.0.0.1:{}", free_port());
     let args: Vec<String> = container

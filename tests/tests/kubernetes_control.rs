@@ -6,20 +6,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ward_e2e::{binary, envoy_binary, fake_api_server, free_port, workspace_root};
-
-fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > timeout => panic!("not within {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
+use ward_e2e::{
+    binary, envoy_binary, eventually, fake_api_server, free_port, workspace_root, write_kubeconfig,
+};
 
 fn pod_bootstrap(
     dir: &Path,
@@ -66,13 +57,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         &["default", "shop"],
     );
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{api}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
+    write_kubeconfig(&kubeconfig, &api);
     let state = dir.join("state");
     let xds = format!("127.0.0.1:{}", free_port());
     let https = format!("127.0.0.1:{}", free_port());
@@ -101,8 +86,11 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
     eventually(Duration::from_secs(20), || {
         std::net::TcpStream::connect(&https)
             .map(|_| ())
-            .map_err(|e| format!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()))
-    });
+            .map_err(|e| {
+                anyhow::anyhow!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default())
+            })
+    })
+    .unwrap();
     assert!(root.is_file(), "the CA root is in the state directory");
     // The root is published in every namespace, for the injected pods to trust xds-server.
     let root_pem = std::fs::read_to_string(&root).unwrap();
@@ -118,9 +106,10 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         {
             Ok(())
         } else {
-            Err(format!("published: {published:?}"))
+            Err(anyhow::anyhow!("published: {published:?}"))
         }
-    });
+    })
+    .unwrap();
 
     // A token the API server does not vouch for gets nothing.
     let refused = pod_bootstrap(&dir.join("stranger"), "stolen", &url, &root, &xds);
@@ -169,8 +158,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
             .args(["-s", &format!("http://{admin}/status")])
             .output()
             .unwrap();
-        let status: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let proxy = status["proxies"]
             .as_array()
             .and_then(|ps| {
@@ -178,13 +166,14 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
                     .find(|p| p["node_id"] == "exam-scheduler-0.default")
                     .cloned()
             })
-            .ok_or_else(|| format!("not connected: {status}"))?;
+            .ok_or_else(|| anyhow::anyhow!("not connected: {status}"))?;
         if proxy["synced"] == true {
             Ok(proxy)
         } else {
-            Err(format!("not synced: {proxy}"))
+            Err(anyhow::anyhow!("not synced: {proxy}"))
         }
-    });
+    })
+    .unwrap();
     let _ = envoy.kill();
     let _ = envoy.wait();
     assert_eq!(synced["types"]["SDS"]["state"], "SYNCED", "{synced}");

@@ -328,29 +328,14 @@ fn xds_address(mesh: &LocalMesh) -> String {
 fn a_proxy_cannot_get_another_workloads_config_with_its_own_credential() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
     // An impostor: professor-tools' node id (and bootstrap), student-portal's credential.
-    let bootstrap_path = mesh
-        .state_dir
-        .join("bootstrap/professor-tools-0.default.json");
-    let mut bootstrap: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&bootstrap_path).unwrap()).unwrap();
-    let text = serde_json::to_string(&bootstrap).unwrap().replace(
-        "credentials/professor-tools-0.default",
-        "credentials/student-portal-0.default",
-    );
-    bootstrap = serde_json::from_str(&text).unwrap();
-    let admin_port = ward_e2e::free_port();
-    bootstrap["admin"]["address"]["socket_address"] =
-        serde_json::json!({"address": "127.0.0.1", "port_value": admin_port});
-    bootstrap["cluster_manager"] = serde_json::json!({});
-    let impostor_bootstrap = mesh.root.join("impostor.json");
-    std::fs::write(&impostor_bootstrap, bootstrap.to_string()).unwrap();
-    let mut impostor = std::process::Command::new(ward_e2e::envoy_binary())
-        .args(["-c", impostor_bootstrap.to_str().unwrap()])
-        .args(["--base-id", &admin_port.to_string(), "-l", "warning"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut impostor, admin_port) =
+        mesh.start_edited_sidecar("professor-tools-0.default", |bootstrap| {
+            let text = bootstrap.to_string().replace(
+                "credentials/professor-tools-0.default",
+                "credentials/student-portal-0.default",
+            );
+            *bootstrap = serde_json::from_str(&text).unwrap();
+        });
 
     let refused = mesh.eventually(Duration::from_secs(15), || {
         let metrics = mesh.metrics()?;
@@ -395,37 +380,24 @@ fn a_proxy_cannot_get_another_workloads_config_with_its_own_credential() {
 #[test]
 fn a_sidecar_with_another_wasm_module_is_refused_its_configuration() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
-    let bootstrap_path = mesh
-        .state_dir
-        .join("bootstrap/professor-tools-0.default.json");
-    let mut bootstrap: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&bootstrap_path).unwrap()).unwrap();
-    let pinned = bootstrap["node"]["metadata"]["WASM_MODULE_SHA256"]
-        .as_str()
-        .expect("the sidecar reports its module's sha256")
-        .to_string();
-    // The module with one byte appended, as `xds-server bootstrap --wasm-module` reports it.
-    let module = ward_e2e::wasm_module();
-    let mut tampered = std::fs::read(&module).unwrap();
-    tampered.push(0);
+    let mut pinned = String::new();
+    let mut reported = String::new();
     let tampered_path = mesh.root.join("tampered.wasm");
-    std::fs::write(&tampered_path, &tampered).unwrap();
-    let reported = ward::bootstrap::file_sha256(&tampered_path).unwrap();
+    let (mut sidecar, admin_port) =
+        mesh.start_edited_sidecar("professor-tools-0.default", |bootstrap| {
+            pinned = bootstrap["node"]["metadata"]["WASM_MODULE_SHA256"]
+                .as_str()
+                .expect("the sidecar reports its module's sha256")
+                .to_string();
+            // The module with one byte appended, as `xds-server bootstrap --wasm-module`
+            // reports it.
+            let mut tampered = std::fs::read(ward_e2e::wasm_module()).unwrap();
+            tampered.push(0);
+            std::fs::write(&tampered_path, &tampered).unwrap();
+            reported = ward::bootstrap::file_sha256(&tampered_path).unwrap();
+            bootstrap["node"]["metadata"]["WASM_MODULE_SHA256"] = reported.clone().into();
+        });
     assert_ne!(reported, pinned);
-    bootstrap["node"]["metadata"]["WASM_MODULE_SHA256"] = reported.clone().into();
-    let admin_port = ward_e2e::free_port();
-    bootstrap["admin"]["address"]["socket_address"] =
-        serde_json::json!({"address": "127.0.0.1", "port_value": admin_port});
-    bootstrap["cluster_manager"] = serde_json::json!({});
-    let tampered_bootstrap = mesh.root.join("tampered.json");
-    std::fs::write(&tampered_bootstrap, bootstrap.to_string()).unwrap();
-    let mut sidecar = std::process::Command::new(ward_e2e::envoy_binary())
-        .args(["-c", tampered_bootstrap.to_str().unwrap()])
-        .args(["--base-id", &admin_port.to_string(), "-l", "warning"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let printed = mesh.eventually(Duration::from_secs(15), || {
         let out = mesh.wardctl(&["status"])?;
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -393,50 +393,58 @@ impl AdsServer {
     pub(crate) async fn open_sotw(
         &self,
         request: Request<()>,
-        mut requests: Streaming<DiscoveryRequest>,
+        requests: Streaming<DiscoveryRequest>,
         tx: grpc::ResponseSender,
     ) -> Result<(), Status> {
-        let (first, node_id) = self
-            .first_request(&request, &mut requests, |r| r.node.as_ref())
-            .await?;
-        let server = self.clone();
-        let span = info_span!("ads", node = %node_id, protocol = "sotw");
-        tokio::spawn(
-            async move {
-                let mut stream = SotwStream {
-                    state: StreamState::new(node_id),
-                    server,
-                    tx,
-                };
-                stream.run(first, requests).await;
-            }
-            .instrument(span),
-        );
-        Ok(())
+        self.open(
+            request,
+            requests,
+            "sotw",
+            |r| r.node.as_ref(),
+            move |state, server, first, requests| async move {
+                SotwStream { state, server, tx }.run(first, requests).await
+            },
+        )
+        .await
     }
 
     pub(crate) async fn open_delta(
         &self,
         request: Request<()>,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
+        requests: Streaming<DeltaDiscoveryRequest>,
         tx: grpc::ResponseSender,
     ) -> Result<(), Status> {
-        let (first, node_id) = self
-            .first_request(&request, &mut requests, |r| r.node.as_ref())
-            .await?;
+        self.open(
+            request,
+            requests,
+            "delta",
+            |r| r.node.as_ref(),
+            move |state, server, first, requests| async move {
+                DeltaStream { state, server, tx }.run(first, requests).await
+            },
+        )
+        .await
+    }
+
+    /// Reads and checks the first request, then runs the stream in its own task, in a span
+    /// naming the node and the protocol.
+    async fn open<T, F, Fut>(
+        &self,
+        request: Request<()>,
+        mut requests: Streaming<T>,
+        protocol: &'static str,
+        node: impl Fn(&T) -> Option<&Node>,
+        run: F,
+    ) -> Result<(), Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(StreamState, AdsServer, T, Streaming<T>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (first, node_id) = self.first_request(&request, &mut requests, node).await?;
+        let span = info_span!("ads", node = %node_id, protocol);
         let server = self.clone();
-        let span = info_span!("ads", node = %node_id, protocol = "delta");
-        tokio::spawn(
-            async move {
-                let mut stream = DeltaStream {
-                    state: StreamState::new(node_id),
-                    server,
-                    tx,
-                };
-                stream.run(first, requests).await;
-            }
-            .instrument(span),
-        );
+        tokio::spawn(run(StreamState::new(node_id), server, first, requests).instrument(span));
         Ok(())
     }
 }

@@ -239,6 +239,16 @@ fn main() {
     }
 }
 
+/// The sha256 a sidecar's bootstrap reports for the wasm module file it will load.
+fn module_sha256(module: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    module
+        .map(|m| {
+            bootstrap::file_sha256(m)
+                .with_context(|| format!("reading the wasm module {}", m.display()))
+        })
+        .transpose()
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
@@ -431,13 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, true) => None,
                 _ => anyhow::bail!("give --credentials-from DIR, or --plaintext-xds"),
             };
-            let wasm_module_sha256 = match &wasm_module {
-                Some(module) => Some(
-                    bootstrap::file_sha256(module)
-                        .with_context(|| format!("reading the wasm module {}", module.display()))?,
-                ),
-                None => None,
-            };
+            let wasm_module_sha256 = module_sha256(wasm_module.as_deref())?;
             let node = bootstrap::ProxyNode::pod(
                 &pod_name,
                 &pod_namespace,
@@ -505,13 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 Some(written)
             };
-            let wasm_module_sha256 = match &wasm_module {
-                Some(module) => Some(
-                    bootstrap::file_sha256(module)
-                        .with_context(|| format!("reading the wasm module {}", module.display()))?,
-                ),
-                None => None,
-            };
+            let wasm_module_sha256 = module_sha256(wasm_module.as_deref())?;
             let params = BootstrapParams {
                 xds_address,
                 protocol,

@@ -78,6 +78,24 @@ pub struct Injected {
     pub notes: Vec<String>,
 }
 
+/// The opt-out a pod template carries (label or annotation), if any: Istio's, Linkerd's or
+/// Ward's own.
+fn opted_out(
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> Option<(&'static str, &'static str)> {
+    [
+        ("sidecar.istio.io/inject", "false"),
+        ("linkerd.io/inject", "disabled"),
+        ("ward.dev/inject", "false"),
+    ]
+    .into_iter()
+    .find(|(k, v)| {
+        annotations.get(*k).map(String::as_str) == Some(*v)
+            || labels.get(*k).map(String::as_str) == Some(*v)
+    })
+}
+
 /// Lines to insert before a 0-based line index.
 struct Insertion {
     before_line: usize,
@@ -294,16 +312,7 @@ impl Doc<'_> {
         if annotations.contains_key(INJECTED_ANNOTATION) {
             return Ok(Outcome::Skipped(None));
         }
-        let opted_out = [
-            ("sidecar.istio.io/inject", "false"),
-            ("linkerd.io/inject", "disabled"),
-            ("ward.dev/inject", "false"),
-        ]
-        .into_iter()
-        .find(|(k, v)| {
-            annotations.get(*k).map(String::as_str) == Some(*v)
-                || labels.get(*k).map(String::as_str) == Some(*v)
-        });
+        let opted_out = opted_out(&annotations, &labels);
         if let Some((k, v)) = opted_out {
             return Ok(Outcome::Skipped(Some(format!(
                 "{}: {described}: not injected ({k}: {v})",
@@ -649,17 +658,7 @@ pub fn pod_patch(
     };
     let annotations = strings(&pod["metadata"]["annotations"]);
     let labels = strings(&pod["metadata"]["labels"]);
-    let opted_out = [
-        ("sidecar.istio.io/inject", "false"),
-        ("linkerd.io/inject", "disabled"),
-        ("ward.dev/inject", "false"),
-    ]
-    .iter()
-    .any(|(k, v)| {
-        annotations.get(*k).map(String::as_str) == Some(*v)
-            || labels.get(*k).map(String::as_str) == Some(*v)
-    });
-    if opted_out
+    if opted_out(&annotations, &labels).is_some()
         || annotations.contains_key(INJECTED_ANNOTATION)
         || pod["spec"]["hostNetwork"] == json!(true)
     {
