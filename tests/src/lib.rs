@@ -439,8 +439,8 @@ pub type Patches = std::sync::Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 /// A Kubernetes API server at the HTTP level (none can run on these machines): it has the
 /// `namespaces` and no other objects, watches stay open with no events, other API groups
 /// answer 404, TokenReviews authenticate the `tokens` given as (token, username) for
-/// audience `ward-xds`, and PATCHes (server-side apply) are recorded and echoed. Returns
-/// `host:port` and the patches.
+/// audience `ward-xds`, the sidecar injector's MutatingWebhookConfiguration (two webhooks)
+/// is there, and PATCHes are recorded and answered. Returns `host:port` and the patches.
 pub fn fake_api_server(tokens: Vec<(String, String)>, namespaces: &[&str]) -> (String, Patches) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -490,6 +490,16 @@ pub fn fake_api_server(tokens: Vec<(String, String)>, namespaces: &[&str]) -> (S
                     }
                     let target = request_line.split(' ').nth(1).unwrap_or("/").to_string();
                     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                    let webhook = serde_json::json!({
+                        "apiVersion": "admissionregistration.k8s.io/v1",
+                        "kind": "MutatingWebhookConfiguration",
+                        "metadata": {"name": "ward-sidecar-injector", "resourceVersion": "1"},
+                        "webhooks": ([0, 1].map(|i| serde_json::json!({
+                            "name": format!("w{i}.sidecar-injector.ward.dev"),
+                            "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                            "clientConfig": {"service": {"name": "xds-server", "namespace": "ward-system"}}})))
+                    });
+                    let webhook_path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/ward-sidecar-injector";
                     if request_line.starts_with("PATCH ") {
                         let mut object: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or_default();
@@ -497,8 +507,14 @@ pub fn fake_api_server(tokens: Vec<(String, String)>, namespaces: &[&str]) -> (S
                             .lock()
                             .unwrap()
                             .push((path.to_string(), object.clone()));
+                        if object.is_array() {
+                            // A JSON Patch: answer the object (unpatched, it is not kept).
+                            object = webhook.clone();
+                        }
                         object["metadata"]["resourceVersion"] = "2".into();
                         reply(&mut stream, "200 OK", &object.to_string());
+                    } else if path == webhook_path {
+                        reply(&mut stream, "200 OK", &webhook.to_string());
                     } else if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
                         let review: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or_default();

@@ -110,6 +110,28 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         }
     })
     .unwrap();
+    // And it is the webhook's caBundle, for the API server to trust the injector.
+    let webhook_patch = eventually(Duration::from_secs(10), || {
+        patches
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(path, _)| {
+                path.ends_with("/mutatingwebhookconfigurations/ward-sidecar-injector")
+            })
+            .map(|(_, patch)| patch.clone())
+            .ok_or_else(|| anyhow::anyhow!("no caBundle patch"))
+    })
+    .unwrap();
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&root_pem);
+    assert_eq!(
+        webhook_patch,
+        serde_json::json!([
+            {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle},
+            {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": bundle},
+        ])
+    );
 
     // A token the API server does not vouch for gets nothing.
     let refused = pod_bootstrap(&dir.join("stranger"), "stolen", &url, &root, &xds);
