@@ -5,6 +5,7 @@
 //!   root changes);
 //! - the `caBundle` of the sidecar injector's webhooks (MutatingWebhookConfiguration
 //!   [`WEBHOOK_CONFIGURATION`]), so the API server trusts the webhook it calls.
+//!
 //! Nothing else is ever written.
 
 use std::collections::BTreeMap;
