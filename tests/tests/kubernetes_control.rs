@@ -12,6 +12,16 @@ use ward_e2e::{
     binary, envoy_binary, eventually, fake_api_server, free_port, workspace_root, write_kubeconfig,
 };
 
+/// A child process stopped when the test ends, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn pod_bootstrap(
     dir: &Path,
     token: &str,
@@ -63,7 +73,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
     let https = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let log = dir.join("xds-server.log");
-    let mut server = Command::new(binary("xds-server"))
+    let server = Command::new(binary("xds-server"))
         .args(["serve", "--kubernetes", "--config"])
         .arg(workspace_root().join("config/exam-lab"))
         .args([
@@ -81,6 +91,8 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    // Stopped however the test ends.
+    let server = KillOnDrop(server);
     let root = state.join("ca/root-cert.pem");
     let url = format!("https://{https}/v1/credential");
     eventually(Duration::from_secs(20), || {
@@ -167,7 +179,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
     assert_eq!(mode & 0o077, 0, "the key is the owner's only");
 
     // The sidecar with that credential is served over mutual TLS and syncs.
-    let mut envoy = Command::new(envoy_binary())
+    let envoy = Command::new(envoy_binary())
         .arg("-c")
         .arg(pod.join("envoy.json"))
         .args(["--disable-hot-restart", "-l", "warning"])
@@ -175,6 +187,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
         .spawn()
         .unwrap();
+    let envoy = KillOnDrop(envoy);
     let synced = eventually(Duration::from_secs(20), || {
         let out = Command::new("curl")
             .args(["-s", &format!("http://{admin}/status")])
@@ -196,8 +209,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         }
     })
     .unwrap();
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    drop(envoy);
     assert_eq!(synced["types"]["SDS"]["state"], "SYNCED", "{synced}");
 
     // The admission webhook, over the same HTTPS port, trusted through the same root.
@@ -226,8 +238,7 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(
         log_text.contains("bootstrap credential issued for a service-account token"),
         "{log_text}"
