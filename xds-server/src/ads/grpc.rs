@@ -16,9 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -246,12 +244,12 @@ impl Service<http::Request<Body>> for AdsService {
             let opened = match path.as_str() {
                 SOTW_PATH => {
                     server
-                        .open_sotw(request, requests::<DiscoveryRequest>(body), tx)
+                        .open::<super::SotwStream>(request, requests(body), tx)
                         .await
                 }
                 DELTA_PATH => {
                     server
-                        .open_delta(request, requests::<DeltaDiscoveryRequest>(body), tx)
+                        .open::<super::DeltaStream>(request, requests(body), tx)
                         .await
                 }
                 other => Err(Status::unimplemented(format!("no such method: {other}"))),

@@ -222,7 +222,7 @@ struct InFlight {
 }
 
 /// The decisions shared by both protocol variants.
-struct StreamState {
+pub(crate) struct StreamState {
     id: u64,
     node_id: String,
     types: BTreeMap<&'static str, TypeState>,
@@ -390,61 +390,18 @@ impl AdsServer {
         Ok((first, node_id))
     }
 
-    pub(crate) async fn open_sotw(
-        &self,
-        request: Request<()>,
-        requests: Streaming<DiscoveryRequest>,
-        tx: grpc::ResponseSender,
-    ) -> Result<(), Status> {
-        self.open(
-            request,
-            requests,
-            "sotw",
-            |r| r.node.as_ref(),
-            move |state, server, first, requests| async move {
-                SotwStream { state, server, tx }.run(first, requests).await
-            },
-        )
-        .await
-    }
-
-    pub(crate) async fn open_delta(
-        &self,
-        request: Request<()>,
-        requests: Streaming<DeltaDiscoveryRequest>,
-        tx: grpc::ResponseSender,
-    ) -> Result<(), Status> {
-        self.open(
-            request,
-            requests,
-            "delta",
-            |r| r.node.as_ref(),
-            move |state, server, first, requests| async move {
-                DeltaStream { state, server, tx }.run(first, requests).await
-            },
-        )
-        .await
-    }
-
     /// Reads and checks the first request, then runs the stream in its own task, in a span
     /// naming the node and the protocol.
-    async fn open<T, F, Fut>(
+    pub(crate) async fn open<S: ProtocolStream>(
         &self,
         request: Request<()>,
-        mut requests: Streaming<T>,
-        protocol: &'static str,
-        node: impl Fn(&T) -> Option<&Node>,
-        run: F,
-    ) -> Result<(), Status>
-    where
-        T: Send + 'static,
-        F: FnOnce(StreamState, AdsServer, T, Streaming<T>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let (first, node_id) = self.first_request(&request, &mut requests, node).await?;
-        let span = info_span!("ads", node = %node_id, protocol);
-        let server = self.clone();
-        tokio::spawn(run(StreamState::new(node_id), server, first, requests).instrument(span));
+        mut requests: Streaming<S::Request>,
+        tx: grpc::ResponseSender,
+    ) -> Result<(), Status> {
+        let (first, node_id) = self.first_request(&request, &mut requests, S::node).await?;
+        let span = info_span!("ads", node = %node_id, protocol = S::PROTOCOL);
+        let stream = S::new(StreamState::new(node_id), self.clone(), tx);
+        tokio::spawn(run(stream, first, requests).instrument(span));
         Ok(())
     }
 }
@@ -478,32 +435,70 @@ impl Connection {
     }
 }
 
-struct SotwStream {
+/// What differs between the two variants of the protocol; [`run`] is the rest.
+pub(crate) trait ProtocolStream: Send + Sized + 'static {
+    type Request: Send + 'static;
+    /// `sotw` or `delta`, for logs and status.
+    const PROTOCOL: &'static str;
+    fn new(state: StreamState, server: AdsServer, tx: grpc::ResponseSender) -> Self;
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn parts(&self) -> (&AdsServer, &StreamState);
+    fn on_request(&mut self, request: Self::Request, snapshot: Option<&Snapshot>);
+    fn push(
+        &mut self,
+        snapshot: Option<Arc<Snapshot>>,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+}
+
+/// A stream's life: answer the first request, then push the node's snapshot whenever it
+/// changes and take each request, until either side ends.
+async fn run<S: ProtocolStream>(
+    mut stream: S,
+    first: S::Request,
+    mut requests: Streaming<S::Request>,
+) {
+    let (server, state) = stream.parts();
+    let mut connection = Connection::open(server, state, S::PROTOCOL);
+    stream.on_request(first, connection.current().as_deref());
+    loop {
+        if stream.push(connection.current()).await.is_err() {
+            break;
+        }
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => stream.on_request(request, connection.current().as_deref()),
+                Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
+                None => break,
+            },
+            changed = connection.snapshots.changed() => {
+                if changed.is_err() { break; }
+            }
+        }
+    }
+    let (server, state) = stream.parts();
+    Connection::close(server, state);
+}
+
+pub(crate) struct SotwStream {
     state: StreamState,
     server: AdsServer,
     tx: grpc::ResponseSender,
 }
 
-impl SotwStream {
-    async fn run(&mut self, first: DiscoveryRequest, mut requests: Streaming<DiscoveryRequest>) {
-        let mut connection = Connection::open(&self.server, &self.state, "sotw");
-        self.on_request(first, connection.current().as_deref());
-        loop {
-            if self.push(connection.current()).await.is_err() {
-                break;
-            }
-            tokio::select! {
-                request = requests.next() => match request {
-                    Some(Ok(request)) => self.on_request(request, connection.current().as_deref()),
-                    Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
-                    None => break,
-                },
-                changed = connection.snapshots.changed() => {
-                    if changed.is_err() { break; }
-                }
-            }
-        }
-        Connection::close(&self.server, &self.state);
+impl ProtocolStream for SotwStream {
+    type Request = DiscoveryRequest;
+    const PROTOCOL: &'static str = "sotw";
+
+    fn new(state: StreamState, server: AdsServer, tx: grpc::ResponseSender) -> Self {
+        SotwStream { state, server, tx }
+    }
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn parts(&self) -> (&AdsServer, &StreamState) {
+        (&self.server, &self.state)
     }
 
     fn on_request(&mut self, request: DiscoveryRequest, snapshot: Option<&Snapshot>) {
@@ -633,36 +628,26 @@ fn record_push(
     debug!(%node, r#type = snapshot::short_name(type_url), %version, %nonce, bytes, "push");
 }
 
-struct DeltaStream {
+pub(crate) struct DeltaStream {
     state: StreamState,
     server: AdsServer,
     tx: grpc::ResponseSender,
 }
 
-impl DeltaStream {
-    async fn run(
-        &mut self,
-        first: DeltaDiscoveryRequest,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
-    ) {
-        let mut connection = Connection::open(&self.server, &self.state, "delta");
-        self.on_request(first, connection.current().as_deref());
-        loop {
-            if self.push(connection.current()).await.is_err() {
-                break;
-            }
-            tokio::select! {
-                request = requests.next() => match request {
-                    Some(Ok(request)) => self.on_request(request, connection.current().as_deref()),
-                    Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
-                    None => break,
-                },
-                changed = connection.snapshots.changed() => {
-                    if changed.is_err() { break; }
-                }
-            }
-        }
-        Connection::close(&self.server, &self.state);
+impl ProtocolStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const PROTOCOL: &'static str = "delta";
+
+    fn new(state: StreamState, server: AdsServer, tx: grpc::ResponseSender) -> Self {
+        DeltaStream { state, server, tx }
+    }
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn parts(&self) -> (&AdsServer, &StreamState) {
+        (&self.server, &self.state)
     }
 
     fn on_request(&mut self, request: DeltaDiscoveryRequest, snapshot: Option<&Snapshot>) {
