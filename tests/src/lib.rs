@@ -70,6 +70,18 @@ pub fn fault_module() -> PathBuf {
     path
 }
 
+/// Runs `command` to its end; panics with its standard error unless it succeeds.
+pub fn run_ok(command: &mut Command) -> Output {
+    let out = command.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -185,15 +185,10 @@ spec:
 
 /// The `ward-init` script `wardctl inject` puts into the pod's init container.
 fn injected_init_script(pod: &Path) -> String {
-    let out = Command::new(binary("wardctl"))
-        .args(["inject", "-f"])
-        .arg(pod)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = ward_e2e::run_ok(
+        Command::new(binary("wardctl"))
+            .args(["inject", "-f"])
+            .arg(pod),
     );
     let injected = String::from_utf8(out.stdout).unwrap();
     let docs = yaml_rust2::YamlLoader::load_from_str(&injected).unwrap();
@@ -252,19 +247,14 @@ spec:
     let module = wasm_module();
     let credentials = |sa: &str, name: &str| {
         let out_dir = dir.join(format!("{name}-credentials"));
-        let out = Command::new(binary("xds-server"))
-            .args(["certificate", "--identity"])
-            .arg(format!("spiffe://cluster.local/ns/default/sa/{sa}"))
-            .arg("--out")
-            .arg(&out_dir)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        ward_e2e::run_ok(
+            Command::new(binary("xds-server"))
+                .args(["certificate", "--identity"])
+                .arg(format!("spiffe://cluster.local/ns/default/sa/{sa}"))
+                .arg("--out")
+                .arg(&out_dir)
+                .arg("--state-dir")
+                .arg(&state),
         );
         pods.run(&["chown", "-R", "1337:1337", out_dir.to_str().unwrap()]);
         out_dir
@@ -313,31 +303,26 @@ spec:
         let script = injected_init_script(&config.join(format!("{name}.yaml")));
         pods.run(&["ip", "netns", "exec", ns, "sh", "-c", &script]);
         let bootstrap = dir.join(format!("{name}-envoy.json"));
-        let out = Command::new(binary("xds-server"))
-            .arg("pod-bootstrap")
-            .args([
-                "--xds-address",
-                &xds,
-                "--credentials-from",
-                creds.to_str().unwrap(),
-            ])
-            .arg("--wasm-module")
-            .arg(&module)
-            .arg("--out")
-            .arg(&bootstrap)
-            .envs([
-                ("POD_NAME", name),
-                ("POD_NAMESPACE", "default"),
-                ("POD_IP", ip.as_str()),
-                ("SERVICE_ACCOUNT", sa),
-                ("WARD_WORKLOAD", name),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        ward_e2e::run_ok(
+            Command::new(binary("xds-server"))
+                .arg("pod-bootstrap")
+                .args([
+                    "--xds-address",
+                    &xds,
+                    "--credentials-from",
+                    creds.to_str().unwrap(),
+                ])
+                .arg("--wasm-module")
+                .arg(&module)
+                .arg("--out")
+                .arg(&bootstrap)
+                .envs([
+                    ("POD_NAME", name),
+                    ("POD_NAMESPACE", "default"),
+                    ("POD_IP", ip.as_str()),
+                    ("SERVICE_ACCOUNT", sa),
+                    ("WARD_WORKLOAD", name),
+                ]),
         );
         let log = dir.join(format!("{name}-envoy.log"));
         std::fs::File::create(&log).unwrap();

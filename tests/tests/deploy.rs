@@ -33,43 +33,49 @@ fn load(path: &Path) -> Vec<Yaml> {
     YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-#[test]
-fn every_manifest_is_valid_kubernetes() {
+/// `kubernetes-validate --strict` on `files`: (succeeded, its report).
+fn validate(files: &[PathBuf]) -> (bool, String) {
     let tools = workspace_root().join(".ward-tools/kubernetes-validate");
     assert!(
         tools.is_dir(),
         "kubernetes-validate missing: run scripts/setup.sh"
     );
-    let validate = |files: &[PathBuf]| {
-        Command::new("python3")
-            .args([
-                "-m",
-                "kubernetes_validate",
-                "--strict",
-                "-k",
-                KUBERNETES_VERSION,
-            ])
-            .args(files)
-            .env("PYTHONPATH", &tools)
-            .output()
-            .unwrap()
-    };
-    let files = manifests();
-    assert!(files.len() >= 7, "{files:?}");
-    let out = validate(&files);
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "-k",
+            KUBERNETES_VERSION,
+        ])
+        .args(files)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{report}");
-    // Every document was checked, none skipped.
-    let documents: usize = files.iter().map(|f| load(f).len()).sum();
+    (out.status.success(), report)
+}
+
+/// A validation that passed, each of the `documents` checked (none skipped).
+fn assert_all_valid((valid, report): (bool, String), documents: usize) {
+    assert!(valid, "{report}");
     assert_eq!(
         report.matches(" passed for resource ").count(),
         documents,
         "{report}"
     );
+}
+
+#[test]
+fn every_manifest_is_valid_kubernetes() {
+    let files = manifests();
+    assert!(files.len() >= 7, "{files:?}");
+    let documents: usize = files.iter().map(|f| load(f).len()).sum();
+    assert_all_valid(validate(&files), documents);
 
     // A misspelt field is caught: the check is not vacuous.
     let bad = std::env::temp_dir().join(format!("ward-bad-deployment-{}.yaml", std::process::id()));
@@ -80,17 +86,16 @@ fn every_manifest_is_valid_kubernetes() {
             .replace("  replicas: 2", "  replicaz: 2"),
     )
     .unwrap();
-    let out = validate(std::slice::from_ref(&bad));
+    let (valid, report) = validate(std::slice::from_ref(&bad));
     let _ = std::fs::remove_file(&bad);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("'replicaz' was unexpected"));
+    assert!(!valid);
+    assert!(report.contains("'replicaz' was unexpected"), "{report}");
 }
 
 /// `wardctl inject` over every seed manifest with a pod: the output is valid Kubernetes
 /// (strict schema), and injecting it again through standard input changes nothing.
 #[test]
 fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
-    let tools = workspace_root().join(".ward-tools/kubernetes-validate");
     let dir = std::env::temp_dir().join(format!("ward-inject-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut files = Vec::new();
@@ -102,15 +107,10 @@ fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
         "config/aura-lab/aura-api.yaml",
         "config/aura-lab/web-frontend.yaml",
     ] {
-        let out = Command::new(binary("wardctl"))
-            .args(["inject", "-f"])
-            .arg(workspace_root().join(seed))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = ward_e2e::run_ok(
+            Command::new(binary("wardctl"))
+                .args(["inject", "-f"])
+                .arg(workspace_root().join(seed)),
         );
         let injected = String::from_utf8(out.stdout).unwrap();
         assert!(injected.contains("name: ward-proxy"), "{seed}: {injected}");
@@ -138,30 +138,9 @@ fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
         documents += YamlLoader::load_from_str(&injected).unwrap().len();
         files.push(file);
     }
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "-k",
-            KUBERNETES_VERSION,
-        ])
-        .args(&files)
-        .env("PYTHONPATH", &tools)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let result = validate(&files);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "{report}");
-    assert_eq!(
-        report.matches(" passed for resource ").count(),
-        documents,
-        "{report}"
-    );
+    assert_all_valid(result, documents);
 }
 
 #[test]
@@ -251,17 +230,12 @@ fn the_deployments_command_line_starts_xds_server_with_the_configmap_mesh() {
     }
     // The `cacerts` Secret: an intermediate in Istio's layout, signed by another xds-server.
     let (ca_path, ca_dir) = mount("cacerts");
-    let out = Command::new(binary("xds-server"))
-        .args(["ca-intermediate", "--name", "deploy-test", "--out"])
-        .arg(&ca_dir)
-        .arg("--state-dir")
-        .arg(root.join("root-ca"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    ward_e2e::run_ok(
+        Command::new(binary("xds-server"))
+            .args(["ca-intermediate", "--name", "deploy-test", "--out"])
+            .arg(&ca_dir)
+            .arg("--state-dir")
+            .arg(root.join("root-ca")),
     );
     for file in [
         "ca-cert.pem",

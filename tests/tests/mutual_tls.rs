@@ -605,15 +605,7 @@ fn strict_sidecars_refuse_certificates_from_another_ca_and_expired_ones() {
 fn plugged_in_intermediates_under_one_root_trust_each_other() {
     let root = std::env::temp_dir().join(format!("ward-e2e-root-{}", ward_e2e::free_port()));
     let xds_server = |args: &[&str]| {
-        let out = std::process::Command::new(ward_e2e::binary("xds-server"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ward_e2e::run_ok(std::process::Command::new(ward_e2e::binary("xds-server")).args(args));
     };
     let root_state = root.join("root-ca");
     let (cluster1, cluster2) = (root.join("cluster1"), root.join("cluster2"));
@@ -644,8 +636,8 @@ fn plugged_in_intermediates_under_one_root_trust_each_other() {
     // A workload of the other cluster (its certificate signed by cluster2's intermediate,
     // with that intermediate in its chain) is accepted by cluster1's STRICT sidecar...
     let client = root.join("client2");
-    let out = std::process::Command::new(ward_e2e::binary("xds-server"))
-        .args([
+    ward_e2e::run_ok(
+        std::process::Command::new(ward_e2e::binary("xds-server")).args([
             "certificate",
             "--identity",
             "spiffe://cluster.local/ns/default/sa/remote-client",
@@ -653,13 +645,7 @@ fn plugged_in_intermediates_under_one_root_trust_each_other() {
             cluster2.to_str().unwrap(),
             "--out",
             client.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
     );
     assert_eq!(
         curl_with_certificate(&address, &client),
