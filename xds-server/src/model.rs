@@ -618,25 +618,22 @@ impl Mesh {
 
     /// The `jwksUri`s the keys of `issuer` are fetched from.
     pub fn jwks_uris_of(&self, issuer: &str) -> Vec<String> {
-        let mut uris: Vec<String> = self
-            .request_authentications
-            .iter()
-            .flat_map(|r| r.rules.iter())
-            .filter(|rule| rule.issuer == issuer && rule.jwks.is_none())
-            .filter_map(|rule| rule.jwks_uri.clone())
-            .collect();
-        uris.sort();
-        uris.dedup();
-        uris
+        self.fetched_jwks_uris(|i| i == issuer)
     }
 
     /// Every `jwksUri` the mesh names.
     pub fn jwks_uris(&self) -> Vec<String> {
+        self.fetched_jwks_uris(|_| true)
+    }
+
+    /// The `jwksUri`s (sorted, once each) of the rules without inline keys whose issuer
+    /// `wanted` accepts.
+    fn fetched_jwks_uris(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         let mut uris: Vec<String> = self
             .request_authentications
             .iter()
             .flat_map(|r| r.rules.iter())
-            .filter(|rule| rule.jwks.is_none())
+            .filter(|rule| rule.jwks.is_none() && wanted(&rule.issuer))
             .filter_map(|rule| rule.jwks_uri.clone())
             .collect();
         uris.sort();

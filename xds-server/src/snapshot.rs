@@ -54,9 +54,10 @@ pub struct Resource {
     any_start: usize,
 }
 
+/// The entry holds the name, the version and the `Any`: equal bytes, equal resources.
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.version == other.version && self.any() == other.any()
+        self.delta_entry == other.delta_entry
     }
 }
 

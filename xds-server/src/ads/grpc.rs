@@ -125,7 +125,6 @@ impl EncodedMessage {
 
     fn finish(mut self) -> Self {
         self.flush_small();
-        self.small = Vec::new();
         self
     }
 
