@@ -143,6 +143,33 @@ fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
     assert_all_valid(result, documents);
 }
 
+/// A manifest `wardctl inject` cannot handle: it says where and why, writes nothing on
+/// standard output, and exits non-zero.
+#[test]
+fn inject_names_the_file_line_and_field_of_a_bad_annotation() {
+    let bad = std::env::temp_dir().join(format!("ward-bad-pod-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    traffic.sidecar.istio.io/excludeOutboundPorts: \"5432,db\"\nspec:\n  containers:\n  - name: web\n    image: nginx\n",
+    )
+    .unwrap();
+    let out = Command::new(binary("wardctl"))
+        .args(["inject", "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: {}:6:52: metadata.annotations: annotation traffic.sidecar.istio.io/excludeOutboundPorts: `db` is not a port (1-65535)\n",
+            bad.display()
+        )
+    );
+}
+
 #[test]
 fn the_kustomization_names_every_manifest() {
     let kustomization = &load(&manifests_dir().join("kustomization.yaml"))[0];

@@ -334,11 +334,13 @@ impl Doc<'_> {
             ))));
         }
         let capture = capture::CaptureOptions::from_annotations(&annotations).map_err(|e| {
-            self.error(
-                metadata.map_or(template.position, |m| m.position),
-                &format!("{prefix}metadata.annotations"),
-                e.to_string(),
-            )
+            // At the annotation's own value.
+            let at = metadata
+                .and_then(|m| get(m, "annotations"))
+                .and_then(|a| get(a, &e.annotation))
+                .or(metadata)
+                .map_or(template.position, |n| n.position);
+            self.error(at, &format!("{prefix}metadata.annotations"), e.to_string())
         })?;
         let service_account = text_of(spec, "serviceAccountName")
             .or_else(|| text_of(spec, "serviceAccount"))
