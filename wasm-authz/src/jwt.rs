@@ -3,9 +3,12 @@
 //!
 //! - No token: authentication passes with no request principal (an AuthorizationPolicy that
 //!   requires one denies later, with 403).
-//! - A token that is malformed, badly signed, expired, not yet valid, from an issuer no rule
-//!   names, for the wrong audience, or with a `kid` the JWKS lacks: 401, with Envoy
+//! - A token that is malformed, badly signed, expired, not yet valid (`exp` and `nbf` are
+//!   numbers, a float counting by its value; any other type is refused), from an issuer no
+//!   rule names, for the wrong audience, or with a `kid` the JWKS lacks: 401, with Envoy
 //!   `jwt_authn`'s message (what Istio users see).
+//! - Tokens are looked for in the rules' headers, query parameters and cookies, or in
+//!   `Authorization: Bearer` and `access_token` for a rule that names none.
 //! - More than one token: 401.
 //! - `alg: none` and HMAC algorithms are refused: the keys are public, and accepting HS256
 //!   with a public RSA key as the secret is the classic algorithm-confusion attack.
@@ -46,6 +49,10 @@ pub struct JwtRule {
     /// Query parameters holding the token; default `access_token`.
     #[serde(default)]
     pub from_params: Vec<String>,
+    /// Cookies holding the token. Like Envoy's `jwt_authn`, the cookie stays in the request
+    /// (`forwardOriginalToken` does not apply to it).
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
     /// Keep the token for the app; by default (as in Istio) the header is removed once the
     /// token is verified.
     #[serde(default)]
@@ -59,9 +66,15 @@ pub struct JwtRule {
 }
 
 impl JwtRule {
+    /// Whether the rule names no location, so its tokens are in `Authorization: Bearer`
+    /// or `access_token` (Envoy's default).
+    pub fn default_locations(&self) -> bool {
+        self.from_headers.is_empty() && self.from_params.is_empty() && self.from_cookies.is_empty()
+    }
+
     /// Headers that carry this rule's tokens, lower case.
     pub fn token_headers(&self) -> Vec<String> {
-        if self.from_headers.is_empty() && self.from_params.is_empty() {
+        if self.default_locations() {
             return vec!["authorization".to_string()];
         }
         self.from_headers
@@ -98,6 +111,9 @@ pub enum JwtError {
     BadSignature,
     Expired,
     NotYetValid,
+    /// `exp`, `nbf` or `iat` is present but not a number (Envoy refuses the token rather
+    /// than ignore the claim).
+    TimeNotNumeric(&'static str),
     WrongAudience,
     MultipleTokens,
     /// The configured JWKS cannot be used.
@@ -122,6 +138,9 @@ impl fmt::Display for JwtError {
             JwtError::BadSignature => f.write_str("Jwt verification fails"),
             JwtError::Expired => f.write_str("Jwt is expired"),
             JwtError::NotYetValid => f.write_str("Jwt not yet valid"),
+            JwtError::TimeNotNumeric(claim) => {
+                write!(f, "Jwt payload [{claim}] field is not an integer")
+            }
             JwtError::WrongAudience => f.write_str("Audiences in Jwt are not allowed"),
             JwtError::MultipleTokens => f.write_str("Jwt is duplicated: more than one token"),
             JwtError::BadJwks(why) => write!(f, "Jwks is invalid: {why}"),
@@ -228,6 +247,22 @@ struct Jwk {
 #[derive(Debug, Deserialize)]
 struct Jwks {
     keys: Vec<Jwk>,
+}
+
+/// A time claim (`exp`, `nbf`, `iat`) in Unix seconds: absent is `None`; any JSON number counts
+/// by its value (`1.7e9` too; a fraction is truncated, as Envoy's `jwt_authn` does); anything
+/// else refuses the token, since ignoring a string `exp` would make the token never expire.
+fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        // `as` saturates, so 1e300 is i64::MAX rather than a wrap.
+        Some(Value::Number(n)) => Ok(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))),
+        Some(_) => Err(JwtError::TimeNotNumeric(name)),
+    }
+}
+
+fn is_expired(exp: Option<i64>, now: i64) -> bool {
+    exp.is_some_and(|exp| now > exp.saturating_add(CLOCK_SKEW_SECONDS))
 }
 
 fn decode_part(part: &str) -> Option<Vec<u8>> {
@@ -344,6 +379,10 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
         "EdDSA" => "OKP",
         _ => return Err(JwtError::UnsupportedAlgorithm(header.alg)),
     };
+    // Checked while parsing, before the signature, in jwt_authn's order (iat, nbf, exp).
+    time_claim(&claims, "iat")?;
+    let nbf = time_claim(&claims, "nbf")?;
+    let exp = time_claim(&claims, "exp")?;
     let issuer = claims
         .get("iss")
         .and_then(Value::as_str)
@@ -384,11 +423,10 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
     if !verified {
         return Err(JwtError::BadSignature);
     }
-    let time = |name: &str| claims.get(name).and_then(Value::as_i64);
-    if time("exp").is_some_and(|exp| now > exp + CLOCK_SKEW_SECONDS) {
+    if is_expired(exp, now) {
         return Err(JwtError::Expired);
     }
-    if time("nbf").is_some_and(|nbf| now + CLOCK_SKEW_SECONDS < nbf) {
+    if nbf.is_some_and(|nbf| now.saturating_add(CLOCK_SKEW_SECONDS) < nbf) {
         return Err(JwtError::NotYetValid);
     }
     if !rule.audiences.is_empty() {
@@ -428,13 +466,14 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
 }
 
 /// The tokens a request carries where the rules look: the configured headers (prefix
-/// stripped) and query parameters, or `Authorization: Bearer` and `access_token` when a rule
-/// names neither.
+/// stripped), query parameters and cookies, or `Authorization: Bearer` and `access_token`
+/// for a rule that names none.
 pub fn extract_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &str) -> Vec<String> {
     let mut locations_h: Vec<(String, String)> = Vec::new();
     let mut locations_p: Vec<String> = Vec::new();
+    let mut locations_c: Vec<String> = Vec::new();
     for rule in rules {
-        if rule.from_headers.is_empty() && rule.from_params.is_empty() {
+        if rule.default_locations() {
             locations_h.push(("authorization".into(), "Bearer ".into()));
             locations_p.push("access_token".into());
         }
@@ -444,11 +483,14 @@ pub fn extract_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &st
                 .map(|(h, p)| (h.to_ascii_lowercase(), p.clone())),
         );
         locations_p.extend(rule.from_params.iter().cloned());
+        locations_c.extend(rule.from_cookies.iter().cloned());
     }
     locations_h.sort();
     locations_h.dedup();
     locations_p.sort();
     locations_p.dedup();
+    locations_c.sort();
+    locations_c.dedup();
     let mut tokens = Vec::new();
     for (name, value) in headers {
         for (header, prefix) in &locations_h {
@@ -467,8 +509,38 @@ pub fn extract_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &st
             }
         }
     }
+    if !locations_c.is_empty() {
+        let cookies = cookies(headers);
+        for name in &locations_c {
+            // The first cookie of that name counts, as in Envoy's cookie parser.
+            if let Some((_, value)) = cookies.iter().find(|(k, _)| k == name) {
+                if !value.is_empty() {
+                    tokens.push(value.to_string());
+                }
+            }
+        }
+    }
     tokens.dedup();
     tokens
+}
+
+/// The `name=value` pairs of every `Cookie` header, in order; a value in double quotes is
+/// unquoted (RFC 6265's cookie-value).
+fn cookies(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, value)| value.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((name.trim(), value))
+        })
+        .collect()
 }
 
 /// Istio's request authentication for one request: Ok(None) without a token, Ok(Some) with
@@ -510,12 +582,9 @@ impl VerifiedCache {
     fn get(&self, token: &str, now: i64) -> Option<VerifiedJwt> {
         let mut entries = self.entries.lock().ok()?;
         let verified = entries.get(token)?;
-        let expired = verified
-            .claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .is_some_and(|exp| now > exp + CLOCK_SKEW_SECONDS);
-        if expired {
+        // `verify` accepted the claims, so a present `exp` is a number.
+        let exp = time_claim(&verified.claims, "exp").ok().flatten();
+        if is_expired(exp, now) {
             entries.remove(token);
             return None;
         }

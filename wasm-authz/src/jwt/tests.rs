@@ -29,6 +29,7 @@ fn rule(audiences: &[&str]) -> JwtRule {
         jwks: read("jwks.json"),
         from_headers: vec![],
         from_params: vec![],
+        from_cookies: vec![],
         forward_original_token: false,
         output_payload_to_header: None,
         output_claim_to_headers: vec![],
@@ -43,6 +44,7 @@ fn test_issuer_rule(n: u8) -> JwtRule {
         jwks: read("test-issuers/jwks.json"),
         from_headers: vec![],
         from_params: vec![],
+        from_cookies: vec![],
         forward_original_token: false,
         output_payload_to_header: None,
         output_claim_to_headers: vec![],
@@ -63,16 +65,84 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+fn istio_key() -> rsa::RsaPrivateKey {
+    rsa::RsaPrivateKey::from_pkcs1_pem(&read("key.pem")).unwrap()
+}
+
 /// A token signed with Istio's published test key (`key.pem`, the key of `jwks.json`).
 fn mint(header: serde_json::Value, payload: serde_json::Value) -> String {
-    let key = rsa::RsaPrivateKey::from_pkcs1_pem(&read("key.pem")).unwrap();
-    let signing = rsa::pkcs1v15::SigningKey::<Sha256>::new(key);
+    mint_rsa("RS256", &istio_key(), header, payload)
+}
+
+/// Deterministic randomness for PSS salts and a second RSA key: these need no secrecy, and
+/// a test should not depend on the OS's entropy (splitmix64).
+struct TestRng(u64);
+
+impl rsa::rand_core::RngCore for TestRng {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes()[..chunk.len()]);
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rsa::rand_core::CryptoRng for TestRng {}
+
+/// A token signed by `key` with the RSA algorithm `alg` (RS* is PKCS#1 v1.5, PS* is PSS with
+/// a salt as long as the hash, as JWS specifies).
+fn mint_rsa(
+    alg: &str,
+    key: &rsa::RsaPrivateKey,
+    header: serde_json::Value,
+    payload: serde_json::Value,
+) -> String {
+    use rsa::signature::RandomizedSigner;
     let message = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
         b64(payload.to_string().as_bytes())
     );
-    let signature = signing.sign(message.as_bytes()).to_bytes();
+    let key = key.clone();
+    let bytes = message.as_bytes();
+    let rng = &mut TestRng(1);
+    let signature = match alg {
+        "RS256" => rsa::pkcs1v15::SigningKey::<Sha256>::new(key)
+            .sign(bytes)
+            .to_vec(),
+        "RS384" => rsa::pkcs1v15::SigningKey::<Sha384>::new(key)
+            .sign(bytes)
+            .to_vec(),
+        "RS512" => rsa::pkcs1v15::SigningKey::<Sha512>::new(key)
+            .sign(bytes)
+            .to_vec(),
+        "PS256" => rsa::pss::SigningKey::<Sha256>::new(key)
+            .sign_with_rng(rng, bytes)
+            .to_vec(),
+        "PS384" => rsa::pss::SigningKey::<Sha384>::new(key)
+            .sign_with_rng(rng, bytes)
+            .to_vec(),
+        "PS512" => rsa::pss::SigningKey::<Sha512>::new(key)
+            .sign_with_rng(rng, bytes)
+            .to_vec(),
+        _ => panic!("not an RSA algorithm: {alg}"),
+    };
     format!("{message}.{}", b64(&signature))
 }
 
@@ -452,4 +522,393 @@ fn an_unknown_kid_from_a_fetched_jwks_asks_for_a_refresh() {
     );
     let decision = engine(Some("http://keys.example/jwks.json")).decide(&input(&expired));
     assert_eq!(decision.refresh_keys, None);
+}
+
+#[test]
+fn every_rsa_algorithm_is_verified_and_forgeries_are_refused() {
+    let rules = [rule(&[])];
+    // Another 2048-bit key, signing under the kid of Istio's key.
+    let other = rsa::RsaPrivateKey::new(&mut TestRng(7), 2048).unwrap();
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        let header = json!({"alg": alg, "kid": KID, "typ": "JWT"});
+        let token = mint_rsa(alg, &istio_key(), header.clone(), claims(json!({})));
+        assert_eq!(
+            verify(&token, &rules, NOW).map(|v| v.subject),
+            Ok("alice".to_string()),
+            "{alg}"
+        );
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        parts[1] = b64(claims(json!({"sub": "mallory"})).to_string().as_bytes());
+        assert_eq!(
+            verify(&parts.join("."), &rules, NOW),
+            Err(JwtError::BadSignature),
+            "{alg}: payload changed under the signature"
+        );
+        let forged = mint_rsa(alg, &other, header, claims(json!({})));
+        assert_eq!(
+            verify(&forged, &rules, NOW),
+            Err(JwtError::BadSignature),
+            "{alg}: signed by another key"
+        );
+    }
+    // The header's `alg` decides the scheme: a PSS signature under `alg: RS256` is refused.
+    let ps = mint_rsa("PS256", &istio_key(), valid_header(), claims(json!({})));
+    assert_eq!(verify(&ps, &rules, NOW), Err(JwtError::BadSignature));
+}
+
+#[test]
+fn nbf_is_accepted_within_the_skew_and_refused_beyond_it() {
+    let rules = [rule(&[])];
+    let soon = mint(valid_header(), claims(json!({"nbf": NOW + 59})));
+    assert!(verify(&soon, &rules, NOW).is_ok());
+    let edge = mint(valid_header(), claims(json!({"nbf": NOW + 60})));
+    assert!(verify(&edge, &rules, NOW).is_ok());
+    let later = mint(valid_header(), claims(json!({"nbf": NOW + 61})));
+    assert_eq!(verify(&later, &rules, NOW), Err(JwtError::NotYetValid));
+    // The same token is valid once the clock catches up.
+    assert!(verify(&later, &rules, NOW + 1).is_ok());
+}
+
+/// `exp` and `nbf` written as floats count by their value; a string (or any non-number) is
+/// refused rather than ignored, which would make the token never expire.
+#[test]
+fn time_claims_must_be_numbers_and_count_by_value() {
+    let rules = [rule(&[])];
+    let token = |extra: serde_json::Value| mint(valid_header(), claims(extra));
+    // 1.7e9 is 2023-11: long expired at NOW.
+    assert_eq!(
+        verify(&token(json!({"exp": 1.7e9})), &rules, NOW),
+        Err(JwtError::Expired)
+    );
+    let float_exp = token(json!({"exp": (NOW + 100) as f64 + 0.5}));
+    assert!(verify(&float_exp, &rules, NOW).is_ok());
+    assert_eq!(
+        verify(&float_exp, &rules, NOW + 161),
+        Err(JwtError::Expired)
+    );
+    assert_eq!(
+        verify(&token(json!({"nbf": (NOW + 61) as f64})), &rules, NOW),
+        Err(JwtError::NotYetValid)
+    );
+    // Huge values neither overflow nor wrap.
+    assert!(verify(&token(json!({"exp": 1e300})), &rules, NOW).is_ok());
+    assert_eq!(
+        verify(&token(json!({"nbf": 1e300})), &rules, NOW),
+        Err(JwtError::NotYetValid)
+    );
+    assert_eq!(
+        verify(&token(json!({"exp": -1})), &rules, NOW),
+        Err(JwtError::Expired)
+    );
+    for (claim, value) in [
+        ("exp", json!("4102444800")),
+        ("exp", json!(null)),
+        ("exp", json!([NOW + 100])),
+        ("nbf", json!("0")),
+        ("iat", json!({"at": NOW})),
+    ] {
+        let bad = token(json!({ claim: value }));
+        let error = verify(&bad, &rules, NOW).unwrap_err();
+        assert_eq!(error, JwtError::TimeNotNumeric(claim), "{claim}: {value}");
+        assert_eq!(
+            error.to_string(),
+            format!("Jwt payload [{claim}] field is not an integer")
+        );
+    }
+
+    // The verified-token cache honours a float `exp` too.
+    let cache = VerifiedCache::new(2);
+    let headers = vec![("authorization".to_string(), format!("Bearer {float_exp}"))];
+    assert!(authenticate_cached(&rules, &headers, "/", NOW, Some(&cache)).is_ok());
+    assert_eq!(cache.len(), 1);
+    assert!(authenticate_cached(&rules, &headers, "/", NOW + 160, Some(&cache)).is_ok());
+    assert_eq!(
+        authenticate_cached(&rules, &headers, "/", NOW + 161, Some(&cache)),
+        Err(JwtError::Expired)
+    );
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn tokens_come_from_the_configured_cookies() {
+    let token = mint(valid_header(), claims(json!({})));
+    let other = mint(valid_header(), claims(json!({"sub": "bob"})));
+    let rules = [JwtRule {
+        from_cookies: vec!["session".into(), "jwt".into()],
+        ..rule(&[])
+    }];
+    let cookie = |value: String| vec![("Cookie".to_string(), value)];
+    let subject = |headers: &[(String, String)]| {
+        authenticate(&rules, headers, "/", NOW).map(|t| t.map(|t| t.subject))
+    };
+    assert_eq!(
+        subject(&cookie(format!("theme=dark; session={token}; lang=it"))),
+        Ok(Some("alice".into()))
+    );
+    assert_eq!(
+        subject(&cookie(format!("jwt=\"{token}\""))),
+        Ok(Some("alice".into())),
+        "a quoted cookie value"
+    );
+    // Another cookie name, or an empty value: no token.
+    assert_eq!(subject(&cookie(format!("sessionid={token}"))), Ok(None));
+    assert_eq!(subject(&cookie("session=".into())), Ok(None));
+    // A rule with only cookies does not read the default locations.
+    let bearer = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    assert_eq!(subject(&bearer), Ok(None));
+    assert_eq!(
+        authenticate(&rules, &[], &format!("/?access_token={token}"), NOW),
+        Ok(None)
+    );
+    // The first cookie of a name counts; two names with different tokens are two tokens.
+    let two_headers = vec![
+        ("cookie".to_string(), format!("session={other}")),
+        ("cookie".to_string(), format!("session={token}")),
+    ];
+    assert_eq!(subject(&two_headers), Ok(Some("bob".into())));
+    assert_eq!(
+        subject(&cookie(format!("session={token}; jwt={other}"))),
+        Err(JwtError::MultipleTokens)
+    );
+    // A bad token in a cookie is refused like one in a header.
+    assert_eq!(
+        subject(&cookie("session=x.y.z".into())),
+        Err(JwtError::BadHeader)
+    );
+    // Cookies and the default header, from two rules: a token in each is two tokens.
+    let both = [rules[0].clone(), test_issuer_rule(1)];
+    let mut headers = cookie(format!("session={token}"));
+    headers.push(("authorization".into(), format!("Bearer {other}")));
+    assert_eq!(
+        authenticate(&both, &headers, "/", NOW),
+        Err(JwtError::MultipleTokens)
+    );
+    // Like Envoy, the cookie is not removed from the request once verified (it may hold
+    // other cookies); the token header of a default rule is.
+    assert!(rules[0].token_headers().is_empty());
+    assert_eq!(test_issuer_rule(1).token_headers(), ["authorization"]);
+}
+
+/// The engine's cache of verified tokens (4,096) is cleared when full: it never grows past
+/// its bound, and every token still gets its own claims. Ed25519 tokens, so that minting
+/// and verifying 4,097 of them takes a moment.
+#[test]
+fn the_verified_token_cache_stays_bounded_and_correct_past_its_bound() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
+        "x": b64(key.verifying_key().as_bytes())}]});
+    let rules = [JwtRule {
+        jwks: jwks.to_string(),
+        ..rule(&[])
+    }];
+    // The same issuer with no keys: a token passes only if the cache holds it, so this
+    // tells what the cache remembers.
+    let keyless = [JwtRule {
+        jwks: r#"{"keys":[]}"#.into(),
+        ..rule(&[])
+    }];
+    let mint_ed = |i: usize| {
+        let message = format!(
+            "{}.{}",
+            b64(br#"{"alg":"EdDSA"}"#),
+            b64(claims(json!({"sub": format!("user-{i}")}))
+                .to_string()
+                .as_bytes())
+        );
+        let signature = ed25519_dalek::Signer::sign(&key, message.as_bytes());
+        vec![(
+            "authorization".to_string(),
+            format!("Bearer {message}.{}", b64(&signature.to_bytes())),
+        )]
+    };
+    let capacity = crate::VERIFIED_TOKENS;
+    let cache = VerifiedCache::new(capacity);
+    let subject = |rules: &[JwtRule], headers: &[(String, String)]| {
+        authenticate_cached(rules, headers, "/", NOW, Some(&cache)).map(|t| t.unwrap().subject)
+    };
+    let first = mint_ed(0);
+    for i in 0..capacity {
+        assert_eq!(subject(&rules, &mint_ed(i)), Ok(format!("user-{i}")));
+    }
+    assert_eq!(cache.len(), capacity);
+    assert_eq!(subject(&keyless, &first), Ok("user-0".into()), "cached");
+
+    // One more: the cache is cleared rather than grown, and holds the newest token only.
+    let newest = mint_ed(capacity);
+    assert_eq!(subject(&rules, &newest), Ok(format!("user-{capacity}")));
+    assert_eq!(cache.len(), 1);
+    assert_eq!(
+        subject(&keyless, &newest),
+        Ok(format!("user-{capacity}")),
+        "cached"
+    );
+    assert!(
+        matches!(subject(&keyless, &first), Err(JwtError::UnknownKid { .. })),
+        "no longer cached"
+    );
+    // Verified again from scratch, with its own claims, and cached again.
+    assert_eq!(subject(&rules, &first), Ok("user-0".into()));
+    assert_eq!(cache.len(), 2);
+    // Another round past the bound never exceeds it.
+    for i in 1..=capacity {
+        assert_eq!(subject(&rules, &mint_ed(i)), Ok(format!("user-{i}")));
+        assert!(cache.len() <= capacity);
+    }
+}
+
+/// The engine with Istio's test issuers 1 and 2 and one AuthorizationPolicy (as the control
+/// plane sends it): the status each request gets, by test-issuer token name ("" for none).
+fn statuses(policy: serde_json::Value, tokens: &[&str]) -> Vec<u32> {
+    let engine = crate::Engine::new(crate::FilterConfig {
+        workload: "httpbin".into(),
+        namespace: "foo".into(),
+        identity: "spiffe://cluster.local/ns/foo/sa/httpbin".into(),
+        version: "1".into(),
+        authorization: Some(crate::AuthorizationConfig {
+            policies: vec![serde_json::from_value(policy).unwrap()],
+            jwt_rules: vec![test_issuer_rule(1), test_issuer_rule(2)],
+            cache_tokens: true,
+            key_refresh_cluster: None,
+        }),
+        outbound: None,
+    });
+    tokens
+        .iter()
+        .map(|name| {
+            let mut headers = vec![
+                (":method".to_string(), "GET".to_string()),
+                (":path".to_string(), "/headers".to_string()),
+            ];
+            if !name.is_empty() {
+                headers.push((
+                    "authorization".into(),
+                    format!("Bearer {}", test_token(name)),
+                ));
+            }
+            let input = crate::HttpInput {
+                headers,
+                now: NOW,
+                ..Default::default()
+            };
+            match engine.decide(&input).verdict {
+                crate::Verdict::Allow => 200,
+                crate::Verdict::Deny { status, .. } => status,
+            }
+        })
+        .collect()
+}
+
+/// An ALLOW policy with one rule of one `when` condition.
+fn allow_when(key: &str, values: &[&str], not_values: &[&str]) -> serde_json::Value {
+    json!({"name": "p", "namespace": "foo", "action": "ALLOW", "rules": [{"when": [
+        {"key": key, "values": values, "notValues": not_values}]}]})
+}
+
+#[test]
+fn when_conditions_on_the_principal_audiences_and_presenter() {
+    let tokens = ["TokenIssuer1", "TokenIssuer2", "", "TokenExpired"];
+    let principal = allow_when(
+        "request.auth.principal",
+        &["test-issuer-1@istio.io/sub-1"],
+        &[],
+    );
+    assert_eq!(statuses(principal, &tokens), [200, 403, 403, 401]);
+    let not_issuer2 = allow_when("request.auth.principal", &[], &["test-issuer-2@istio.io/*"]);
+    assert_eq!(statuses(not_issuer2, &tokens[..2]), [200, 403]);
+
+    // `aud: "foo"`, `aud: ["foo", "buzz"]`, no `aud`.
+    let tokens = [
+        "TokenIssuer1WithAud",
+        "TokenIssuer1WithAudList",
+        "TokenIssuer1",
+        "",
+    ];
+    let foo = allow_when("request.auth.audiences", &["foo"], &[]);
+    assert_eq!(statuses(foo, &tokens), [200, 200, 403, 403]);
+    let buzz = allow_when("request.auth.audiences", &["buzz"], &[]);
+    assert_eq!(statuses(buzz, &tokens), [403, 200, 403, 403]);
+    let not_buzz = allow_when("request.auth.audiences", &[], &["buzz"]);
+    assert_eq!(statuses(not_buzz, &tokens), [200, 403, 200, 200]);
+
+    // `azp: "bar"`.
+    let tokens = ["TokenIssuer1WithAzp", "TokenIssuer1"];
+    let bar = allow_when("request.auth.presenter", &["bar"], &[]);
+    assert_eq!(statuses(bar, &tokens), [200, 403]);
+    let glob = allow_when("request.auth.presenter", &["b*"], &[]);
+    assert_eq!(statuses(glob, &tokens), [200, 403]);
+}
+
+#[test]
+fn not_request_principals_in_allow_and_deny_policies() {
+    let tokens = ["TokenIssuer1", "TokenIssuer2", ""];
+    let policy = |action: &str, not: &[&str]| {
+        json!({"name": "p", "namespace": "foo", "action": action,
+            "rules": [{"from": [{"notRequestPrincipals": not}]}]})
+    };
+    // ALLOW anyone but issuer 2: no principal is not issuer 2's.
+    assert_eq!(
+        statuses(policy("ALLOW", &["test-issuer-2@istio.io/*"]), &tokens),
+        [200, 403, 200]
+    );
+    // Istio's "require a JWT": DENY when there is no request principal.
+    assert_eq!(statuses(policy("DENY", &["*"]), &tokens), [200, 200, 403]);
+    // Both fields: any principal but sub-2's.
+    let both = json!({"name": "p", "namespace": "foo", "action": "ALLOW",
+        "rules": [{"from": [{"requestPrincipals": ["*"],
+            "notRequestPrincipals": ["*/sub-2"]}]}]});
+    assert_eq!(statuses(both, &tokens), [200, 403, 403]);
+}
+
+#[test]
+fn when_conditions_on_nested_and_space_delimited_claims() {
+    // nested.key1 = [valueA, valueB], nested.nested-2.key1 likewise; the second token has
+    // key2 = valueC at both levels.
+    let tokens = [
+        "TokenIssuer1WithNestedClaims1",
+        "TokenIssuer1WithNestedClaims2",
+        "TokenIssuer1",
+    ];
+    let key1 = allow_when("request.auth.claims[nested][key1]", &["valueA"], &[]);
+    assert_eq!(statuses(key1, &tokens), [200, 403, 403]);
+    let deep = allow_when(
+        "request.auth.claims[nested][nested-2][key2]",
+        &["valueC"],
+        &[],
+    );
+    assert_eq!(statuses(deep, &tokens), [403, 200, 403]);
+    let not_b = allow_when("request.auth.claims[nested][key1]", &[], &["valueB"]);
+    assert_eq!(statuses(not_b, &tokens), [403, 200, 200]);
+    // An object is not a value: `nested` alone matches nothing.
+    let object = allow_when("request.auth.claims[nested]", &["*"], &[]);
+    assert_eq!(statuses(object, &tokens), [403, 403, 403]);
+    // A claim name with `/`, `@` and `.` inside the brackets.
+    let collision = allow_when(
+        "request.auth.claims[test-issuer-1@istio.io/nested][nested-2][key1]",
+        &["valueC"],
+        &[],
+    );
+    assert_eq!(
+        statuses(
+            collision,
+            &["TokenIssuer1WithCollisionResistantName", "TokenIssuer1"]
+        ),
+        [200, 403]
+    );
+
+    // `scope: "write read"` and `permission: "read write"` are lists of their words.
+    let tokens = [
+        "TokenIssuer2WithSpaceDelimitedScope",
+        "TokenIssuer2WithSpaceDelimitedPermission",
+        "TokenIssuer2",
+    ];
+    let read = allow_when("request.auth.claims[scope]", &["read"], &[]);
+    assert_eq!(statuses(read, &tokens), [200, 403, 403]);
+    let whole = allow_when("request.auth.claims[scope]", &["write read"], &[]);
+    assert_eq!(statuses(whole, &tokens), [403, 403, 403]);
+    let admin = allow_when("request.auth.claims[scope]", &["admin"], &[]);
+    assert_eq!(statuses(admin, &tokens), [403, 403, 403]);
+    let write = allow_when("request.auth.claims[permission]", &["write"], &[]);
+    assert_eq!(statuses(write, &tokens), [403, 200, 403]);
+    let not_write = allow_when("request.auth.claims[scope]", &[], &["write"]);
+    assert_eq!(statuses(not_write, &tokens), [403, 200, 200]);
 }
