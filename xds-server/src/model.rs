@@ -608,6 +608,7 @@ impl Mesh {
                     .unwrap_or_else(|| r#"{"keys":[]}"#.to_string()),
                 from_headers: rule.from_headers.clone(),
                 from_params: rule.from_params.clone(),
+                from_cookies: rule.from_cookies.clone(),
                 forward_original_token: rule.forward_original_token,
                 output_payload_to_header: rule.output_payload_to_header.clone(),
                 output_claim_to_headers: rule.output_claim_to_headers.clone(),

@@ -527,6 +527,8 @@ pub struct JwtRuleSpec {
     pub jwks_uri: Option<String>,
     pub from_headers: Vec<(String, String)>,
     pub from_params: Vec<String>,
+    /// Cookie names holding the token.
+    pub from_cookies: Vec<String>,
     pub forward_original_token: bool,
     pub output_payload_to_header: Option<String>,
     /// `(header, claim)`.
@@ -584,6 +586,22 @@ fn decode_jwt_rule(object: &Object, report: &mut Report) -> Option<JwtRuleSpec> 
         }
     }
     let from_params = object.string_list("fromParams", report);
+    let mut from_cookies = Vec::new();
+    for (path, node) in object.list("fromCookies", report) {
+        let Some(name) = super::decode::string(node, &path, report) else {
+            continue;
+        };
+        // A name with a separator can never match a cookie: refused rather than ignored.
+        if name.is_empty() || name.contains([';', '=', ',', ' ', '\t', '"']) {
+            report.error(
+                node.position,
+                &path,
+                format!("{name:?} is not a cookie name (non-empty, without `;`, `=`, `,`, quotes or spaces)"),
+            );
+        } else {
+            from_cookies.push(name);
+        }
+    }
     let forward_original_token = object
         .get("forwardOriginalToken")
         .is_some_and(|n| n.text() == Some("true"));
@@ -606,6 +624,7 @@ fn decode_jwt_rule(object: &Object, report: &mut Report) -> Option<JwtRuleSpec> 
         jwks_uri,
         from_headers,
         from_params,
+        from_cookies,
         forward_original_token,
         output_payload_to_header,
         output_claim_to_headers,

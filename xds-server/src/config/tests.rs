@@ -1188,6 +1188,61 @@ spec:
         .contains("spec.jwtRules[2].jwksUri: `ftp://x`: expected an http:// or https:// URL"));
 }
 
+#[test]
+fn request_authentication_from_cookies_reaches_the_jwt_rule() {
+    let rule = |cookies: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: cookies
+spec:
+  selector:
+    matchLabels:
+      app: exam-scheduler
+  jwtRules:
+  - issuer: a
+    jwksUri: https://a.example/jwks.json
+    fromCookies: {cookies}
+"
+        )
+    };
+    assert!(lab_warnings(&rule("[session, \"jwt\"]")).is_empty());
+    let mesh = load_sources(&lab_with(&rule("[session, jwt]")))
+        .unwrap()
+        .mesh;
+    let rules = mesh.jwt_rules_for(mesh.workload("default", "exam-scheduler").unwrap());
+    assert_eq!(rules[0].from_cookies, ["session", "jwt"]);
+    // Cookies only: the default Authorization header is not where this rule's tokens are.
+    assert!(rules[0].token_headers().is_empty());
+
+    let errors = lab_errors(&rule("session"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("authz.yaml:12:18: spec.jwtRules[0].fromCookies: expected a list"),
+        "{errors:#?}"
+    );
+    let errors = lab_errors(&rule("[ok, \"\", \"a=b\", 7]"));
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(
+            "authz.yaml:12:23: spec.jwtRules[0].fromCookies[1]: \"\" is not a cookie name"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].starts_with(
+            "authz.yaml:12:27: spec.jwtRules[0].fromCookies[2]: \"a=b\" is not a cookie name"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[2]
+            .starts_with("authz.yaml:12:34: spec.jwtRules[0].fromCookies[3]: expected a string"),
+        "{errors:#?}"
+    );
+}
+
 /// The lab's aura-profile.yaml exactly as printed: the /chaos route's keys written inside
 /// the /slow route.
 const LAB_AURA_PROFILE: &str = r#"# Service Profile
