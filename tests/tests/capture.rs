@@ -160,17 +160,35 @@ impl Drop for Pods {
     }
 }
 
-fn pod_yaml(name: &str, service_account: &str, ip: &str, port: Option<u16>) -> String {
+/// A pod as the manifest has it (`reported` false: what `wardctl inject` is given) or as
+/// Kubernetes reports it once injected and running (`ward.dev/injected`, its Ready condition).
+fn pod_yaml(
+    name: &str,
+    service_account: &str,
+    ip: &str,
+    port: Option<u16>,
+    reported: Option<bool>,
+) -> String {
     let ports = port
         .map(|p| format!("    ports:\n    - containerPort: {p}\n"))
         .unwrap_or_default();
+    let (annotations, conditions) = match reported {
+        Some(ready) => (
+            "  annotations:\n    ward.dev/injected: \"0.1.0\"\n".to_string(),
+            format!(
+                "  conditions:\n  - type: Ready\n    status: \"{}\"\n",
+                if ready { "True" } else { "False" }
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "apiVersion: v1
 kind: Pod
 metadata:
   name: {name}
   namespace: default
-  labels:
+{annotations}  labels:
     app: {name}
 spec:
   serviceAccountName: {service_account}
@@ -179,9 +197,23 @@ spec:
     image: example/{name}:1
 {ports}status:
   podIP: {ip}
-"
+{conditions}"
     )
 }
+
+const SERVER_SERVICE: &str = "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: server
+  namespace: default
+spec:
+  selector:
+    app: server
+  ports:
+  - port: 80
+    targetPort: 8080
+";
 
 /// The `ward-init` script `wardctl inject` puts into the pod's init container.
 fn injected_init_script(pod: &Path) -> String {
@@ -210,29 +242,30 @@ fn captured_pods_reach_each_other_only_through_their_sidecars() {
     let (server_ip, client_ip) = (pods.ip(2), pods.ip(3));
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
+    // The server pod starts not Ready: its sidecar must get its config all the same, or the
+    // kubelet's probe (captured) could never reach the app and make it Ready.
     std::fs::write(
         config.join("server.yaml"),
-        pod_yaml("server", "server-sa", &server_ip, Some(8080))
-            + "---
-apiVersion: v1
-kind: Service
-metadata:
-  name: server
-  namespace: default
-spec:
-  selector:
-    app: server
-  ports:
-  - port: 80
-    targetPort: 8080
-",
+        pod_yaml("server", "server-sa", &server_ip, Some(8080), Some(false)) + SERVER_SERVICE,
     )
     .unwrap();
     std::fs::write(
         config.join("client.yaml"),
-        pod_yaml("client", "client-sa", &client_ip, None),
+        pod_yaml("client", "client-sa", &client_ip, None, Some(true)),
     )
     .unwrap();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    for (name, sa, ip, port) in [
+        ("server", "server-sa", &server_ip, Some(8080)),
+        ("client", "client-sa", &client_ip, None),
+    ] {
+        std::fs::write(
+            manifests.join(format!("{name}.yaml")),
+            pod_yaml(name, sa, ip, port, None),
+        )
+        .unwrap();
+    }
 
     // The pods' network namespaces; the client resolves the Service to a virtual IP, which
     // only its sidecar knows how to reach.
@@ -300,7 +333,7 @@ spec:
             &client_credentials,
         ),
     ] {
-        let script = injected_init_script(&config.join(format!("{name}.yaml")));
+        let script = injected_init_script(&manifests.join(format!("{name}.yaml")));
         pods.run(&["ip", "netns", "exec", ns, "sh", "-c", &script]);
         let bootstrap = dir.join(format!("{name}-envoy.json"));
         ward_e2e::run_ok(
@@ -361,6 +394,42 @@ spec:
         ],
         &dir.join("app.log"),
     );
+
+    // The kubelet's readiness probe, plaintext from outside the pod to the app's port, is
+    // captured and served through the not-ready pod's sidecar (PERMISSIVE by default).
+    let probe = eventually(Duration::from_secs(30), || {
+        let (code, out) = pods.curl(&outside_ns, &format!("http://{server_ip}:8080/"));
+        if code == 0 && out.starts_with("HTTP/1.1 200") {
+            Ok(out)
+        } else {
+            Err(anyhow::anyhow!(
+                "curl {code}: {out}\nxds-server: {}",
+                std::fs::read_to_string(&server_log).unwrap_or_default()
+            ))
+        }
+    })
+    .unwrap();
+    assert!(
+        probe.contains("x-ward-wasm: server.default"),
+        "through the sidecar: {probe}"
+    );
+    // Not ready: no endpoint of the Service yet, so a meshed client gets no answer from it.
+    let out = eventually(Duration::from_secs(30), || {
+        let (code, out) = pods.curl(&client_ns, "http://server/");
+        if code == 0 && out.starts_with("HTTP/1.1 503") {
+            Ok(out)
+        } else {
+            Err(anyhow::anyhow!("curl {code}: {out}"))
+        }
+    })
+    .unwrap();
+    assert!(out.contains("no healthy upstream"), "{out}");
+    // The kubelet marks it Ready: it becomes an endpoint.
+    std::fs::write(
+        config.join("server.yaml"),
+        pod_yaml("server", "server-sa", &server_ip, Some(8080), Some(true)) + SERVER_SERVICE,
+    )
+    .unwrap();
 
     // Outbound capture: the client app calls the Service by name; its sidecar routes it,
     // over mTLS, to the server pod, whose sidecar (inbound capture) hands it to the app.

@@ -362,6 +362,11 @@ fn verify_ec(alg: &str, jwk: &Jwk, message: &[u8], signature: &[u8]) -> Result<b
 /// Checks one token against the rules: signature with the issuer's JWKS, then times and
 /// audience. `now` is Unix seconds.
 pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, JwtError> {
+    verify_against(token, &rules.iter().collect::<Vec<_>>(), now)
+}
+
+/// [`verify`] with the rules that may have issued the token (those naming where it was).
+fn verify_against(token: &str, rules: &[&JwtRule], now: i64) -> Result<VerifiedJwt, JwtError> {
     let parts: Vec<&str> = token.split('.').collect();
     let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
         return Err(JwtError::Malformed);
@@ -465,63 +470,84 @@ pub fn verify(token: &str, rules: &[JwtRule], now: i64) -> Result<VerifiedJwt, J
     })
 }
 
-/// The tokens a request carries where the rules look: the configured headers (prefix
+/// A token a request carries, with the issuers of the rules that look where it was found:
+/// only they may have issued it (as Envoy's `jwt_authn` checks), so a token cannot be
+/// moved to a header another issuer's rule reads, with that rule's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundToken {
+    pub token: String,
+    pub issuers: Vec<String>,
+}
+
+/// The tokens a request carries where the rules look: each rule's headers (prefix
 /// stripped), query parameters and cookies, or `Authorization: Bearer` and `access_token`
-/// for a rule that names none.
-pub fn extract_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &str) -> Vec<String> {
-    let mut locations_h: Vec<(String, String)> = Vec::new();
-    let mut locations_p: Vec<String> = Vec::new();
-    let mut locations_c: Vec<String> = Vec::new();
+/// for a rule that names none. A token found in several places is one token.
+pub fn find_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &str) -> Vec<FoundToken> {
+    let mut found: Vec<FoundToken> = Vec::new();
+    let mut add = |token: &str, issuer: &str| match found.iter_mut().find(|f| f.token == token) {
+        Some(f) if f.issuers.iter().any(|i| i == issuer) => {}
+        Some(f) => f.issuers.push(issuer.to_string()),
+        None => found.push(FoundToken {
+            token: token.to_string(),
+            issuers: vec![issuer.to_string()],
+        }),
+    };
+    let query: Vec<(&str, &str)> = path
+        .split_once('?')
+        .map(|(_, query)| {
+            query
+                .split('&')
+                .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cookies = cookies(headers);
     for rule in rules {
-        if rule.default_locations() {
-            locations_h.push(("authorization".into(), "Bearer ".into()));
-            locations_p.push("access_token".into());
-        }
-        locations_h.extend(
-            rule.from_headers
-                .iter()
-                .map(|(h, p)| (h.to_ascii_lowercase(), p.clone())),
-        );
-        locations_p.extend(rule.from_params.iter().cloned());
-        locations_c.extend(rule.from_cookies.iter().cloned());
-    }
-    locations_h.sort();
-    locations_h.dedup();
-    locations_p.sort();
-    locations_p.dedup();
-    locations_c.sort();
-    locations_c.dedup();
-    let mut tokens = Vec::new();
-    for (name, value) in headers {
-        for (header, prefix) in &locations_h {
-            if name.to_ascii_lowercase() == *header {
-                if let Some(token) = value.strip_prefix(prefix.as_str()) {
-                    tokens.push(token.trim().to_string());
+        let default = rule.default_locations();
+        let header_locations = rule
+            .from_headers
+            .iter()
+            .map(|(h, p)| (h.as_str(), p.as_str()))
+            .chain(default.then_some(("authorization", "Bearer ")));
+        for (header, prefix) in header_locations {
+            for (name, value) in headers {
+                if name.eq_ignore_ascii_case(header) {
+                    if let Some(token) = value.strip_prefix(prefix) {
+                        add(token.trim(), &rule.issuer);
+                    }
                 }
             }
         }
-    }
-    if let Some((_, query)) = path.split_once('?') {
-        for pair in query.split('&') {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if locations_p.iter().any(|p| p == key) && !value.is_empty() {
-                tokens.push(value.to_string());
+        let params = rule
+            .from_params
+            .iter()
+            .map(String::as_str)
+            .chain(default.then_some("access_token"));
+        for param in params {
+            for (key, value) in &query {
+                if *key == param && !value.is_empty() {
+                    add(value, &rule.issuer);
+                }
             }
         }
-    }
-    if !locations_c.is_empty() {
-        let cookies = cookies(headers);
-        for name in &locations_c {
+        for name in &rule.from_cookies {
             // The first cookie of that name counts, as in Envoy's cookie parser.
             if let Some((_, value)) = cookies.iter().find(|(k, _)| k == name) {
                 if !value.is_empty() {
-                    tokens.push(value.to_string());
+                    add(value, &rule.issuer);
                 }
             }
         }
     }
-    tokens.dedup();
-    tokens
+    found
+}
+
+/// The tokens of [`find_tokens`], without where they were found.
+pub fn extract_tokens(rules: &[JwtRule], headers: &[(String, String)], path: &str) -> Vec<String> {
+    find_tokens(rules, headers, path)
+        .into_iter()
+        .map(|f| f.token)
+        .collect()
 }
 
 /// The `name=value` pairs of every `Cookie` header, in order; a value in double quotes is
@@ -612,13 +638,20 @@ pub fn authenticate_cached(
     if rules.is_empty() {
         return Ok(None);
     }
-    match extract_tokens(rules, headers, path).as_slice() {
+    match find_tokens(rules, headers, path).as_slice() {
         [] => Ok(None),
-        [token] => {
+        [found] => {
+            let token = found.token.as_str();
+            let here: Vec<&JwtRule> = rules
+                .iter()
+                .filter(|r| found.issuers.contains(&r.issuer))
+                .collect();
             if let Some(verified) = cache.and_then(|c| c.get(token, now)) {
-                return Ok(Some(verified));
+                if here.iter().any(|r| r.issuer == verified.issuer) {
+                    return Ok(Some(verified));
+                }
             }
-            let verified = verify(token, rules, now)?;
+            let verified = verify_against(token, &here, now)?;
             if let Some(cache) = cache {
                 cache.insert(token, &verified);
             }

@@ -4,11 +4,18 @@
 //! `kube:<Kind>/<namespace>/<name>`, holding only the fields Ward reads; the loader, resolver
 //! and translation see no difference between a cluster and a directory.
 //!
-//! - Pods are instances at their `status.podIP`, and only while Ready (readiness is honoured:
-//!   a pod that is not ready is no endpoint). The injected sidecar's own container is left
-//!   out (its admin port is not a workload port).
-//! - A Service whose selector matches no ready pod is left out until one is (the loader
-//!   would refuse it, and a Service with no endpoints routes nowhere anyway).
+//! - Every running pod with a `status.podIP` is an instance, ready or not, as in Istio: a
+//!   starting pod's sidecar needs its config before the pod can become Ready (the kubelet's
+//!   probes are captured and reach the app through it). Only Ready pods are endpoints of
+//!   their Services. The injected sidecar's own container is left out (its admin port is not
+//!   a workload port).
+//! - Only pods injected by Ward (annotation `ward.dev/injected`) are meshed; any other pod
+//!   (kube-system, opted out, not injected) is a plaintext endpoint with no identity and no
+//!   proxy config.
+//! - A Service whose selector matches no pod is left out until one does (the loader would
+//!   refuse it, and a Service with no endpoints routes nowhere anyway).
+//! - One object the loader refuses (an invalid VirtualService, an unparsable pod) is left
+//!   out, logged and counted; the rest of the cluster keeps being applied ([`load`]).
 //! - Watches restart as kube-rs's watcher does (relist on expiry, with backoff); a relist
 //!   that finds what was there produces the same sources, so nothing is pushed again.
 //! - A policy kind whose CRD is not installed is simply empty (logged once per failure).
@@ -30,6 +37,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
+
+use crate::config::{self, ConfigError, Diagnostic, LoadedConfig};
+use crate::metrics::{KindLabel, Metrics};
 
 /// The policy kinds Ward reads, as their CRDs serve them.
 pub const POLICY_KINDS: [(&str, &str, &str); 6] = [
@@ -184,21 +194,23 @@ fn to_value<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-/// A Ready pod with an address, as the loader's `v1 Pod`; None otherwise.
+/// A running pod with an address, as the loader's `v1 Pod` (its `Ready` condition and its
+/// `ward.dev/injected` annotation say whether it is an endpoint and whether it is meshed);
+/// None for a pod that is terminating, finished or not yet given an address.
 pub fn pod_document(pod: &Pod) -> Option<Value> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
     let ip = status.pod_ip.as_ref().filter(|ip| !ip.is_empty())?;
     let ready = status
         .conditions
         .iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready {
-        return None;
-    }
     let spec = pod.spec.as_ref()?;
     let containers: Vec<Value> = spec
         .containers
@@ -238,7 +250,10 @@ pub fn pod_document(pod: &Pod) -> Option<Value> {
         "kind": "Pod",
         "metadata": metadata(&pod.metadata),
         "spec": pod_spec,
-        "status": { "podIP": ip },
+        "status": {
+            "podIP": ip,
+            "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+        },
     }))
 }
 
@@ -320,13 +335,13 @@ impl Stores {
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
-            let selects_a_ready_pod = pods.iter().any(|p| {
+            let selects_a_pod = pods.iter().any(|p| {
                 p["metadata"]["namespace"] == namespace
                     && selector
                         .iter()
                         .all(|(k, v)| p["metadata"]["labels"][k.as_str()] == *v)
             });
-            if !selects_a_ready_pod {
+            if !selects_a_pod {
                 continue;
             }
             let name = document["metadata"]["name"]
@@ -354,4 +369,89 @@ impl Stores {
         sources.sort();
         sources
     }
+}
+
+/// A cluster object the loader refused: left out of the mesh until it is fixed.
+#[derive(Debug, Clone)]
+pub struct LeftOut {
+    /// The source's name, `kube:<Kind>/<namespace>/<name>`.
+    pub source: String,
+    pub kind: String,
+    /// `<namespace>/<name>` (just the name for cluster-scoped kinds).
+    pub object: String,
+    pub errors: Vec<Diagnostic>,
+}
+
+/// Loads the files together with the cluster's objects. The files keep their all-or-nothing
+/// semantics (an error in one fails the load; the caller keeps the last good config). A
+/// cluster object with an error is left out and the rest loaded again without it, until
+/// what remains loads: one bad object must not freeze every endpoint. (Leaving one out can
+/// make another one refused, e.g. a policy naming it, hence the loop; each round leaves out
+/// at least one object, so it ends.)
+pub fn load(
+    files: &Sources,
+    cluster: &Sources,
+) -> Result<(LoadedConfig, Vec<LeftOut>), ConfigError> {
+    let mut cluster: Vec<&(String, String)> = cluster.iter().collect();
+    let mut left_out: Vec<LeftOut> = Vec::new();
+    loop {
+        let sources: Sources = files
+            .iter()
+            .chain(cluster.iter().copied())
+            .cloned()
+            .collect();
+        let errors = match config::load_sources(&sources) {
+            Ok(loaded) => return Ok((loaded, left_out)),
+            Err(ConfigError::Invalid(errors)) => errors,
+            Err(e) => return Err(e),
+        };
+        let mut by_object: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
+        for error in &errors {
+            if !cluster.iter().any(|(name, _)| *name == error.file) {
+                // An error in the files (or one no object can be blamed for).
+                return Err(ConfigError::Invalid(errors));
+            }
+            by_object
+                .entry(error.file.clone())
+                .or_default()
+                .push(error.clone());
+        }
+        cluster.retain(|(name, _)| !by_object.contains_key(name));
+        for (source, errors) in by_object {
+            let (kind, object) = source
+                .strip_prefix("kube:")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(k, o)| (k.to_string(), o.to_string()))
+                .unwrap_or_else(|| (String::new(), source.clone()));
+            left_out.push(LeftOut {
+                source,
+                kind,
+                object,
+                errors,
+            });
+        }
+    }
+}
+
+/// Logs each left-out object with its kind, name and errors, and sets the
+/// `ward_kubernetes_objects_left_out` gauge (by kind) to what this load left out. Returns
+/// one line per object for `/status`.
+pub fn report_left_out(metrics: &Metrics, left_out: &[LeftOut]) -> Vec<String> {
+    metrics.kubernetes_objects_left_out.clear();
+    left_out
+        .iter()
+        .map(|object| {
+            let errors: Vec<String> = object.errors.iter().map(ToString::to_string).collect();
+            let errors = errors.join("; ");
+            warn!(kind = %object.kind, object = %object.object, %errors,
+                "cluster object refused; the mesh is served without it");
+            metrics
+                .kubernetes_objects_left_out
+                .get_or_create(&KindLabel {
+                    kind: object.kind.clone(),
+                })
+                .inc();
+            format!("{} left out: {errors}", object.source)
+        })
+        .collect()
 }

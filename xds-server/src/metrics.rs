@@ -23,6 +23,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 /// One workload certificate: the proxy holding it and the identity it proves.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
@@ -42,6 +47,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<ResultLabel, Counter>,
     /// Sidecars' requests for keys they lack, by result (fetch, known).
     pub jwks_unknown_keys: Family<ResultLabel, Counter>,
+    /// Cluster objects the loader refused and the mesh is served without, by kind.
+    pub kubernetes_objects_left_out: Family<KindLabel, Gauge>,
     registry: Registry,
     pub connected_proxies: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -135,7 +142,14 @@ impl Metrics {
             "Sidecars' requests to fetch a jwksUri again for a token signed with a key they lack, by result (fetch: a fetch was started; known: xds-server has that key, the sidecar's config is on its way)",
             jwks_unknown_keys.clone(),
         );
+        let kubernetes_objects_left_out = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "kubernetes_objects_left_out",
+            "Cluster objects the last load refused and left out (the rest of the cluster is applied), by kind",
+            kubernetes_objects_left_out.clone(),
+        );
         Metrics {
+            kubernetes_objects_left_out,
             jwks_unknown_keys,
             jwks_fetches,
             push_activity: AtomicU64::new(0),

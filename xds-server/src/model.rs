@@ -174,6 +174,10 @@ pub struct Workload {
     /// destination, the app listens on the pod's loopback, outbound leaves through the
     /// outbound port. Otherwise (`wardctl up`) listeners bind the instance's own address.
     pub capture: bool,
+    /// The pod runs Ward's sidecar (a Pod carrying `ward.dev/injected`; always for
+    /// Deployments). Without one it gets no proxy config and no identity, and its endpoints
+    /// are plaintext: meshed clients must not send it mTLS.
+    pub sidecar: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +207,9 @@ pub struct Instance {
     pub address: Ipv4Addr,
     /// The app's private address, reachable only through the sidecar.
     pub app_address: Ipv4Addr,
+    /// An endpoint of its Services (the pod is Ready). A pod that is not ready yet still
+    /// gets its sidecar's config: the kubelet's probes reach the app through it.
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -661,9 +668,10 @@ impl Mesh {
         format!("{}.{}", instance.name, workload.namespace)
     }
 
-    /// Finds the workload and instance behind a node id.
+    /// Finds the workload and instance behind a sidecar's node id (a pod without Ward's
+    /// sidecar has none: no proxy may connect as it).
     pub fn instance_by_node_id(&self, node_id: &str) -> Option<(&Workload, &Instance)> {
-        self.workloads.iter().find_map(|w| {
+        self.workloads.iter().filter(|w| w.sidecar).find_map(|w| {
             w.instances
                 .iter()
                 .find(|i| Self::node_id(w, i) == node_id)

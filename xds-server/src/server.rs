@@ -165,19 +165,18 @@ impl ControlPlane {
     }
 
     fn reload(&self) -> Result<(), config::ConfigError> {
-        let mut sources = config::read_sources(&self.options.config_path)?;
-        sources.extend(
-            self.cluster_sources
-                .lock()
-                .expect("cluster sources lock")
-                .iter()
-                .cloned(),
-        );
-        let loaded = config::load_sources(&sources)?;
+        let files = config::read_sources(&self.options.config_path)?;
+        let cluster = self
+            .cluster_sources
+            .lock()
+            .expect("cluster sources lock")
+            .clone();
+        let (loaded, left_out) = crate::discovery::load(&files, &cluster)?;
         for warning in &loaded.warnings {
             warn!(%warning, "config");
         }
         let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        warnings.extend(crate::discovery::report_left_out(&self.metrics, &left_out));
         if self.options.translate.wasm_module.is_none() {
             let budgets = crate::translate::resilience::outbound_filter_config(&loaded.mesh);
             for destination in budgets.budgets.keys() {

@@ -12,16 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::value::Kind;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 use ward::discovery::Sources;
-use ward::snapshot::{SnapshotCache, ENDPOINT};
+use ward::snapshot::{Snapshot, SnapshotCache, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use ward::translate::{mesh_snapshots, TranslateOptions};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -38,12 +42,18 @@ struct Cluster {
     lists: Mutex<u64>,
 }
 
-const PATHS: [(&str, &str); 4] = [
+const PATHS: [(&str, &str); 7] = [
     ("/api/v1/namespaces", "Namespace"),
     ("/api/v1/serviceaccounts", "ServiceAccount"),
     ("/api/v1/services", "Service"),
     ("/api/v1/pods", "Pod"),
+    (PEER_AUTHENTICATIONS, "PeerAuthentication"),
+    (AUTHORIZATION_POLICIES, "AuthorizationPolicy"),
+    (VIRTUAL_SERVICES, "VirtualService"),
 ];
+const PEER_AUTHENTICATIONS: &str = "/apis/security.istio.io/v1/peerauthentications";
+const AUTHORIZATION_POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 
 impl Cluster {
     fn new() -> Arc<Cluster> {
@@ -105,7 +115,11 @@ impl Cluster {
                 .values()
                 .cloned()
                 .collect();
-            let list = json!({"kind": format!("{kind}List"), "apiVersion": "v1",
+            let api_version = path
+                .strip_prefix("/apis/")
+                .and_then(|p| p.rsplit_once('/'))
+                .map_or("v1", |(group_version, _)| group_version);
+            let list = json!({"kind": format!("{kind}List"), "apiVersion": api_version,
                 "metadata": {"resourceVersion": self.version.lock().unwrap().to_string()},
                 "items": items});
             return response(200, list.to_string());
@@ -198,10 +212,12 @@ async fn serve(cluster: Arc<Cluster>) -> String {
     format!("http://{address}")
 }
 
+/// A pod `wardctl inject` injected (annotation `ward.dev/injected`, container `ward-proxy`).
 fn pod(name: &str, app: &str, ip: &str, ready: bool) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "shop", "labels": {"app": app},
+            "annotations": {"ward.dev/injected": "0.1.0"},
             "uid": format!("uid-{name}"), "managedFields": [{"manager": "kubelet"}]},
         "spec": {"serviceAccountName": app, "containers": [
             {"name": app, "image": format!("example/{app}:1"), "ports": [{"containerPort": 8080, "protocol": "TCP"}]},
@@ -210,6 +226,14 @@ fn pod(name: &str, app: &str, ip: &str, ready: bool) -> Value {
         "status": {"phase": "Running", "podIP": ip,
             "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
     })
+}
+
+/// A ready pod Ward did not inject (opted out, or never injected).
+fn plain_pod(name: &str, app: &str, ip: &str) -> Value {
+    let mut pod = pod(name, app, ip, true);
+    pod["metadata"]["annotations"] = json!({"sidecar.istio.io/inject": "false"});
+    pod["spec"]["containers"].as_array_mut().unwrap().pop();
+    pod
 }
 
 fn service() -> Value {
@@ -225,52 +249,91 @@ fn service() -> Value {
 /// every proxy), and which nodes' snapshots changed in `cache`.
 struct Translated {
     endpoints: BTreeMap<String, Vec<String>>,
+    /// web's endpoints (`ip:port`) that carry the `tlsMode: istio` metadata the client
+    /// cluster's mTLS transport socket matches on.
+    mtls_endpoints: Vec<String>,
     changed: Vec<String>,
     workloads: Vec<String>,
+    snapshots: BTreeMap<String, Snapshot>,
+    /// Cluster objects the loader refused and left out.
+    left_out: Vec<ward::discovery::LeftOut>,
+}
+
+fn socket(address: &Option<Address>) -> Option<String> {
+    match address.as_ref()?.address.as_ref()? {
+        address::Address::SocketAddress(s) => match s.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(port)) => {
+                Some(format!("{}:{port}", s.address))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn translate(sources: &Sources, cache: &SnapshotCache) -> Translated {
-    let loaded = ward::config::load_sources(sources).expect("the cluster's objects load");
+    let (loaded, left_out) =
+        ward::discovery::load(&Vec::new(), sources).expect("the cluster's objects load");
     let mesh = loaded.mesh;
     let (snapshots, _) = mesh_snapshots(&mesh, &TranslateOptions::default(), None, |_, _| None);
     let mut endpoints = BTreeMap::new();
+    let mut mtls_endpoints = Vec::new();
     let mut changed = Vec::new();
+    let mut kept = BTreeMap::new();
     for (node, snapshot) in snapshots {
         let web = snapshot
             .set(ENDPOINT)
             .and_then(|set| set.get("outbound|80||web.shop.svc.cluster.local").cloned());
-        let addresses = web
+        let lb_endpoints = web
             .map(|r| {
                 let cla = ClusterLoadAssignment::decode(&r.any().value[..]).unwrap();
                 cla.endpoints
-                    .iter()
-                    .flat_map(|e| &e.lb_endpoints)
-                    .filter_map(|e| match &e.host_identifier {
-                        Some(HostIdentifier::Endpoint(endpoint)) => endpoint.address.clone(),
-                        _ => None,
-                    })
-                    .filter_map(|a| match a.address {
-                        Some(address::Address::SocketAddress(s)) => match s.port_specifier {
-                            Some(socket_address::PortSpecifier::PortValue(port)) => {
-                                Some(format!("{}:{port}", s.address))
-                            }
-                            _ => None,
-                        },
-                        _ => None,
-                    })
+                    .into_iter()
+                    .flat_map(|e| e.lb_endpoints)
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
-        endpoints.insert(node.clone(), addresses);
-        if cache.set(&node, snapshot) {
-            changed.push(node);
+        let address = |e: &LbEndpoint| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(endpoint)) => socket(&endpoint.address),
+            _ => None,
+        };
+        mtls_endpoints = lb_endpoints
+            .iter()
+            .filter(|e| {
+                e.metadata.as_ref().is_some_and(|m| {
+                    m.filter_metadata["envoy.transport_socket_match"].fields["tlsMode"].kind
+                        == Some(Kind::StringValue("istio".into()))
+                })
+            })
+            .filter_map(address)
+            .collect();
+        endpoints.insert(
+            node.clone(),
+            lb_endpoints.iter().filter_map(address).collect(),
+        );
+        if cache.set(&node, snapshot.clone()) {
+            changed.push(node.clone());
         }
+        kept.insert(node, snapshot);
     }
     Translated {
         endpoints,
+        mtls_endpoints,
         changed,
         workloads: mesh.workloads.iter().map(|w| w.name.clone()).collect(),
+        snapshots: kept,
+        left_out,
     }
+}
+
+/// A resource of `node`'s snapshot, decoded.
+fn resource<M: Message + Default>(step: &Translated, node: &str, type_url: &str, name: &str) -> M {
+    let snapshot = &step.snapshots[node];
+    let resource = snapshot
+        .set(type_url)
+        .and_then(|set| set.get(name))
+        .unwrap_or_else(|| panic!("{node} has no {name}"));
+    M::decode(&resource.any().value[..]).unwrap()
 }
 
 async fn next_sources(rx: &mut watch::Receiver<Option<Sources>>) -> Sources {
@@ -279,6 +342,209 @@ async fn next_sources(rx: &mut watch::Receiver<Option<Sources>>) -> Sources {
         .expect("the cluster change reached the sources within 20 s")
         .unwrap();
     rx.borrow_and_update().clone().unwrap()
+}
+
+/// Starts discovery against the fake API server.
+async fn discover(cluster: &Arc<Cluster>) -> watch::Receiver<Option<Sources>> {
+    let url = serve(cluster.clone()).await;
+    let config = kube::Config::new(url.parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(ward::discovery::run(client, Duration::from_millis(50), tx));
+    rx
+}
+
+/// The first published sources that hold every one of `names` (a burst of changes may be
+/// published in one or several steps).
+async fn sources_with(rx: &mut watch::Receiver<Option<Sources>>, names: &[&str]) -> Sources {
+    loop {
+        let sources = next_sources(rx).await;
+        if names.iter().all(|n| sources.iter().any(|(s, _)| s == n)) {
+            return sources;
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_left_out() {
+    let cluster = Cluster::new();
+    cluster.change(
+        "/api/v1/namespaces",
+        "ADDED",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
+    cluster.change("/api/v1/services", "ADDED", service());
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("web-a", "web", "10.1.0.1", true),
+    );
+    let mut legacy = plain_pod("web-legacy", "web", "10.1.0.3");
+    legacy["spec"]["serviceAccountName"] = json!("legacy");
+    cluster.change("/api/v1/pods", "ADDED", legacy);
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("client", "client", "10.1.0.9", true),
+    );
+    let mut rx = discover(&cluster).await;
+    let cache = SnapshotCache::new();
+
+    // 1. The pod Ward did not inject is an endpoint without the tlsMode metadata, so the
+    // client's cluster reaches it in plaintext (its mTLS socket matches only tlsMode=istio),
+    // and it has no proxy config and no identity among the service's peers.
+    let step = translate(&next_sources(&mut rx).await, &cache);
+    assert_eq!(step.workloads, ["client", "web-a", "web-legacy"]);
+    assert_eq!(
+        step.endpoints["client.shop"],
+        ["10.1.0.1:8080", "10.1.0.3:8080"]
+    );
+    assert_eq!(step.mtls_endpoints, ["10.1.0.1:8080"]);
+    assert_eq!(
+        step.snapshots.keys().collect::<Vec<_>>(),
+        ["client.shop", "web-a.shop"]
+    );
+    let web: EnvoyCluster = resource(
+        &step,
+        "client.shop",
+        CLUSTER,
+        "outbound|80||web.shop.svc.cluster.local",
+    );
+    assert!(web.transport_socket.is_none(), "plaintext unless matched");
+    let [mtls] = &web.transport_socket_matches[..] else {
+        panic!("{:?}", web.transport_socket_matches)
+    };
+    assert_eq!(
+        mtls.r#match.as_ref().unwrap().fields["tlsMode"].kind,
+        Some(Kind::StringValue("istio".into()))
+    );
+    let socket_bytes = mtls.transport_socket.as_ref().unwrap().encode_to_vec();
+    assert!(contains(
+        &socket_bytes,
+        "spiffe://cluster.local/ns/shop/sa/web"
+    ));
+    assert!(!contains(&socket_bytes, "sa/legacy"));
+    // Before any policy: PERMISSIVE, and no RBAC rules.
+    let inbound: Listener = resource(&step, "web-a.shop", LISTENER, "inbound|10.1.0.1:8080");
+    let chains: Vec<&str> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(chains, ["mtls", "plaintext"]);
+    let routes: RouteConfiguration = resource(&step, "web-a.shop", ROUTE, "inbound|8080");
+    assert!(routes.virtual_hosts[0].typed_per_filter_config.is_empty());
+
+    // 2. Istio policies from the cluster: STRICT for the namespace, and web accepts only
+    // the client's identity.
+    cluster.change(
+        PEER_AUTHENTICATIONS,
+        "ADDED",
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "default", "namespace": "shop"},
+            "spec": {"mtls": {"mode": "STRICT"}}}),
+    );
+    cluster.change(
+        AUTHORIZATION_POLICIES,
+        "ADDED",
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "web-from-client", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}}),
+    );
+    let sources = sources_with(
+        &mut rx,
+        &[
+            "kube:PeerAuthentication/shop/default",
+            "kube:AuthorizationPolicy/shop/web-from-client",
+        ],
+    )
+    .await;
+    let step = translate(&sources, &cache);
+    assert!(step.left_out.is_empty());
+    let inbound: Listener = resource(&step, "web-a.shop", LISTENER, "inbound|10.1.0.1:8080");
+    let chains: Vec<&str> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(chains, ["mtls"], "STRICT: plaintext refused");
+    let routes: RouteConfiguration = resource(&step, "web-a.shop", ROUTE, "inbound|8080");
+    let allow = &routes.virtual_hosts[0].typed_per_filter_config["ward.rbac.allow"];
+    assert!(contains(
+        &allow.value,
+        "spiffe://cluster.local/ns/shop/sa/client"
+    ));
+    // The client is not selected: no rules on its own inbound port.
+    let routes: RouteConfiguration = resource(&step, "client.shop", ROUTE, "inbound|8080");
+    assert!(routes.virtual_hosts[0].typed_per_filter_config.is_empty());
+    assert_eq!(step.mtls_endpoints, ["10.1.0.1:8080"]);
+
+    // 3. A VirtualService the loader refuses arrives with a pod change: the VirtualService
+    // is left out (named, with its error), and everything else is applied.
+    cluster.change(
+        VIRTUAL_SERVICES,
+        "ADDED",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "broken", "namespace": "shop"},
+            "spec": {"hosts": ["web"], "http": [{"route": [
+                {"destination": {"host": "web"}}, {"destination": {"host": "web"}}]}]}}),
+    );
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("web-c", "web", "10.1.0.4", true),
+    );
+    let sources = sources_with(
+        &mut rx,
+        &["kube:VirtualService/shop/broken", "kube:Pod/shop/web-c"],
+    )
+    .await;
+    assert!(
+        ward::config::load_sources(&sources).is_err(),
+        "the cluster as a whole does not load"
+    );
+    let step = translate(&sources, &cache);
+    let [broken] = &step.left_out[..] else {
+        panic!("{:?}", step.left_out)
+    };
+    assert_eq!(
+        (broken.kind.as_str(), broken.object.as_str()),
+        ("VirtualService", "shop/broken")
+    );
+    assert!(
+        broken.errors[0]
+            .to_string()
+            .contains("several destinations need weights"),
+        "{:?}",
+        broken.errors
+    );
+    assert_eq!(
+        step.endpoints["client.shop"],
+        ["10.1.0.1:8080", "10.1.0.4:8080", "10.1.0.3:8080"]
+    );
+    assert!(step.changed.contains(&"web-c.shop".to_string()));
+    let inbound: Listener = resource(&step, "web-c.shop", LISTENER, "inbound|10.1.0.4:8080");
+    assert_eq!(inbound.filter_chains.len(), 1, "the policies still apply");
+
+    // The refusal is counted by kind, and the count goes when the object is fixed.
+    let metrics = ward::metrics::Metrics::new();
+    ward::discovery::report_left_out(&metrics, &step.left_out);
+    assert!(
+        metrics
+            .encode()
+            .contains("ward_kubernetes_objects_left_out{kind=\"VirtualService\"} 1"),
+        "{}",
+        metrics.encode()
+    );
+    ward::discovery::report_left_out(&metrics, &[]);
+    assert!(!metrics.encode().contains("kind=\"VirtualService\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +566,7 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
         "ADDED",
         pod("client", "client", "10.1.0.9", true),
     );
-    // Not ready: no endpoint.
+    // Not ready yet: a workload whose sidecar gets its config, but no endpoint.
     cluster.change(
         "/api/v1/pods",
         "ADDED",
@@ -313,12 +579,28 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
     tokio::spawn(ward::discovery::run(client, Duration::from_millis(50), tx));
     let cache = SnapshotCache::new();
 
-    // 1. The initial list: ready pods only, the sidecar container left out.
+    // 1. The initial list: every pod is a workload, only the ready ones are endpoints; the
+    // sidecar container is left out.
     let sources = next_sources(&mut rx).await;
     let step = translate(&sources, &cache);
-    assert_eq!(step.workloads, ["client", "web-a"]);
+    assert_eq!(step.workloads, ["client", "web-a", "web-b"]);
     assert_eq!(step.endpoints["client.shop"], ["10.1.0.1:8080"]);
-    assert_eq!(step.changed, ["client.shop", "web-a.shop"]);
+    assert_eq!(step.changed, ["client.shop", "web-a.shop", "web-b.shop"]);
+    // The not-ready pod's sidecar has its inbound listeners: the kubelet's readiness probe,
+    // captured to 15006, reaches the app through them, so the pod can become Ready.
+    let capture: Listener = resource(&step, "web-b.shop", LISTENER, "inbound-capture");
+    assert_eq!(socket(&capture.address).unwrap(), "0.0.0.0:15006");
+    let inbound: Listener = resource(&step, "web-b.shop", LISTENER, "inbound|10.1.0.2:8080");
+    let chains: Vec<&str> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        chains,
+        ["mtls", "plaintext"],
+        "PERMISSIVE: the plaintext probe is served"
+    );
     let pod_source = &sources
         .iter()
         .find(|(n, _)| n == "kube:Pod/shop/web-a")
@@ -329,7 +611,7 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
         "{pod_source}"
     );
 
-    // 2. A watch event: web-b becomes ready.
+    // 2. A watch event: web-b becomes ready, and an endpoint.
     cluster.change(
         "/api/v1/pods",
         "MODIFIED",

@@ -852,10 +852,10 @@ fn not_request_principals_in_allow_and_deny_policies() {
     );
     // Istio's "require a JWT": DENY when there is no request principal.
     assert_eq!(statuses(policy("DENY", &["*"]), &tokens), [200, 200, 403]);
-    // Both fields: any principal but sub-2's.
+    // Both fields: any principal but issuer 2's sub-2.
     let both = json!({"name": "p", "namespace": "foo", "action": "ALLOW",
         "rules": [{"from": [{"requestPrincipals": ["*"],
-            "notRequestPrincipals": ["*/sub-2"]}]}]});
+            "notRequestPrincipals": ["test-issuer-2@istio.io/sub-2"]}]}]});
     assert_eq!(statuses(both, &tokens), [200, 403, 403]);
 }
 
@@ -911,4 +911,60 @@ fn when_conditions_on_nested_and_space_delimited_claims() {
     assert_eq!(statuses(write, &tokens), [403, 200, 403]);
     let not_write = allow_when("request.auth.claims[scope]", &[], &["write"]);
     assert_eq!(statuses(not_write, &tokens), [403, 200, 200]);
+}
+
+/// As in Envoy's `jwt_authn`, a token counts only where a rule of its issuer looks: moved to
+/// another issuer's header it is from an issuer not configured there.
+#[test]
+fn a_token_counts_only_where_a_rule_of_its_issuer_looks() {
+    let rules = [
+        JwtRule {
+            from_headers: vec![("x-jwt".into(), "Token ".into())],
+            ..rule(&[])
+        },
+        test_issuer_rule(1),
+    ];
+    let token = mint(valid_header(), claims(json!({})));
+    let issuer1 = test_token("TokenIssuer1");
+    let at = |name: &str, value: String| vec![(name.to_string(), value)];
+    let cache = VerifiedCache::new(8);
+    let principal = |headers: &[(String, String)]| {
+        authenticate_cached(&rules, headers, "/", NOW, Some(&cache))
+            .map(|t| t.map(|t| t.principal()))
+    };
+    assert_eq!(
+        principal(&at("X-Jwt", format!("Token {token}"))),
+        Ok(Some(format!("{ISSUER}/alice")))
+    );
+    assert_eq!(
+        principal(&at("authorization", format!("Bearer {issuer1}"))),
+        Ok(Some("test-issuer-1@istio.io/sub-1".into()))
+    );
+    // Swapped, each is refused, though both are cached by now.
+    assert_eq!(cache.len(), 2);
+    assert_eq!(
+        principal(&at("authorization", format!("Bearer {token}"))),
+        Err(JwtError::UnknownIssuer)
+    );
+    assert_eq!(
+        principal(&at("x-jwt", format!("Token {issuer1}"))),
+        Err(JwtError::UnknownIssuer)
+    );
+    assert_eq!(
+        authenticate(&rules, &[], &format!("/?access_token={token}"), NOW),
+        Err(JwtError::UnknownIssuer)
+    );
+    // The same token in both places is one token, accepted where its issuer's rule looks.
+    let both = vec![
+        ("x-jwt".to_string(), format!("Token {token}")),
+        ("authorization".to_string(), format!("Bearer {token}")),
+    ];
+    assert_eq!(
+        find_tokens(&rules, &both, "/"),
+        [FoundToken {
+            token: token.clone(),
+            issuers: vec![ISSUER.to_string(), "test-issuer-1@istio.io".to_string()],
+        }]
+    );
+    assert_eq!(principal(&both), Ok(Some(format!("{ISSUER}/alice"))));
 }

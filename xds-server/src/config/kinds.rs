@@ -61,6 +61,11 @@ pub struct DeploymentSpec {
     /// A bare Pod: one instance at `pod_ip` (none until it has one), traffic captured.
     pub is_pod: bool,
     pub pod_ip: Option<Ipv4Addr>,
+    /// A Pod's `Ready` condition (true for Deployments, and for a Pod written without
+    /// `status.conditions`): only ready instances are endpoints.
+    pub ready: bool,
+    /// Runs Ward's sidecar: a Pod annotated `ward.dev/injected` (always for Deployments).
+    pub sidecar: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +541,8 @@ fn decode_deployment(doc: &Object, report: &mut Report) -> Option<DeploymentSpec
         containers: Vec::new(),
         is_pod: false,
         pod_ip: None,
+        ready: true,
+        sidecar: true,
     };
     let Some(spec) = doc.required("spec", report) else {
         return Some(deployment);
@@ -686,6 +693,9 @@ fn decode_pod(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
             .unwrap_or_default(),
         _ => BTreeMap::new(),
     };
+    let sidecar = meta
+        .annotations
+        .contains_key(crate::inject::INJECTED_ANNOTATION);
     let mut pod = DeploymentSpec {
         template_annotations: meta.annotations.clone(),
         meta,
@@ -696,17 +706,36 @@ fn decode_pod(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
         containers: Vec::new(),
         is_pod: true,
         pod_ip: None,
+        ready: true,
+        sidecar,
     };
     if let Some(spec) = doc.required("spec", report) {
         decode_pod_spec(spec, "spec", &mut pod, report);
     }
-    let pod_ip = doc
-        .get("status")
-        .and_then(|s| match &s.value {
-            Value::Mapping(entries) => entries.iter().find(|(k, _, _)| k == "podIP"),
+    let status = |key: &str| {
+        doc.get("status")
+            .and_then(|s| match &s.value {
+                Value::Mapping(entries) => entries.iter().find(|(k, _, _)| k == key),
+                _ => None,
+            })
+            .map(|(_, _, v)| v)
+    };
+    // Kubernetes reports readiness as the `Ready` condition; a Pod written by hand without
+    // conditions is taken as ready.
+    if let Some(Value::Sequence(conditions)) = status("conditions").map(|c| &c.value) {
+        let field = |condition: &Node, key: &str| match &condition.value {
+            Value::Mapping(entries) => entries
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .and_then(|(_, _, v)| v.text().map(str::to_string)),
             _ => None,
-        })
-        .map(|(_, _, v)| v);
+        };
+        pod.ready = conditions.iter().any(|c| {
+            field(c, "type").as_deref() == Some("Ready")
+                && field(c, "status").as_deref() == Some("True")
+        });
+    }
+    let pod_ip = status("podIP");
     match pod_ip {
         Some(node) => match node.text().and_then(|t| t.parse::<Ipv4Addr>().ok()) {
             Some(ip) => pod.pod_ip = Some(ip),

@@ -99,6 +99,7 @@ fn instances(name: &str, replicas: u32, slot: u64) -> Vec<Instance> {
             index: i,
             address: slot_address(slot, i + 1),
             app_address: slot_address(slot, i + 1 + 128),
+            ready: true,
         })
         .collect()
 }
@@ -235,11 +236,13 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
                     index: 0,
                     address: ip,
                     app_address: Ipv4Addr::LOCALHOST,
+                    ready: d.ready,
                 }],
                 (true, None) => Vec::new(),
                 (false, _) => instances(&d.meta.name, d.replicas, slot),
             },
             capture: d.is_pod,
+            sidecar: d.sidecar,
             source: SourceRef {
                 file: file.clone(),
                 line: d.meta.position.line,

@@ -287,12 +287,13 @@ fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
 }
 
 /// The SPIFFE identities of the workloads behind a service: the only peers a client accepts
-/// for it (Istio's secure naming).
+/// for it (Istio's secure naming). Pods without Ward's sidecar have no identity.
 fn service_identities(mesh: &Mesh, service: &Service) -> Vec<String> {
     let mut ids: Vec<String> = service
         .backends
         .iter()
         .filter_map(|(ns, name)| mesh.workload(ns, name))
+        .filter(|w| w.sidecar)
         .map(|w| mesh.identity(w))
         .collect();
     ids.sort();
@@ -356,7 +357,8 @@ fn load_assignment(
         .filter_map(|(ns, name)| mesh.workload(ns, name))
         .flat_map(|w| {
             let metadata = tls::endpoint_metadata(mesh, w, port.target_port);
-            w.instances.iter().map(move |i| {
+            // Not ready (starting, failing its readiness probe): no traffic, as Kubernetes.
+            w.instances.iter().filter(|i| i.ready).map(move |i| {
                 (
                     socket_address(i.address, port.target_port),
                     metadata.clone(),
@@ -928,7 +930,8 @@ fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfigurat
 
 /// Snapshots for every instance in the mesh, keyed by node id, and the shared layers they
 /// use (pass them back in as `previous` next time so unchanged layers are reused).
-/// `secrets` gives each proxy its SDS secrets (None: the proxy gets none).
+/// `secrets` gives each proxy its SDS secrets (None: the proxy gets none). Pods without
+/// Ward's sidecar get none; pods that are not ready do (their probes go through it).
 pub fn mesh_snapshots(
     mesh: &Mesh,
     options: &TranslateOptions,
@@ -939,6 +942,7 @@ pub fn mesh_snapshots(
     let snapshots = mesh
         .workloads
         .iter()
+        .filter(|w| w.sidecar)
         .flat_map(|w| w.instances.iter().map(move |i| (w, i)))
         .map(|(w, i)| {
             (

@@ -294,9 +294,12 @@ fn tls_mode_struct() -> Struct {
 }
 
 /// Endpoint metadata marking an endpoint whose sidecar accepts mTLS on `port` (one key per
-/// map, so the encoding, and with it the resource version, is stable).
+/// map, so the encoding, and with it the resource version, is stable). A pod without Ward's
+/// sidecar has none: clients reach it in plaintext, as Istio does for pods without its
+/// `security.istio.io/tlsMode: istio` label.
 pub fn endpoint_metadata(mesh: &Mesh, workload: &Workload, port: u16) -> Option<Metadata> {
-    (mesh.effective_mtls(workload, port).mode != MtlsMode::Disable).then(|| Metadata {
+    let mtls = workload.sidecar && mesh.effective_mtls(workload, port).mode != MtlsMode::Disable;
+    mtls.then(|| Metadata {
         filter_metadata: HashMap::from([(TRANSPORT_SOCKET_MATCH.to_string(), tls_mode_struct())]),
         ..Default::default()
     })
