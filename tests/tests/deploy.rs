@@ -92,8 +92,11 @@ fn every_manifest_is_valid_kubernetes() {
     assert!(report.contains("'replicaz' was unexpected"), "{report}");
 }
 
-/// `wardctl inject` over every seed manifest with a pod: the output is valid Kubernetes
-/// (strict schema), and injecting it again through standard input changes nothing.
+/// `wardctl inject` over every seed manifest with a pod, and over the other controller kinds
+/// (StatefulSet, DaemonSet, Job, CronJob: `inject/testdata/workloads.yaml`) and a `kubectl
+/// get -o yaml` List: the output is valid Kubernetes (strict schema; a List's items one by
+/// one, since the schema has no List), and injecting it again through standard input
+/// changes nothing.
 #[test]
 fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
     let dir = std::env::temp_dir().join(format!("ward-inject-{}", std::process::id()));
@@ -106,6 +109,8 @@ fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
         "config/exam-lab/student-portal.yaml",
         "config/aura-lab/aura-api.yaml",
         "config/aura-lab/web-frontend.yaml",
+        "xds-server/src/inject/testdata/workloads.yaml",
+        "xds-server/src/inject/testdata/kubectl-get-list.yaml",
     ] {
         let out = ward_e2e::run_ok(
             Command::new(binary("wardctl"))
@@ -134,8 +139,24 @@ fn injected_seed_manifests_are_valid_kubernetes_and_injection_is_idempotent() {
         let again = again.wait_with_output().unwrap();
         assert_eq!(String::from_utf8(again.stdout).unwrap(), injected, "{seed}");
         let file = dir.join(seed.replace('/', "_"));
-        std::fs::write(&file, &injected).unwrap();
-        documents += YamlLoader::load_from_str(&injected).unwrap().len();
+        let mut objects = Vec::new();
+        for document in YamlLoader::load_from_str(&injected).unwrap() {
+            match &document["kind"] {
+                Yaml::String(kind) if kind == "List" => {
+                    objects.extend(document["items"].as_vec().unwrap().iter().cloned())
+                }
+                _ => objects.push(document),
+            }
+        }
+        let mut text = String::new();
+        for object in &objects {
+            yaml_rust2::YamlEmitter::new(&mut text)
+                .dump(object)
+                .unwrap();
+            text.push('\n');
+        }
+        std::fs::write(&file, text).unwrap();
+        documents += objects.len();
         files.push(file);
     }
     let result = validate(&files);

@@ -7,7 +7,10 @@
 //! - init container `ward-init`: the traffic capture ([`capture`]), written out in full;
 //! - init container `ward-bootstrap`: renders the sidecar's Envoy bootstrap from the pod's
 //!   identity (`xds-server pod-bootstrap`, downward API);
-//! - container `ward-proxy`: Envoy 1.40 (the official image) as uid 1337;
+//! - container `ward-proxy`: Envoy 1.40 (the official image) as uid 1337. In a pod that runs
+//!   to completion (Job, CronJob, `restartPolicy` Never or OnFailure) it is a native sidecar
+//!   instead (an init container with `restartPolicy: Always`, Kubernetes 1.29 or later), so
+//!   the pod completes when its own containers do;
 //! - volumes: the bootstrap and the sidecar's credential (memory), the wasm module (an image
 //!   volume), the pod's service-account token for audience `ward-xds` (exchanged by
 //!   `ward-bootstrap` for the credential at xds-server's `/v1/credential`), and the mesh's
@@ -15,7 +18,8 @@
 //! - annotation `ward.dev/injected`, which makes injecting twice change nothing.
 //!
 //! Pods opting out (`sidecar.istio.io/inject: "false"`, `linkerd.io/inject: disabled`,
-//! `ward.dev/inject: "false"`) and host-network pods are left alone, with a note.
+//! `ward.dev/inject: "false"`) and host-network pods are left alone, with a note. A
+//! `kind: List` (what `kubectl get -o yaml` prints) has each of its items injected.
 
 pub mod capture;
 
@@ -124,18 +128,20 @@ pub fn inject(text: &str, file: &str, options: &InjectOptions) -> Result<Injecte
     let mut insertions = Vec::new();
     let mut injected = Vec::new();
     let mut notes = Vec::new();
+    let doc = Doc {
+        file,
+        lines: &lines,
+    };
     for document in &documents {
-        let doc = Doc {
-            file,
-            lines: &lines,
-        };
-        match doc.inject(document, options)? {
-            Outcome::Injected(name, mut edits) => {
-                injected.push(name);
-                insertions.append(&mut edits);
+        for object in doc.objects(document)? {
+            match doc.inject(object, options)? {
+                Outcome::Injected(name, mut edits) => {
+                    injected.push(name);
+                    insertions.append(&mut edits);
+                }
+                Outcome::Skipped(Some(note)) => notes.push(note),
+                Outcome::Skipped(None) => {}
             }
-            Outcome::Skipped(Some(note)) => notes.push(note),
-            Outcome::Skipped(None) => {}
         }
     }
     // Later insertions first, so earlier line numbers stay right; insertions at the same
@@ -274,6 +280,18 @@ impl Doc<'_> {
         }
     }
 
+    /// The objects of a document: itself, or the items of a `kind: List`.
+    fn objects<'n>(&self, document: &'n Node) -> Result<Vec<&'n Node>, InjectError> {
+        if text_of(document, "kind") != Some("List") {
+            return Ok(vec![document]);
+        }
+        match get(document, "items").map(|n| (&n.value, n.position)) {
+            Some((Value::Sequence(items), _)) => Ok(items.iter().collect()),
+            None => Ok(Vec::new()),
+            Some((_, at)) => Err(self.error(at, "items", "expected a list of objects")),
+        }
+    }
+
     fn inject(&self, document: &Node, options: &InjectOptions) -> Result<Outcome, InjectError> {
         let Some(kind) = text_of(document, "kind") else {
             return Ok(Outcome::Skipped(None));
@@ -348,6 +366,8 @@ impl Doc<'_> {
             .to_string();
         // The pod's owner names the workload (a bare Pod is its own).
         let workload = name.clone();
+        let native_sidecar =
+            matches!(kind, "Job" | "CronJob") || runs_to_completion(text_of(spec, "restartPolicy"));
 
         let mut edits = Vec::new();
         // The annotation.
@@ -422,11 +442,14 @@ impl Doc<'_> {
             capture: &capture,
             service_account: &service_account,
             workload: &workload,
+            native_sidecar,
         };
-        edits.push(Insertion {
-            before_line: first_container.line - 1,
-            text: indent(&items.proxy_container(), dash),
-        });
+        if !native_sidecar {
+            edits.push(Insertion {
+                before_line: first_container.line - 1,
+                text: indent(&items.proxy_container(), dash),
+            });
+        }
         for (key, block) in [
             ("initContainers", items.init_containers()),
             ("volumes", items.volumes()),
@@ -467,6 +490,16 @@ struct Items<'a> {
     capture: &'a capture::CaptureOptions,
     service_account: &'a str,
     workload: &'a str,
+    /// The proxy is the last init container, with `restartPolicy: Always` (a native
+    /// sidecar: it starts before the app, after the bootstrap, and does not keep a pod that
+    /// runs to completion from completing).
+    native_sidecar: bool,
+}
+
+/// A pod whose `restartPolicy` lets it complete: a plain proxy container would keep it
+/// running forever.
+fn runs_to_completion(restart_policy: Option<&str>) -> bool {
+    matches!(restart_policy, Some("Never" | "OnFailure"))
 }
 
 const BOOTSTRAP_DIR: &str = "/etc/ward/bootstrap";
@@ -482,7 +515,7 @@ impl Items<'_> {
         format!(
             r#"- name: ward-proxy
   image: {image}
-  args: ["-c", "{BOOTSTRAP_DIR}/envoy.json", "--disable-hot-restart", "--log-level", "warning"]
+{restart}  args: ["-c", "{BOOTSTRAP_DIR}/envoy.json", "--disable-hot-restart", "--log-level", "warning"]
   ports:
   - name: ward-admin
     containerPort: {admin}
@@ -510,6 +543,11 @@ impl Items<'_> {
     readOnly: true
 "#,
             image = self.options.proxy_image,
+            restart = if self.native_sidecar {
+                "  restartPolicy: Always\n"
+            } else {
+                ""
+            },
             admin = capture::ADMIN_PORT,
             uid = capture::PROXY_UID,
         )
@@ -517,6 +555,11 @@ impl Items<'_> {
 
     fn init_containers(&self) -> String {
         let rules = indent(&self.capture.iptables_restore(), 4);
+        let sidecar = if self.native_sidecar {
+            self.proxy_container()
+        } else {
+            String::new()
+        };
         let env = |name: &str, path: &str| {
             format!(
                 "  - name: {name}\n    valueFrom:\n      fieldRef:\n        fieldPath: {path}\n"
@@ -565,7 +608,7 @@ impl Items<'_> {
   - name: ward-root-cert
     mountPath: {ROOT_DIR}
     readOnly: true
-"#,
+{sidecar}"#,
             init_image = self.options.init_image,
             credential_url = self.options.credential_url,
             xds = self.options.xds_address,
@@ -684,11 +727,13 @@ pub fn pod_patch(
                 .map(|g| g.trim_end_matches('-').to_string())
         })
         .unwrap_or_else(|| "pod".to_string());
+    let native_sidecar = runs_to_completion(pod["spec"]["restartPolicy"].as_str());
     let items = Items {
         options,
         capture: &capture,
         service_account: &service_account,
         workload: &workload,
+        native_sidecar,
     };
     let mut patch = Vec::new();
     if pod["metadata"]["annotations"].is_object() {
@@ -702,9 +747,17 @@ pub fn pod_patch(
     }
     for (key, block) in [
         ("initContainers", items.init_containers()),
-        ("containers", items.proxy_container()),
+        (
+            "containers",
+            (!native_sidecar)
+                .then(|| items.proxy_container())
+                .unwrap_or_default(),
+        ),
         ("volumes", items.volumes()),
     ] {
+        if block.is_empty() {
+            continue;
+        }
         let new = items_json(&block);
         if pod["spec"][key].as_array().is_some_and(|l| !l.is_empty()) {
             // First, in order, as the text injection does.

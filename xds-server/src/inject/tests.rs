@@ -172,3 +172,157 @@ fn flow_style_containers_and_bad_capture_annotations_are_refused_with_their_plac
         "bad.yaml:6:52: metadata.annotations: annotation traffic.sidecar.istio.io/excludeOutboundPorts: `db` is not a port (1-65535)"
     );
 }
+
+/// Manifests of `testdata/` (not seeds): their golden injections, every line kept, and
+/// injecting twice changes nothing.
+#[test]
+fn other_kinds_and_kubectl_lists_match_their_golden_injection() {
+    for name in ["workloads", "kubectl-get-list"] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/inject/testdata");
+        let text = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap();
+        let out = inject(&text, name, &options()).unwrap();
+        assert!(keeps_every_line(&text, &out.text), "{name}:\n{}", out.text);
+        let golden = dir.join(format!("{name}.injected.yaml"));
+        if std::env::var_os("WARD_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &out.text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|_| panic!("{}: run with WARD_UPDATE_GOLDEN=1", golden.display()));
+        assert_eq!(out.text, expected, "{name}");
+        let again = inject(&out.text, name, &options()).unwrap();
+        assert_eq!(again.text, out.text, "{name}: not idempotent");
+        assert!(again.injected.is_empty());
+    }
+}
+
+/// The names of the list `key` of the pod spec at `path` in the `index`th object.
+fn names_at(objects: &[&Node], index: usize, path: &[&str], key: &str) -> Vec<String> {
+    let mut node = objects[index];
+    for step in path {
+        node = get(node, step).unwrap_or_else(|| panic!("no {step}"));
+    }
+    match get(node, key).map(|n| &n.value) {
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|i| text_of(i, "name").unwrap().to_string())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn every_controller_kind_is_injected_and_pods_that_complete_get_a_native_sidecar() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/inject/testdata");
+    let text = std::fs::read_to_string(dir.join("workloads.yaml")).unwrap();
+    let out = inject(&text, "workloads.yaml", &options()).unwrap();
+    assert_eq!(
+        out.injected,
+        [
+            "StatefulSet db",
+            "DaemonSet log-shipper",
+            "Job migrate",
+            "CronJob report"
+        ]
+    );
+    assert_eq!(
+        out.notes,
+        ["workloads.yaml: Deployment legacy: not injected (ward.dev/inject: false)"]
+    );
+    let (documents, _) = yaml::parse_documents(&out.text).unwrap();
+    let objects: Vec<&Node> = documents.iter().collect();
+    let template = ["spec", "template", "spec"];
+    let cron = ["spec", "jobTemplate", "spec", "template", "spec"];
+    // Long-running pods: the proxy is the first container.
+    for i in [0, 1] {
+        assert_eq!(
+            names_at(&objects, i, &template, "initContainers"),
+            ["ward-init", "ward-bootstrap"]
+        );
+        assert_eq!(
+            names_at(&objects, i, &template, "containers")[0],
+            "ward-proxy"
+        );
+    }
+    // Pods that run to completion: the proxy is a native sidecar, last of the init
+    // containers (after the bootstrap it needs), and not among the containers.
+    for (i, path) in [(2, &template[..]), (3, &cron[..])] {
+        assert_eq!(
+            names_at(&objects, i, path, "initContainers"),
+            ["ward-init", "ward-bootstrap", "ward-proxy"]
+        );
+        assert!(!names_at(&objects, i, path, "containers").contains(&"ward-proxy".to_string()));
+    }
+    assert_eq!(out.text.matches("  restartPolicy: Always\n").count(), 2);
+    // The opted-out Deployment is byte for byte as written.
+    let legacy = &text[text.find("kind: Deployment").unwrap()..];
+    assert!(out.text.ends_with(legacy), "{}", out.text);
+}
+
+#[test]
+fn a_kubectl_list_has_each_item_injected() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/inject/testdata");
+    let text = std::fs::read_to_string(dir.join("kubectl-get-list.yaml")).unwrap();
+    let out = inject(&text, "-", &options()).unwrap();
+    assert_eq!(out.injected, ["Deployment a", "Deployment b"]);
+    let (documents, _) = yaml::parse_documents(&out.text).unwrap();
+    let Some(Value::Sequence(items)) = get(&documents[0], "items").map(|n| &n.value) else {
+        panic!("no items")
+    };
+    let items: Vec<&Node> = items.iter().collect();
+    for i in 0..2 {
+        let template = ["spec", "template", "spec"];
+        assert_eq!(
+            names_at(&items, i, &template, "containers")[0],
+            "ward-proxy"
+        );
+        assert_eq!(
+            names_at(&items, i, &template, "initContainers"),
+            ["ward-init", "ward-bootstrap"]
+        );
+        let annotations = string_map(get(
+            get(
+                get(get(items[i], "spec").unwrap(), "template").unwrap(),
+                "metadata",
+            )
+            .unwrap(),
+            "annotations",
+        ));
+        assert!(annotations.contains_key(INJECTED_ANNOTATION));
+    }
+    // A List whose items are not a list is refused, not passed through.
+    let err = inject("apiVersion: v1\nkind: List\nitems: {}\n", "-", &options())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "-:3:8: items: expected a list of objects");
+}
+
+#[test]
+fn the_webhook_makes_a_job_pod_proxy_a_native_sidecar() {
+    let pod = serde_json::json!({
+        "metadata": {"generateName": "migrate-", "labels": {"app": "migrate"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "migrate", "image": "m"}]}
+    });
+    let patch = pod_patch(&pod, &options()).unwrap().unwrap();
+    let paths: Vec<&str> = patch.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert!(
+        !paths.iter().any(|p| p.starts_with("/spec/containers")),
+        "{paths:?}"
+    );
+    let init = patch
+        .iter()
+        .find(|p| p["path"] == "/spec/initContainers")
+        .unwrap();
+    let names: Vec<&str> = init["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ward-init", "ward-bootstrap", "ward-proxy"]);
+    assert_eq!(init["value"][2]["restartPolicy"], "Always");
+    // A long-running pod keeps the proxy among its containers.
+    let mut web = pod.clone();
+    web["spec"]["restartPolicy"] = serde_json::json!("Always");
+    let patch = pod_patch(&web, &options()).unwrap().unwrap();
+    assert!(patch.iter().any(|p| p["path"] == "/spec/containers/0"));
+}
