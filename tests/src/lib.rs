@@ -318,6 +318,20 @@ impl LocalMesh {
             .clone()
     }
 
+    /// Every pid the runner's state file names: the supervisor, each Envoy, each app.
+    pub fn runner_pids(&self) -> Vec<u32> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state_dir.join("state.json")).unwrap())
+                .unwrap();
+        let mut pids = vec![state["supervisor_pid"].as_u64().unwrap() as u32];
+        for instance in state["instances"].as_array().unwrap() {
+            for key in ["envoy_pid", "app_pid"] {
+                pids.extend(instance[key].as_u64().map(|p| p as u32));
+            }
+        }
+        pids
+    }
+
     /// The address of the first instance of `workload` (its sidecar's inbound address).
     pub fn instance_address(&self, workload: &str) -> std::net::Ipv4Addr {
         self.instance(workload)["address"]
@@ -417,6 +431,18 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// True once `pid` no longer runs: `/proc/<pid>` is gone, or only its zombie is left for
+/// init to reap.
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
 }
 
 /// Retries `check` until it succeeds or `limit` passes (then its last error).

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ward_e2e::{processes_mentioning, LocalMesh, POST_EXAM};
+use ward_e2e::{process_gone, processes_mentioning, LocalMesh, POST_EXAM};
 
 fn proxy_states(mesh: &LocalMesh) -> anyhow::Result<Vec<(String, bool)>> {
     let status = mesh.status_json()?;
@@ -44,8 +44,11 @@ fn exam_lab_post_then_get_through_both_sidecars() {
 
     // Every other name Kubernetes DNS would resolve works too, with and without the port.
     for host in [
+        "exam-scheduler:80",
         "exam-scheduler.default",
+        "exam-scheduler.default:80",
         "exam-scheduler.default.svc",
+        "exam-scheduler.default.svc.cluster.local",
         "exam-scheduler.default.svc.cluster.local:80",
     ] {
         let (code, _) = mesh.curl_from(Some("professor-tools"), &[host]).unwrap();
@@ -86,6 +89,40 @@ fn exam_lab_post_then_get_through_both_sidecars() {
     })
     .unwrap();
 
+    // `wardctl logs`: the sidecar's access log line of a request just made, the app's output.
+    let probe = format!("/?probe={}", std::process::id());
+    mesh.curl_from(
+        Some("professor-tools"),
+        &[&format!("http://exam-scheduler{probe}")],
+    )
+    .unwrap();
+    let access_line = format!("inbound \"GET {probe} HTTP/1.1\"");
+    let logs = |args: &[&str]| {
+        let out = mesh
+            .wardctl(&[&["logs", "exam-scheduler"], args].concat())
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = mesh
+        .eventually(Duration::from_secs(5), || {
+            let all = logs(&[]);
+            anyhow::ensure!(all.contains(&access_line), "{all}");
+            Ok(all)
+        })
+        .unwrap();
+    assert!(all.contains("stand-in listening"), "{all}");
+    let app = logs(&["--only", "app"]);
+    assert!(app.contains("stand-in listening"), "{app}");
+    assert!(!app.contains(&access_line), "{app}");
+    let proxy = logs(&["--only", "proxy"]);
+    assert!(proxy.contains(&access_line), "{proxy}");
+    assert!(!proxy.contains("stand-in listening"), "{proxy}");
+
     // A pod without a sidecar reaches the destination's sidecar directly (no PeerAuthentication yet).
     let (code, body) = mesh.curl_from(None, &["exam-scheduler"]).unwrap();
     assert_eq!(code, 200);
@@ -117,17 +154,121 @@ fn exam_lab_post_then_get_through_both_sidecars() {
         .unwrap_or_else(|| panic!("{table}"));
     assert_eq!(line.matches("SYNCED").count(), 6, "{table}");
 
-    // `down` leaves no process behind.
+    // `down` leaves no process behind: none the runner started (supervisor, Envoys, apps,
+    // whatever their command lines say), and none naming the mesh's directories (xds-server).
     let state_dir = mesh.state_dir.display().to_string();
     let config_dir = mesh.config_dir.display().to_string();
     assert!(!processes_mentioning(&state_dir).is_empty());
+    let started = mesh.runner_pids();
+    // The supervisor, 3 Envoys, and exam-scheduler's app (the two others are curl pods).
+    assert_eq!(started.len(), 5, "{started:?}");
+    assert!(started.iter().all(|p| !process_gone(*p)), "{started:?}");
     let down = mesh.wardctl(&["down"]).unwrap();
     assert!(down.status.success());
+    let running: Vec<u32> = started.into_iter().filter(|p| !process_gone(*p)).collect();
+    assert!(
+        running.is_empty(),
+        "started by the runner, left after down: {running:?}"
+    );
     let left: Vec<u32> = processes_mentioning(&state_dir)
         .into_iter()
         .chain(processes_mentioning(&config_dir))
         .collect();
     assert!(left.is_empty(), "processes left after down: {left:?}");
+}
+
+/// A `ward.dev/local-command` app whose shell leaves a background child, and writes its pid.
+fn local_command_yaml(wardctl: &std::path::Path, child_pid_file: &std::path::Path) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: local-echo
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: local-echo}}
+  template:
+    metadata:
+      labels: {{app: local-echo}}
+      annotations:
+        ward.dev/local-command: "sleep 1000 & echo $! > {pid_file}; exec {wardctl} app --image hashicorp/http-echo --listen $HOST:$PORT -- -text=local"
+    spec:
+      containers:
+      - name: local-echo
+        image: example.com/local-echo:dev
+        ports:
+        - containerPort: 5678
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: local-echo
+spec:
+  selector: {{app: local-echo}}
+  ports:
+  - port: 80
+    targetPort: 5678
+"#,
+        pid_file = child_pid_file.display(),
+        wardctl = wardctl.display(),
+    )
+}
+
+/// Process group of `pid` (field 5 of /proc/<pid>/stat).
+fn process_group_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn down_stops_what_a_local_command_started() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    let child_pid_file = mesh.root.join("child.pid");
+    mesh.write_config(
+        "local-echo.yaml",
+        &local_command_yaml(&ward_e2e::binary("wardctl"), &child_pid_file),
+    )
+    .unwrap();
+    let body = mesh
+        .eventually(Duration::from_secs(20), || {
+            let (code, body) = mesh.curl_from(Some("professor-tools"), &["http://local-echo"])?;
+            anyhow::ensure!(code == 200, "local-echo answered {code}: {body}");
+            Ok(body)
+        })
+        .unwrap();
+    assert_eq!(body.trim(), "local");
+    let app = mesh.instance("local-echo")["app_pid"].as_u64().unwrap() as u32;
+    assert!(
+        mesh.instance("local-echo")["app"]
+            .as_str()
+            .unwrap()
+            .starts_with("local command: sleep 1000 &"),
+        "{}",
+        mesh.instance("local-echo")
+    );
+    let child: u32 = std::fs::read_to_string(&child_pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!process_gone(child) && !process_gone(app));
+    // The command leads a process group of its own, and its child is in it.
+    assert_eq!(process_group_of(app), app);
+    assert_eq!(process_group_of(child), app);
+
+    let started = mesh.runner_pids();
+    assert!(started.contains(&app), "{started:?}");
+    let down = mesh.wardctl(&["down"]).unwrap();
+    assert!(down.status.success());
+    let running: Vec<u32> = started
+        .into_iter()
+        .chain([child])
+        .filter(|p| !process_gone(*p))
+        .collect();
+    assert!(running.is_empty(), "left after down: {running:?}");
 }
 
 #[test]
@@ -370,6 +511,120 @@ fn bad_config_at_startup_names_file_line_and_field() {
 }
 
 #[test]
+fn an_image_without_a_stand_in_names_file_line_field_and_the_annotation() {
+    let dir = std::env::temp_dir().join(format!("ward-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = ECHO_YAML.replace(
+        "image: hashicorp/http-echo",
+        "image: example.com/mystery:1.0",
+    );
+    std::fs::write(dir.join("mystery.yaml"), &text).unwrap();
+    // Where the value is written, 1-based, as config errors count.
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("example.com/mystery").map(|c| (i + 1, c + 1)))
+        .unwrap();
+    let output = std::process::Command::new(ward_e2e::binary("wardctl"))
+        .args([
+            "--state-dir",
+            dir.join("state").to_str().unwrap(),
+            "up",
+            dir.to_str().unwrap(),
+            "--detach",
+            "--envoy",
+            ward_e2e::envoy_binary().to_str().unwrap(),
+            "--xds-address",
+            &format!("127.0.0.1:{}", ward_e2e::free_port()),
+            "--xds-admin-address",
+            &format!("127.0.0.1:{}", ward_e2e::free_port()),
+            "--no-mesh-address",
+            &format!("127.0.0.1:{}", ward_e2e::free_port()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "mystery.yaml:{line}:{column}: spec.template.spec.containers[0].image: "
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`example.com/mystery:1.0` has no built-in stand-in"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ward.dev/local-command"), "{stderr}");
+    // Nothing stays up after the failed start.
+    let state_dir = dir.join("state").display().to_string();
+    assert!(ward_e2e::eventually(Duration::from_secs(10), || {
+        let left = processes_mentioning(&state_dir);
+        anyhow::ensure!(left.is_empty(), "{left:?}");
+        Ok(())
+    })
+    .is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn xds_server_bootstrap_is_a_delta_ads_bootstrap_envoy_accepts() {
+    let dir = std::env::temp_dir().join(format!("ward-bootstrap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = ward_e2e::workspace_root().join("config/exam-lab");
+    let output = ward_e2e::run_ok(
+        std::process::Command::new(ward_e2e::binary("xds-server")).args([
+            "bootstrap",
+            "--config",
+            config.to_str().unwrap(),
+            "--workload",
+            "exam-scheduler",
+            "--state-dir",
+            dir.join("xds").to_str().unwrap(),
+            "--credentials-dir",
+            dir.join("credentials").to_str().unwrap(),
+        ]),
+    );
+    let bootstrap: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(bootstrap["node"]["id"], "exam-scheduler-0.default");
+    let ads = &bootstrap["dynamic_resources"]["ads_config"];
+    assert_eq!(ads["api_type"], "DELTA_GRPC", "{ads}");
+    for config in ["cds_config", "lds_config"] {
+        assert!(
+            bootstrap["dynamic_resources"][config]["ads"].is_object(),
+            "{config}: {bootstrap}"
+        );
+    }
+    assert!(dir.join("credentials").is_dir());
+    let file = dir.join("bootstrap.json");
+    std::fs::write(&file, &output.stdout).unwrap();
+    let validated = std::process::Command::new(ward_e2e::envoy_binary())
+        .args(["--mode", "validate", "-c", file.to_str().unwrap()])
+        .args(["--log-level", "error"])
+        .output()
+        .unwrap();
+    assert!(
+        validated.status.success(),
+        "envoy rejects the bootstrap: {}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    // A workload the config does not have is an error, not an empty bootstrap.
+    let missing = std::process::Command::new(ward_e2e::binary("xds-server"))
+        .args(["bootstrap", "--config", config.to_str().unwrap()])
+        .args(["--workload", "payroll", "--plaintext-xds"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("payroll"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn nacked_config_is_recorded_and_previous_config_keeps_serving() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
     // Port 15001 is the sidecar's own outbound listener: Envoy rejects a second listener on it.
@@ -395,13 +650,26 @@ fn nacked_config_is_recorded_and_previous_config_keeps_serving() {
             Ok(text)
         })
         .unwrap();
-    assert!(
-        nack.contains("15001"),
-        "NACK should carry Envoy's error detail: {nack}"
-    );
+    // Envoy's error_detail, as it wrote it, is in the status, the log line and `wardctl status`.
+    let proxy: serde_json::Value = serde_json::from_str(&nack).unwrap();
+    let error = proxy["types"]["LDS"]["last_nack"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no LDS NACK error: {nack}"))
+        .trim_end()
+        .to_string();
+    assert!(error.contains("15001"), "{error}");
     assert!(mesh.metrics().unwrap().contains("ward_xds_nacks_total"));
     let log = mesh.log("xds-server.log");
-    assert!(log.contains("NACK") || log.contains("nack"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("NACK") && l.contains("exam-scheduler-0.default"))
+        .unwrap_or_else(|| panic!("no NACK line: {log}"));
+    assert!(line.contains(&error), "{line}");
+    let status = String::from_utf8_lossy(&mesh.wardctl(&["status"]).unwrap().stdout).into_owned();
+    assert!(
+        status.contains(&format!("exam-scheduler-0.default LDS: {error}")),
+        "{status}"
+    );
 
     // The proxy kept its last good config.
     let (code, _) = mesh

@@ -136,6 +136,13 @@ pub async fn down(state_dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Whatever survived the orderly shutdown is killed: `down` must leave nothing behind.
+    if state::process_alive(state.supervisor_pid) {
+        // The supervisor did not get to stop the apps' process groups (what a `sh -c` local
+        // command started): done here.
+        for pid in state.instances.iter().filter_map(|i| i.app_pid) {
+            supervisor::kill_group(pid);
+        }
+    }
     for pid in pids.iter().filter(|p| state::process_alive(**p)) {
         // SAFETY: plain signal.
         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };

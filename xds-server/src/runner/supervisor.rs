@@ -197,7 +197,22 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn spawn_logged(argv: &[String], env: &[(String, String)], log: &Path) -> anyhow::Result<Child> {
+/// How a started process is grouped, which decides how it is stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Stays in the supervisor's process group (Envoy, xds-server: no children of their own).
+    Inherit,
+    /// Leads a process group of its own (an app: a `sh -c` local command may start children),
+    /// so stopping it stops everything it started.
+    Own,
+}
+
+fn spawn_logged(
+    argv: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    group: Group,
+) -> anyhow::Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -211,6 +226,9 @@ fn spawn_logged(argv: &[String], env: &[(String, String)], log: &Path) -> anyhow
         .stdout(file.try_clone()?)
         .stderr(file)
         .kill_on_drop(true);
+    if group == Group::Own {
+        command.process_group(0);
+    }
     die_with_parent(&mut command);
     command
         .spawn()
@@ -228,6 +246,31 @@ async fn terminate(child: &mut Child) {
     {
         let _ = child.kill().await;
     }
+}
+
+/// Stops an app started with [`Group::Own`] and whatever it started: SIGTERM to the whole
+/// group, then SIGKILL to what is left of it once the leader is gone (a background child
+/// that ignored SIGTERM, or one the leader left behind when it exited by itself).
+async fn terminate_group(child: &mut Child, pid: Option<u32>) {
+    let Some(pid) = child.id().or(pid) else {
+        return;
+    };
+    // SAFETY: signals to the process group this app leads.
+    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    kill_group(pid);
+}
+
+/// SIGKILL to what remains of the process group `pid` led. The group id is not reused while
+/// any member lives, so this reaches only the app's own descendants.
+pub fn kill_group(pid: u32) {
+    // SAFETY: plain signal to a process group; ESRCH when it is already empty.
+    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
 }
 
 /// A second mesh with the same workloads would get the same addresses: say so plainly.
@@ -286,7 +329,7 @@ impl Supervisor {
             argv.push(wasm.display().to_string());
         }
         let log = state::logs_dir(&self.options.state_dir).join("xds-server.log");
-        let mut child = spawn_logged(&argv, &[], &log)?;
+        let mut child = spawn_logged(&argv, &[], &log, Group::Inherit)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) =
@@ -330,7 +373,7 @@ impl Supervisor {
             if let Some(mut running) = self.instances.remove(&node_id) {
                 info!(%node_id, "stopping removed instance");
                 if let Some(app) = running.app.as_mut() {
-                    terminate(app).await;
+                    terminate_group(app, running.spec.app_pid).await;
                 }
                 if let Some(envoy) = running.envoy.as_mut() {
                     terminate(envoy).await;
@@ -347,7 +390,7 @@ impl Supervisor {
                 Some(running) => {
                     info!(%node_id, "app changed; restarting it");
                     if let Some(app) = running.app.as_mut() {
-                        terminate(app).await;
+                        terminate_group(app, running.spec.app_pid).await;
                     }
                     running.app = None;
                     running.app_command = None;
@@ -477,9 +520,11 @@ impl Supervisor {
                 ))
             }
             None => bail!(
-                "workload {}/{}: image `{}` has no built-in stand-in; add the annotation \
-                 `{LOCAL_COMMAND_ANNOTATION}: \"<command>\"` to the pod template to run a local \
-                 command instead (it gets $HOST and $PORT to listen on)",
+                "{}: workload {}/{}: image `{}` has no built-in stand-in; add the annotation \
+                 `{LOCAL_COMMAND_ANNOTATION}: \"<command>\"` to the pod template's \
+                 metadata.annotations to run a local command instead (it gets $HOST and $PORT \
+                 to listen on)",
+                image_location(workload),
                 workload.namespace,
                 workload.name,
                 container.image
@@ -517,7 +562,7 @@ impl Supervisor {
         std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
         let argv = envoy_argv(&self.options, &path);
         let log = state::envoy_log(&self.options.state_dir, &node_id);
-        let child = spawn_logged(&argv, &[], &log)?;
+        let child = spawn_logged(&argv, &[], &log, Group::Inherit)?;
         let running = self
             .instances
             .get_mut(&node_id)
@@ -573,7 +618,7 @@ impl Supervisor {
             env.push(("PORT".to_string(), listen.port().to_string()));
         }
         let log = state::app_log(&self.options.state_dir, node_id);
-        let child = spawn_logged(&argv, &env, &log)?;
+        let child = spawn_logged(&argv, &env, &log, Group::Own)?;
         running.spec.app_pid = child.id();
         running.app = Some(child);
         running.app_command = Some(argv);
@@ -601,7 +646,7 @@ impl Supervisor {
                         .join(format!("{node_id}.json"));
                     let argv = envoy_argv(&self.options, &bootstrap);
                     let log = state::envoy_log(&self.options.state_dir, node_id);
-                    let child = spawn_logged(&argv, &[], &log)?;
+                    let child = spawn_logged(&argv, &[], &log, Group::Inherit)?;
                     running.spec.envoy_pid = child.id();
                     running.envoy = Some(child);
                     changed = true;
@@ -610,13 +655,17 @@ impl Supervisor {
             if let (Some(app), Some(argv)) = (running.app.as_mut(), running.app_command.clone()) {
                 if let Some(status) = app.try_wait()? {
                     warn!(%node_id, %status, "app exited; restarting it");
+                    // What it started may still hold its port: stopped with it.
+                    if let Some(pid) = running.spec.app_pid {
+                        kill_group(pid);
+                    }
                     let mut env = running.spec.env.clone();
                     if let Some(port) = running.spec.ports.first() {
                         env.push(("HOST".to_string(), running.spec.app_address.to_string()));
                         env.push(("PORT".to_string(), port.to_string()));
                     }
                     let log = state::app_log(&self.options.state_dir, node_id);
-                    let child = spawn_logged(&argv, &env, &log)?;
+                    let child = spawn_logged(&argv, &env, &log, Group::Own)?;
                     running.spec.app_pid = child.id();
                     running.app = Some(child);
                     changed = true;
@@ -721,7 +770,7 @@ impl Supervisor {
             let span = info_span!("stop", %node_id);
             async {
                 if let Some(app) = running.app.as_mut() {
-                    terminate(app).await;
+                    terminate_group(app, running.spec.app_pid).await;
                 }
                 if let Some(envoy) = running.envoy.as_mut() {
                     terminate(envoy).await;
@@ -735,6 +784,66 @@ impl Supervisor {
         }
         let _ = std::fs::remove_file(state::state_file(&self.options.state_dir));
         info!("local mesh stopped");
+    }
+}
+
+/// Where the first container's image of `workload` is written, as config errors say it:
+/// `FILE:LINE:COLUMN: FIELD`. The model keeps only where each resource starts, so the field
+/// is looked up again in the file; the resource's own line if that fails.
+fn image_location(workload: &Workload) -> String {
+    let source = &workload.source;
+    let (documents, _) = std::fs::read_to_string(&source.file)
+        .ok()
+        .and_then(|text| config::yaml::parse_documents(&text).ok())
+        .unwrap_or_default();
+    let get = |node: &config::yaml::Node, key: &str| match &node.value {
+        config::yaml::Value::Mapping(entries) => entries
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| v.clone()),
+        _ => None,
+    };
+    let first = |node: Option<config::yaml::Node>| match node.map(|n| n.value) {
+        Some(config::yaml::Value::Sequence(items)) => items.into_iter().next(),
+        _ => None,
+    };
+    // The document of this workload: its kind, name and namespace, the one nearest above the
+    // line the resource starts at.
+    let document = documents
+        .iter()
+        .filter(|d| d.position.line <= source.line)
+        .filter(|d| {
+            let meta = get(d, "metadata");
+            let text = |n: Option<config::yaml::Node>| n.and_then(|n| n.text().map(str::to_string));
+            text(meta.as_ref().and_then(|m| get(m, "name"))).as_deref()
+                == Some(workload.name.as_str())
+                && text(meta.as_ref().and_then(|m| get(m, "namespace")))
+                    .is_none_or(|ns| ns == workload.namespace)
+        })
+        .max_by_key(|d| d.position.line);
+    let is_pod = document
+        .and_then(|d| get(d, "kind"))
+        .is_some_and(|k| k.text() == Some("Pod"));
+    let (spec, field) = match is_pod {
+        true => (
+            document.and_then(|d| get(d, "spec")),
+            "spec.containers[0].image",
+        ),
+        false => (
+            document
+                .and_then(|d| get(d, "spec"))
+                .and_then(|s| get(&s, "template"))
+                .and_then(|t| get(&t, "spec")),
+            "spec.template.spec.containers[0].image",
+        ),
+    };
+    let image = first(spec.and_then(|s| get(&s, "containers"))).and_then(|c| get(&c, "image"));
+    match image {
+        Some(node) => format!(
+            "{}:{}:{}: {field}",
+            source.file, node.position.line, node.position.column
+        ),
+        None => format!("{}:{}: {field}", source.file, source.line),
     }
 }
 
