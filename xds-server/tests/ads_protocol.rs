@@ -571,3 +571,140 @@ async fn delta_uses_a_replaced_layers_diff_and_sends_the_same_changes() {
     assert!(Arc::ptr_eq(&third, &second));
     nothing_within(&mut responses, 200).await;
 }
+
+/// A snapshot with one resource of every type, each tagged with `tag` so a new tag changes
+/// every type at once.
+fn every_type(tag: &str) -> Snapshot {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use ward::snapshot::{EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
+    let mut snap = snapshot(&[("c", tag)], &["c"]);
+    let one = |type_url: &'static str, resource: Resource| (type_url, resource);
+    for (type_url, resource) in [
+        one(
+            LISTENER,
+            Resource::new(
+                LISTENER,
+                "l",
+                &Listener {
+                    name: "l".into(),
+                    stat_prefix: tag.into(),
+                    ..Default::default()
+                },
+            ),
+        ),
+        one(
+            ROUTE,
+            Resource::new(
+                ROUTE,
+                "r",
+                &RouteConfiguration {
+                    name: "r".into(),
+                    internal_only_headers: vec![tag.into()],
+                    ..Default::default()
+                },
+            ),
+        ),
+        one(
+            SECRET,
+            Resource::new(
+                SECRET,
+                "s",
+                &Secret {
+                    name: format!("s{tag}"),
+                    ..Default::default()
+                },
+            ),
+        ),
+        one(
+            EXTENSION_CONFIG,
+            Resource::new(
+                EXTENSION_CONFIG,
+                "e",
+                &TypedExtensionConfig {
+                    name: format!("e{tag}"),
+                    ..Default::default()
+                },
+            ),
+        ),
+    ] {
+        snap.insert(type_url, vec![ResourceLayer::new([resource])]);
+    }
+    snap
+}
+
+/// What the server sends until it waits for ACKs: type names of each response, in order,
+/// then ACKs them all. Repeated until nothing more comes; one inner list per round.
+async fn rounds_until_quiet(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: &mut Streaming<DeltaDiscoveryResponse>,
+) -> Vec<Vec<&'static str>> {
+    let mut rounds = Vec::new();
+    loop {
+        let mut round = Vec::new();
+        // Quiet for 300 ms: the server is waiting for the ACKs of what it sent.
+        while let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(300), responses.message()).await
+        {
+            let response = message.unwrap().expect("stream open");
+            round.push((ward::snapshot::short_name(&response.type_url), response));
+        }
+        if round.is_empty() {
+            return rounds;
+        }
+        for (_, response) in &round {
+            ack(tx, &response.type_url, &response.nonce).await;
+        }
+        rounds.push(round.into_iter().map(|(short, _)| short).collect());
+    }
+}
+
+#[tokio::test]
+async fn every_type_is_pushed_in_order_and_listeners_and_routes_wait_for_acks() {
+    use ward::snapshot::{EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
+    let h = start().await;
+    h.cache.set(NODE, every_type("1"));
+    let mut c = client(h.address).await;
+    let (tx, rx) = mpsc::channel(16);
+    // Subscribed to everything at once (wildcard for CDS and LDS, by name for the others).
+    for (type_url, names) in [
+        (CLUSTER, vec![]),
+        (ENDPOINT, vec!["c"]),
+        (LISTENER, vec![]),
+        (ROUTE, vec!["r"]),
+        (SECRET, vec!["s"]),
+        (EXTENSION_CONFIG, vec!["e"]),
+    ] {
+        tx.send(DeltaDiscoveryRequest {
+            node: (type_url == CLUSTER).then(node).flatten(),
+            type_url: type_url.into(),
+            resource_names_subscribe: names.into_iter().map(String::from).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut responses = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Clusters first, then their endpoints; secrets and filter configs name nothing and go
+    // in the same round. Listeners only once clusters and endpoints are ACKed, routes only
+    // once listeners are: Envoy never sees a name it has not received.
+    let expected = vec![vec!["CDS", "EDS", "SDS", "ECDS"], vec!["LDS"], vec!["RDS"]];
+    assert_eq!(rounds_until_quiet(&tx, &mut responses).await, expected);
+    for short in ["CDS", "EDS", "LDS", "RDS", "SDS", "ECDS"] {
+        assert_eq!(state_of(&h, short), "SYNCED", "{short}");
+    }
+
+    // A change of every type is pushed in the same order.
+    h.cache.set(NODE, every_type("2"));
+    assert_eq!(rounds_until_quiet(&tx, &mut responses).await, expected);
+    for short in ["CDS", "EDS", "LDS", "RDS", "SDS", "ECDS"] {
+        assert_eq!(state_of(&h, short), "SYNCED", "{short}");
+    }
+}
