@@ -169,8 +169,13 @@ fn pod_yaml(
     port: Option<u16>,
     reported: Option<bool>,
 ) -> String {
+    // A port served comes with the kubelet's readiness probe on it.
     let ports = port
-        .map(|p| format!("    ports:\n    - containerPort: {p}\n"))
+        .map(|p| {
+            format!(
+                "    ports:\n    - containerPort: {p}\n    readinessProbe:\n      httpGet:\n        path: /healthz\n        port: {p}\n"
+            )
+        })
         .unwrap_or_default();
     let (annotations, conditions) = match reported {
         Some(ready) => (
@@ -379,6 +384,7 @@ fn captured_pods_reach_each_other_only_through_their_sidecars() {
     let site = dir.join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "hello from the server pod\n").unwrap();
+    std::fs::write(site.join("healthz"), "ok\n").unwrap();
     pods.spawn(
         &server_ns,
         1000,
@@ -481,15 +487,31 @@ spec:
 ",
     )
     .unwrap();
-    eventually(Duration::from_secs(15), || {
+    let refused = eventually(Duration::from_secs(15), || {
         let (code, out) = pods.curl(&outside_ns, &format!("http://{server_ip}:8080/"));
-        if code != 0 && !out.contains("hello") {
-            Ok(())
+        if code == 0 && out.starts_with("HTTP/1.1 403") {
+            Ok(out)
         } else {
             Err(anyhow::anyhow!("still served in plaintext: {code} {out}"))
         }
     })
     .unwrap();
+    assert!(
+        refused.contains("STRICT mTLS: plaintext is served only on the pod's probe paths")
+            && !refused.contains("hello"),
+        "{refused}"
+    );
+    // The kubelet's readiness probe (its path, plaintext) is still served, by the app.
+    let (code, probe) = pods.curl(&outside_ns, &format!("http://{server_ip}:8080/healthz"));
+    assert_eq!(code, 0, "{probe}");
+    assert!(
+        probe.starts_with("HTTP/1.1 200") && probe.ends_with("\r\n\r\nok\n"),
+        "{probe}"
+    );
+    assert!(probe.contains("x-envoy-upstream-service-time"), "{probe}");
+    // Only that path: another one with the same prefix is refused.
+    let (_, other) = pods.curl(&outside_ns, &format!("http://{server_ip}:8080/healthz/x"));
+    assert!(other.starts_with("HTTP/1.1 403"), "{other}");
     let (code, out) = pods.curl(&client_ns, "http://server/");
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -238,6 +238,23 @@ pub fn pod_document(pod: &Pod) -> Option<Value> {
                         .collect(),
                 );
             }
+            // The kubelet's HTTP probes: STRICT mTLS still serves them in plaintext.
+            for (key, probe) in [
+                ("readinessProbe", &c.readiness_probe),
+                ("livenessProbe", &c.liveness_probe),
+                ("startupProbe", &c.startup_probe),
+            ] {
+                if let Some(get) = probe.as_ref().and_then(|p| p.http_get.as_ref()) {
+                    let mut http_get = json!({ "port": to_value(&get.port) });
+                    if let Some(path) = &get.path {
+                        http_get["path"] = json!(path);
+                    }
+                    if let Some(scheme) = &get.scheme {
+                        http_get["scheme"] = json!(scheme);
+                    }
+                    container[key] = json!({ "httpGet": http_get });
+                }
+            }
             container
         })
         .collect();

@@ -188,6 +188,18 @@ pub struct Container {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub ports: Vec<ContainerPort>,
+    /// The kubelet's HTTP probes (readiness, liveness, startup) of a pod's container: under
+    /// STRICT mTLS the sidecar still serves these paths in plaintext, as Linkerd authorizes
+    /// probes, or the pod could never become Ready.
+    pub probes: Vec<HttpProbe>,
+}
+
+/// A container's `httpGet` probe (HTTP, not HTTPS), its port resolved to a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub port: u16,
+    /// Without the query: the route matches the path alone.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

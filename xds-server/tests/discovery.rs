@@ -16,8 +16,13 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::google::protobuf::value::Kind;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -496,11 +501,13 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
             "spec": {"hosts": ["web"], "http": [{"route": [
                 {"destination": {"host": "web"}}, {"destination": {"host": "web"}}]}]}}),
     );
-    cluster.change(
-        "/api/v1/pods",
-        "ADDED",
-        pod("web-c", "web", "10.1.0.4", true),
-    );
+    // web-c's readiness probe (a named port, a query): STRICT still serves its path to the
+    // kubelet in plaintext, and nothing else.
+    let mut web_c = pod("web-c", "web", "10.1.0.4", true);
+    web_c["spec"]["containers"][0]["ports"][0]["name"] = json!("http");
+    web_c["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/healthz?verbose=1", "port": "http"}, "periodSeconds": 5});
+    cluster.change("/api/v1/pods", "ADDED", web_c);
     let sources = sources_with(
         &mut rx,
         &["kube:VirtualService/shop/broken", "kube:Pod/shop/web-c"],
@@ -531,7 +538,53 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
     );
     assert!(step.changed.contains(&"web-c.shop".to_string()));
     let inbound: Listener = resource(&step, "web-c.shop", LISTENER, "inbound|10.1.0.4:8080");
-    assert_eq!(inbound.filter_chains.len(), 1, "the policies still apply");
+    let chains: Vec<&str> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        chains,
+        ["mtls", "probes"],
+        "STRICT still applies, but for the probe"
+    );
+    let probes = &inbound.filter_chains[1];
+    assert!(probes.transport_socket.is_none());
+    assert_eq!(
+        probes
+            .filter_chain_match
+            .as_ref()
+            .unwrap()
+            .transport_protocol,
+        "raw_buffer"
+    );
+    let hcm = HttpConnectionManager::decode(
+        &match probes.filters[0].config_type.as_ref().unwrap() {
+            ConfigType::TypedConfig(any) => any.value.clone(),
+            _ => panic!("no typed config"),
+        }[..],
+    )
+    .unwrap();
+    let Some(RouteSpecifier::RouteConfig(routes)) = hcm.route_specifier else {
+        panic!("{hcm:?}")
+    };
+    let routes: Vec<String> = routes.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(
+            |r| match (&r.r#match.as_ref().unwrap().path_specifier, &r.action) {
+                (Some(PathSpecifier::Path(p)), Some(Action::Route(_))) => format!("{p} -> app"),
+                (Some(PathSpecifier::Prefix(p)), Some(Action::DirectResponse(d))) => {
+                    format!("{p} -> {}", d.status)
+                }
+                other => format!("{other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(routes, ["/healthz -> app", "/ -> 403"]);
+    // web-a has no probe: STRICT refuses all plaintext.
+    let inbound: Listener = resource(&step, "web-a.shop", LISTENER, "inbound|10.1.0.1:8080");
+    assert_eq!(inbound.filter_chains.len(), 1);
 
     // The refusal is counted by kind, and the count goes when the object is fixed.
     let metrics = ward::metrics::Metrics::new();
@@ -627,11 +680,23 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
     // 3. The watches end and their version has expired: kube-rs relists. The cluster is
     // the same, so the sources are the same and nothing is published or pushed again.
     let lists_before = *cluster.lists.lock().unwrap();
+    let watches_before = *cluster.watches.lock().unwrap();
     cluster.end_watches(true);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every kind is watching again (one watch answered 410, then one after the relist)
+    // before the next event is sent: the fake server does not replay missed events.
+    let rewatched = watches_before + 2 * PATHS.len() as u64;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while *cluster.watches.lock().unwrap() < rewatched {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every kind watches again after the relist");
+    // Past the debounce, so a (wrong) publication of the relist would show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        *cluster.lists.lock().unwrap() >= lists_before + 4,
-        "every core kind relisted"
+        *cluster.lists.lock().unwrap() >= lists_before + PATHS.len() as u64,
+        "every kind relisted"
     );
     assert!(
         !rx.has_changed().unwrap(),

@@ -658,7 +658,8 @@ fn decode_pod_spec(node: &Node, path: &str, deployment: &mut DeploymentSpec, rep
     let items = pod.required_list("containers", report);
     let mut names = BTreeSet::new();
     for (path, node) in items {
-        if let Some(container) = decode_container(node, &path, report) {
+        // Only a Pod has a kubelet probing it (the local runner has none).
+        if let Some(container) = decode_container(node, &path, deployment.is_pod, report) {
             if !names.insert(container.name.clone()) {
                 report.error(
                     node.position,
@@ -760,7 +761,12 @@ fn decode_pod(doc: &Object, report: &mut Report) -> Option<DeploymentSpec> {
     Some(pod)
 }
 
-fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<Container> {
+fn decode_container(
+    node: &Node,
+    path: &str,
+    read_probes: bool,
+    report: &mut Report,
+) -> Option<Container> {
     let c = Object::of(node, path, report)?;
     let name = c.required_string("name", report);
     if let Some(name) = &name {
@@ -775,10 +781,19 @@ fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<Cont
         .into_iter()
         .filter_map(|(path, node)| decode_env(node, &path, report))
         .collect();
-    let ports = c
+    let ports: Vec<ContainerPort> = c
         .list("ports", report)
         .into_iter()
         .filter_map(|(path, node)| decode_container_port(node, &path, report))
+        .collect();
+    let probes = ["readinessProbe", "livenessProbe", "startupProbe"]
+        .into_iter()
+        .filter(|_| read_probes)
+        .filter_map(|key| {
+            let at = c.position_of(key);
+            let probe = c.get(key)?;
+            decode_http_probe(probe, &ports, at, &c.field_path(key), report)
+        })
         .collect();
     c.finish(report);
     Some(Container {
@@ -788,6 +803,62 @@ fn decode_container(node: &Node, path: &str, report: &mut Report) -> Option<Cont
         args,
         env,
         ports,
+        probes,
+    })
+}
+
+/// A probe's `httpGet` (path and port); None for other probes (exec, tcpSocket, grpc) and
+/// for HTTPS ones, which the sidecar cannot route in plaintext. Its timing fields are the
+/// kubelet's business and not read.
+fn decode_http_probe(
+    probe: &Node,
+    ports: &[ContainerPort],
+    at: Position,
+    path: &str,
+    report: &mut Report,
+) -> Option<crate::model::HttpProbe> {
+    let field = |node: &Node, key: &str| match &node.value {
+        Value::Mapping(entries) => entries
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| v.clone()),
+        _ => None,
+    };
+    let get = field(probe, "httpGet")?;
+    if field(&get, "scheme")
+        .and_then(|s| s.text().map(str::to_string))
+        .as_deref()
+        == Some("HTTPS")
+    {
+        return None;
+    }
+    let request = field(&get, "path")
+        .and_then(|p| p.text().map(str::to_string))
+        .unwrap_or_else(|| "/".to_string());
+    let request = request.split('?').next().unwrap_or("/").to_string();
+    let port = field(&get, "port")?;
+    let number = match port.scalar() {
+        Some(Scalar::Int(n)) => u16::try_from(n).ok(),
+        _ => port.text().and_then(|name| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port)
+        }),
+    };
+    if number.is_none() {
+        report.warn(
+            at,
+            &format!("{path}.httpGet.port"),
+            format!(
+                "{}: not a port of this container; the probe is not served under STRICT mTLS",
+                port.describe()
+            ),
+        );
+    }
+    Some(crate::model::HttpProbe {
+        port: number?,
+        path: request,
     })
 }
 

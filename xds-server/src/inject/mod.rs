@@ -749,9 +749,11 @@ pub fn pod_patch(
         ("initContainers", items.init_containers()),
         (
             "containers",
-            (!native_sidecar)
-                .then(|| items.proxy_container())
-                .unwrap_or_default(),
+            if native_sidecar {
+                String::new()
+            } else {
+                items.proxy_container()
+            },
         ),
         ("volumes", items.volumes()),
     ] {

@@ -685,7 +685,8 @@ fn inbound_listener(
         )]
     };
     let mode = mesh.effective_mtls(workload, port).mode;
-    let (listener_filters, filter_chains) = tls::inbound_chains(mode, filters);
+    let probes = (!tcp).then(|| probe_filters(workload, port)).flatten();
+    let (listener_filters, filter_chains) = tls::inbound_chains(mode, filters, probes);
     let listener = Listener {
         name: name.clone(),
         address: Some(socket_address(instance.address, port)),
@@ -697,6 +698,75 @@ fn inbound_listener(
         ..Default::default()
     };
     (Resource::new(snapshot::LISTENER, name, &listener), route)
+}
+
+/// What serves the kubelet's HTTP probes of `port` in plaintext when STRICT refuses all other
+/// plaintext (Linkerd likewise authorizes probes without identity): their exact paths go to
+/// the app; anything else is refused with 403. None when no probe targets the port.
+fn probe_filters(workload: &Workload, port: u16) -> Option<Vec<Filter>> {
+    let mut paths: Vec<&str> = workload
+        .containers
+        .iter()
+        .flat_map(|c| &c.probes)
+        .filter(|p| p.port == port)
+        .map(|p| p.path.as_str())
+        .collect();
+    if paths.is_empty() {
+        return None;
+    }
+    paths.sort_unstable();
+    paths.dedup();
+    let cluster = inbound_cluster_name(port);
+    let mut routes: Vec<Route> = paths
+        .iter()
+        .map(|path| Route {
+            name: format!("probe {path}"),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Path(path.to_string())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                timeout: Some(duration_ms(0)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    routes.push(Route {
+        name: "not-a-probe".to_string(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 403,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(
+                    "STRICT mTLS: plaintext is served only on the pod's probe paths\n".to_string(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    let name = format!("inbound-probes|{port}");
+    Some(vec![network_filter(
+        "envoy.filters.network.http_connection_manager",
+        &http_connection_manager(
+            &format!("inbound_probes_{port}"),
+            http_connection_manager::RouteSpecifier::RouteConfig(RouteConfiguration {
+                name,
+                virtual_hosts: vec![VirtualHost {
+                    name: "probes".to_string(),
+                    domains: vec!["*".to_string()],
+                    routes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            vec![router_filter()],
+            "inbound-probe",
+        ),
+    )])
 }
 
 /// The RDS name of a sidecar's inbound routes for one port (unique within the proxy).

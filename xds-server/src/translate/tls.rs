@@ -138,10 +138,12 @@ fn downstream_mtls() -> TransportSocket {
 }
 
 /// What an inbound listener needs for its mTLS mode: listener filters and filter chains,
-/// each chain running `filters`.
+/// each chain running `filters`. `probes`: the filters serving the kubelet's probes of this
+/// port, which STRICT keeps serving in plaintext (everything else plaintext is refused).
 pub fn inbound_chains(
     mode: MtlsMode,
     filters: Vec<envoy_types::pb::envoy::config::listener::v3::Filter>,
+    probes: Option<Vec<envoy_types::pb::envoy::config::listener::v3::Filter>>,
 ) -> (Vec<ListenerFilter>, Vec<FilterChain>) {
     let plaintext = |name: &str, transport: &str| FilterChain {
         name: name.to_string(),
@@ -162,18 +164,31 @@ pub fn inbound_chains(
         transport_socket: Some(downstream_mtls()),
         ..Default::default()
     };
-    match mode {
-        MtlsMode::Disable => (Vec::new(), vec![plaintext("plaintext", "")]),
-        MtlsMode::Strict => (Vec::new(), vec![mtls("")]),
-        // The TLS inspector tells a TLS ClientHello from plaintext on the same port.
-        MtlsMode::Permissive | MtlsMode::Unset => (
-            vec![ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".to_string(),
-                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
-                    &TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }],
+    // The TLS inspector tells a TLS ClientHello from plaintext on the same port.
+    let inspector = || {
+        vec![ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".to_string(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }]
+    };
+    match (mode, probes) {
+        (MtlsMode::Disable, _) => (Vec::new(), vec![plaintext("plaintext", "")]),
+        (MtlsMode::Strict, None) => (Vec::new(), vec![mtls("")]),
+        (MtlsMode::Strict, Some(probes)) => (
+            inspector(),
+            vec![
+                mtls("tls"),
+                FilterChain {
+                    filters: probes,
+                    ..plaintext("probes", "raw_buffer")
+                },
+            ],
+        ),
+        (MtlsMode::Permissive | MtlsMode::Unset, _) => (
+            inspector(),
             vec![mtls("tls"), plaintext("plaintext", "raw_buffer")],
         ),
     }
