@@ -437,8 +437,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         info!(sha256 = %pin, "serving only sidecars whose wasm module has this sha256");
         ads = ads.pinning_module(pin.clone());
     }
-    let mut server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
+    if let Some(bucket) = options.xds_limits.admission() {
+        ads = ads.admitting(bucket);
+    }
+    let mut tls = None;
     if options.plaintext_xds {
         warn!("xDS is served in plaintext and proxies are not authenticated (--plaintext-xds): for local debugging only");
     } else {
@@ -448,16 +450,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             (mesh.trust_domain.clone(), mesh.root_namespace.clone())
         };
         let identity = xds_listener::server_identity(&trust_domain, &root_namespace);
-        let tls = xds_listener::tls_config(
-            &control.certificates.ca(),
-            &identity,
-            options.xds_address,
-            options.xds_limits,
-        )
-        .context("issuing xds-server's serving certificate")?;
-        server = server
-            .tls_config(tls)
-            .context("configuring TLS on the xDS port")?;
+        tls = Some(
+            xds_listener::tls_config(&control.certificates.ca(), &identity, options.xds_address)
+                .context("issuing xds-server's serving certificate")?,
+        );
         let lookup = control.clone();
         ads = ads.authenticating(Arc::new(move |node_id: &str| {
             let mesh = lookup.current_mesh.lock().expect("mesh lock").clone()?;
@@ -473,20 +469,25 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         admin = %options.admin_address,
         tls = !options.plaintext_xds,
         max_connections = options.xds_limits.max_connections,
+        new_streams_per_second = options.xds_limits.new_streams_per_second,
+        new_stream_burst = options.xds_limits.new_stream_burst,
+        max_connection_age = ?options.xds_limits.max_connection_age,
         "xds-server serving"
     );
     let key_control = control.clone();
-    server
-        .add_service(ads.into_service())
+    let routes = tonic::service::Routes::new(ads.into_service())
         .add_service(crate::key_refresh::KeyRefreshService::new(Arc::new(
             move |issuer: &str, kid: &str| key_control.on_unknown_key(issuer, kid),
         )))
-        .serve_with_incoming_shutdown(
-            xds_listener::incoming(listener, options.xds_limits, metrics),
-            shutdown_signal(),
-        )
-        .await
-        .with_context(|| format!("serving xDS on {}", options.xds_address))?;
+        .prepare();
+    xds_listener::serve(
+        xds_listener::incoming(listener, options.xds_limits, metrics),
+        tls,
+        options.xds_limits,
+        routes,
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 

@@ -238,17 +238,21 @@ impl Service<http::Request<Body>> for AdsService {
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let path = parts.uri.path().to_string();
+            let drain = parts
+                .extensions
+                .get::<crate::xds_listener::ConnectionDrain>()
+                .map(|d| d.0.clone());
             let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
             let (tx, rx) = mpsc::channel(16);
             let opened = match path.as_str() {
                 SOTW_PATH => {
                     server
-                        .open::<super::SotwStream>(request, requests(body), tx)
+                        .open::<super::SotwStream>(request, requests(body), tx, drain)
                         .await
                 }
                 DELTA_PATH => {
                     server
-                        .open::<super::DeltaStream>(request, requests(body), tx)
+                        .open::<super::DeltaStream>(request, requests(body), tx, drain)
                         .await
                 }
                 other => Err(Status::unimplemented(format!("no such method: {other}"))),

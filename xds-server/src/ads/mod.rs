@@ -14,6 +14,7 @@
 //! The wire format (gRPC framing, responses made of shared pre-encoded resources) is in
 //! [`grpc`].
 
+pub mod admission;
 pub mod grpc;
 mod subscription;
 
@@ -60,6 +61,8 @@ pub struct AdsServer {
     identities: Option<NodeIdentities>,
     /// sha256 of the wasm module a sidecar must report (node metadata), if pinned.
     module_sha256: Option<String>,
+    /// New streams admitted per second, if limited.
+    admission: Option<Arc<admission::TokenBucket>>,
 }
 
 impl std::fmt::Debug for AdsServer {
@@ -82,7 +85,32 @@ impl AdsServer {
             metrics,
             identities: None,
             module_sha256: None,
+            admission: None,
         }
+    }
+
+    /// Admit new streams at the bucket's rate; the excess is refused with UNAVAILABLE (a
+    /// proxy retries with back-off) before its first request is even read.
+    pub fn admitting(mut self, bucket: Arc<admission::TokenBucket>) -> Self {
+        self.admission = Some(bucket);
+        self
+    }
+
+    fn admit(&self) -> Result<(), Status> {
+        let Some(bucket) = &self.admission else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        if bucket.try_take(now) {
+            return Ok(());
+        }
+        self.metrics.refuse("rate-limit");
+        debug!("refused an ADS stream: new-stream rate limit");
+        Err(Status::unavailable(format!(
+            "xds-server admits {} new ADS streams per second (--max-new-streams-per-second) and is at that rate; retry in {} ms or later",
+            bucket.per_second(),
+            bucket.next_token_in(now).as_millis().max(1)
+        )))
     }
 
     /// Serve only sidecars whose bootstrap reports this wasm module sha256: a sidecar with
@@ -390,18 +418,21 @@ impl AdsServer {
         Ok((first, node_id))
     }
 
-    /// Reads and checks the first request, then runs the stream in its own task, in a span
-    /// naming the node and the protocol.
+    /// Admits the stream, reads and checks the first request, then runs the stream in its own
+    /// task, in a span naming the node and the protocol. The stream ends with UNAVAILABLE when
+    /// `drain` turns true (its connection is closing: maximum age, or shutdown).
     pub(crate) async fn open<S: ProtocolStream>(
         &self,
         request: Request<()>,
         mut requests: Streaming<S::Request>,
         tx: grpc::ResponseSender,
+        drain: Option<watch::Receiver<bool>>,
     ) -> Result<(), Status> {
+        self.admit()?;
         let (first, node_id) = self.first_request(&request, &mut requests, S::node).await?;
         let span = info_span!("ads", node = %node_id, protocol = S::PROTOCOL);
-        let stream = S::new(StreamState::new(node_id), self.clone(), tx);
-        tokio::spawn(run(stream, first, requests).instrument(span));
+        let stream = S::new(StreamState::new(node_id), self.clone(), tx.clone());
+        tokio::spawn(run(stream, first, requests, tx, drain).instrument(span));
         Ok(())
     }
 }
@@ -450,12 +481,24 @@ pub(crate) trait ProtocolStream: Send + Sized + 'static {
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
 }
 
+/// Resolves once the connection is draining; never without a drain signal.
+async fn drained(drain: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = drain {
+        if rx.wait_for(|d| *d).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
 /// A stream's life: answer the first request, then push the node's snapshot whenever it
-/// changes and take each request, until either side ends.
+/// changes and take each request, until either side ends or the connection drains.
 async fn run<S: ProtocolStream>(
     mut stream: S,
     first: S::Request,
     mut requests: Streaming<S::Request>,
+    tx: grpc::ResponseSender,
+    mut drain: Option<watch::Receiver<bool>>,
 ) {
     let (server, state) = stream.parts();
     let mut connection = Connection::open(server, state, S::PROTOCOL);
@@ -472,6 +515,18 @@ async fn run<S: ProtocolStream>(
             },
             changed = connection.snapshots.changed() => {
                 if changed.is_err() { break; }
+            }
+            () = drained(&mut drain) => {
+                // The connection has sent GOAWAY: ending the stream makes the proxy open a new
+                // one on a new connection (maybe to another replica); it serves its last
+                // config meanwhile.
+                info!("connection closing (maximum age or shutdown): ending the stream so the proxy reconnects");
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "xds-server is closing this connection (maximum connection age or shutdown); reconnect",
+                    )))
+                    .await;
+                break;
             }
         }
     }
