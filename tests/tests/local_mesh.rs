@@ -744,3 +744,80 @@ fn state_of_the_world_ads_serves_the_same_mesh() {
     let status = mesh.status_json().unwrap().to_string();
     assert!(status.to_lowercase().contains("sotw"), "{status}");
 }
+
+/// A counter of `workload`'s sidecar, from its Envoy admin `/stats`.
+fn sidecar_counter(mesh: &LocalMesh, workload: &str, name: &str) -> u64 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
+    let instance = state["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["workload"] == workload)
+        .unwrap();
+    let address = format!(
+        "{}:{}",
+        instance["address"].as_str().unwrap(),
+        instance["admin_port"]
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{address}/stats?filter=^{name}$")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no stat {name} at {address}"))
+}
+
+#[test]
+fn envoys_keep_serving_while_xds_server_closes_their_connections_at_the_maximum_age() {
+    let mesh =
+        LocalMesh::up_with("config/exam-lab", &["--max-connection-age", "2s"]).expect("mesh up");
+    // The lab's policy on the scheduler: students may POST, professors may GET.
+    mesh.apply(
+        "authz-scheduler.yaml",
+        include_str!("../../config/exam-lab/policies/authz-scheduler.yaml"),
+    );
+    let (code, body) = mesh.curl_from(Some("student-portal"), POST_EXAM).unwrap();
+    assert_eq!(code, 200, "{body}");
+    // Connections to xds-server the professor's sidecar has opened.
+    let xds_connections = || {
+        sidecar_counter(
+            &mesh,
+            "professor-tools",
+            "cluster.ward-xds.upstream_cx_total",
+        )
+    };
+    let first = xds_connections();
+    // While xds-server closes each connection at 2 s ±10 % and the sidecars reconnect, the
+    // policy keeps being enforced both ways: the professor reads, the student is refused.
+    let mut rounds = 0;
+    while xds_connections() < first + 3 {
+        rounds += 1;
+        assert!(
+            rounds <= 60,
+            "3 reconnects in 60 rounds; {} seen",
+            xds_connections() - first
+        );
+        let (code, body) = mesh
+            .curl_from(Some("professor-tools"), &["http://exam-scheduler"])
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("s123456"), "{body}");
+        let (code, body) = mesh
+            .curl_from(Some("student-portal"), &["http://exam-scheduler"])
+            .unwrap();
+        assert_eq!((code, body.as_str()), (403, "RBAC: access denied"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The streams after the reconnects are live: a change reaches the sidecars.
+    mesh.write_config("greeter.yaml", ECHO_YAML).unwrap();
+    mesh.eventually(Duration::from_secs(20), || {
+        let (code, _) = mesh.curl_from(Some("professor-tools"), &["http://greeter"])?;
+        anyhow::ensure!(code == 200, "greeter answered {code}");
+        Ok(())
+    })
+    .unwrap();
+}

@@ -33,6 +33,8 @@ pub struct BenchOptions {
     /// Also measure a certificate renewal wave: certificates are issued with a lifetime such
     /// that every proxy's comes due this long after the server starts.
     pub renew_after: Option<Duration>,
+    /// More `xds-server serve` flags (e.g. `--max-new-streams-per-second 0`).
+    pub server_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +60,9 @@ pub struct BenchReport {
     pub server_kib_per_proxy: f64,
     pub bytes_received_per_proxy_initial: u64,
     pub bytes_received_per_proxy_change: u64,
+    /// Stream openings refused with UNAVAILABLE (admission rate limit) and retried with
+    /// Envoy's back-off during the initial sync.
+    pub streams_refused_initial: u64,
     pub renewal: Option<RenewalReport>,
 }
 
@@ -140,6 +145,32 @@ struct ClientProgress {
 
 struct ClientCounters {
     bytes: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Envoy's reconnect back-off for xDS streams: jittered exponential, 500 ms base, 30 s max
+/// (`JitteredExponentialBackOffStrategy`: a delay drawn in [0, interval), the interval
+/// doubling up to the max).
+struct EnvoyBackOff {
+    interval: Duration,
+}
+
+impl EnvoyBackOff {
+    const BASE: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        EnvoyBackOff {
+            interval: Self::BASE,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        use rand::Rng;
+        let delay = self.interval.mul_f64(rand::rng().random_range(0.0..1.0));
+        self.interval = (self.interval * 2).min(Self::MAX);
+        delay
+    }
 }
 
 fn request(
@@ -170,17 +201,30 @@ async fn simulated_proxy(
         .await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(16);
     let node = Node {
         id: node_id,
         ..Default::default()
     };
-    tx.send(request(CLUSTER, Some(node), vec![], "")).await?;
-    tx.send(request(LISTENER, None, vec![], "")).await?;
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    // A stream refused with UNAVAILABLE (the admission rate limit) is opened again after
+    // Envoy's back-off.
+    let mut back_off = EnvoyBackOff::new();
+    let (tx, mut responses) = loop {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(request(CLUSTER, Some(node.clone()), vec![], ""))
+            .await?;
+        tx.send(request(LISTENER, None, vec![], "")).await?;
+        match client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(responses) => break (tx, responses.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(back_off.next()).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    };
     let mut rds_subscribed = false;
     let mut first_watched_version: Option<String> = None;
     let mut first_certificate_version: Option<String> = None;
@@ -353,6 +397,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         }))
         .arg("--state-dir")
         .arg(options.work_dir.join("xds-state"))
+        .args(&options.server_args)
         .env("WARD_LOG", "warn")
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -377,6 +422,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let watched_cluster = "outbound|80||svc-0.default.svc.cluster.local".to_string();
     let counters = Arc::new(ClientCounters {
         bytes: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
     });
     let mut progress = Vec::new();
     let connect_start = Instant::now();
@@ -416,6 +462,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let rss_synced = proc_status_kib(pid, "VmRSS:")?;
     let cpu_synced = cpu_seconds(pid)?;
     let bytes_initial = counters.bytes.load(Ordering::Relaxed);
+    let streams_refused_initial = counters.refused.load(Ordering::Relaxed);
 
     // One config change: svc-0 gets one more replica, so every proxy's endpoints change.
     let change_start = Instant::now();
@@ -489,6 +536,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         server_kib_per_proxy: (rss_synced.saturating_sub(rss_before)) as f64 / n,
         bytes_received_per_proxy_initial: (bytes_initial as f64 / n) as u64,
         bytes_received_per_proxy_change: (bytes_change as f64 / n) as u64,
+        streams_refused_initial,
         renewal,
     })
 }
@@ -517,7 +565,8 @@ impl BenchReport {
              config change -> ACK: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the 100 ms debounce)\n\
              server CPU: {:.2} s initial sync, {:.2} s for the change\n\
              server RSS: {:.1} MiB before clients, {:.1} MiB synced, peak {:.1} MiB; {:.1} KiB per proxy\n\
-             bytes per proxy: {} initial, {} for the change\n",
+             bytes per proxy: {} initial, {} for the change\n\
+             stream openings refused (rate limit) and retried during the initial sync: {}\n",
             self.proxies,
             self.services,
             self.initial_sync_ms,
@@ -532,6 +581,7 @@ impl BenchReport {
             self.server_kib_per_proxy,
             self.bytes_received_per_proxy_initial,
             self.bytes_received_per_proxy_change,
+            self.streams_refused_initial,
         );
         format!("{base}{renewal}")
     }

@@ -47,6 +47,10 @@ enum Command {
         /// Lifetime of workload certificates (default 24h; xds-server renews at 4/5 of it).
         #[arg(long)]
         workload_cert_ttl: Option<String>,
+        /// Passed to xds-server: close each Envoy's xDS connection after this long, ±10 %
+        /// (default 30m; Envoy reconnects and keeps serving meanwhile).
+        #[arg(long)]
+        max_connection_age: Option<String>,
         /// Plugged-in intermediate CA: Istio's ca-cert.pem, ca-key.pem, root-cert.pem and
         /// cert-chain.pem (default: a root generated and kept in the state directory).
         #[arg(long, env = "WARD_CA_DIR")]
@@ -255,6 +259,10 @@ enum BenchCommand {
         /// server starts (it must be after the initial sync and the change), e.g. 60s.
         #[arg(long, value_parser = humantime::parse_duration)]
         renew_after: Option<std::time::Duration>,
+        /// A flag for the xds-server under test, repeated for each word, e.g.
+        /// `--server-arg=--max-new-streams-per-second --server-arg=0`.
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Closed-loop HTTP load on the running local mesh (like Locust users): requests per
     /// second and latency percentiles, from a workload's sidecar or straight to the app.
@@ -359,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             protocol,
             envoy_log_level,
             workload_cert_ttl,
+            max_connection_age,
             ca_dir,
             supervise,
         } => {
@@ -397,6 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 protocol,
                 envoy_log_level: envoy_log_level.clone(),
                 workload_cert_ttl: workload_cert_ttl.clone(),
+                max_connection_age: max_connection_age.clone(),
                 ca_dir: ca_dir.clone(),
             };
             if supervise || !detach {
@@ -430,6 +440,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(ttl) = &workload_cert_ttl {
                 forwarded.push("--workload-cert-ttl".to_string());
                 forwarded.push(ttl.clone());
+            }
+            if let Some(age) = &max_connection_age {
+                forwarded.push("--max-connection-age".to_string());
+                forwarded.push(age.clone());
             }
             if let Some(wasm) = &wasm {
                 forwarded.push("--wasm".to_string());
@@ -594,6 +608,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             services,
             json,
             renew_after,
+            server_args,
         }) => {
             init_tracing();
             let work_dir = std::env::temp_dir().join(format!("ward-bench-{}", std::process::id()));
@@ -603,6 +618,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 xds_server: tools::sibling_binary("xds-server")?,
                 work_dir: work_dir.clone(),
                 renew_after,
+                server_args,
             };
             let report = ward::bench::run_xds_bench(&options).await;
             let _ = std::fs::remove_dir_all(&work_dir);

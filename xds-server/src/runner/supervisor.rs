@@ -41,6 +41,8 @@ pub struct SupervisorOptions {
     pub envoy_log_level: String,
     /// Passed to xds-server: lifetime of workload certificates (e.g. `24h`, `90s`).
     pub workload_cert_ttl: Option<String>,
+    /// Passed to xds-server: maximum age of an xDS connection (e.g. `30m`, `2s`).
+    pub max_connection_age: Option<String>,
     /// Plugged-in CA (Istio's cacerts layout) for xds-server and the bootstrap credentials.
     pub ca_dir: Option<PathBuf>,
 }
@@ -323,6 +325,10 @@ impl Supervisor {
         if let Some(ttl) = &self.options.workload_cert_ttl {
             argv.push("--workload-cert-ttl".to_string());
             argv.push(ttl.clone());
+        }
+        if let Some(age) = &self.options.max_connection_age {
+            argv.push("--max-connection-age".to_string());
+            argv.push(age.clone());
         }
         if let Some(wasm) = &self.options.wasm {
             argv.push("--wasm-module".to_string());
