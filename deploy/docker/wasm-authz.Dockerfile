@@ -1,4 +1,4 @@
-# The wasm-authz proxy-wasm module as an image: one layer holding only /wasm_authz.wasm.
+# The wasm-authz proxy-wasm module as an image: one layer holding only /plugin.wasm.
 # Build from the workspace root:
 #   docker build -f deploy/docker/wasm-authz.Dockerfile -t ward/wasm-authz .
 FROM rust:1-bookworm AS builder

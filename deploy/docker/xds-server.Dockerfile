@@ -17,7 +17,8 @@ RUN groupadd --gid 1337 ward \
 COPY --from=builder /src/target/release/xds-server /usr/local/bin/xds-server
 COPY --from=builder /src/target/release/wardctl /usr/local/bin/wardctl
 USER 1337:1337
-# 15010: ADS (gRPC). 15014: /metrics, /status, /healthz.
-EXPOSE 15010 15014
+# 15010: ADS (gRPC). 15014: /metrics, /status, /healthz. 15012: HTTPS, the admission webhook
+# and the pods' credential exchange (--https-address).
+EXPOSE 15010 15014 15012
 ENTRYPOINT ["/usr/local/bin/xds-server"]
 CMD ["serve","--config","/etc/ward/config","--xds-address","0.0.0.0:15010","--admin-address","0.0.0.0:15014"]
