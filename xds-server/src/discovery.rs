@@ -8,7 +8,8 @@
 //!   starting pod's sidecar needs its config before the pod can become Ready (the kubelet's
 //!   probes are captured and reach the app through it). Only Ready pods are endpoints of
 //!   their Services. The injected sidecar's own container is left out (its admin port is not
-//!   a workload port).
+//!   a workload port). The containers' HTTP probes are kept: under STRICT mTLS the sidecar
+//!   still serves their paths in plaintext to the kubelet.
 //! - Only pods injected by Ward (annotation `ward.dev/injected`) are meshed; any other pod
 //!   (kube-system, opted out, not injected) is a plaintext endpoint with no identity and no
 //!   proxy config.
