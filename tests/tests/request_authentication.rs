@@ -321,6 +321,12 @@ fn jwt_tokens_are_verified_and_policies_see_their_principal_and_claims() {
         Ok(())
     })
     .unwrap();
+    let metrics = mesh.metrics().unwrap();
+    let errors = metrics.lines().find_map(|l| {
+        l.strip_prefix("ward_jwks_fetches_total{result=\"error\"} ")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    assert!(errors.is_some_and(|n| n >= 1.0), "{metrics}");
     assert_eq!(call(&mesh, Some(&groups), &[]).0, 200);
 }
 
@@ -396,4 +402,538 @@ spec:
         "Authorization: Bearer invalidToken",
     ]);
     assert_eq!(status, 401, "{body}");
+}
+
+const ISTIO_KID: &str = "DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token of Istio's test issuer (`testing@secure.istio.io`) signed with its key, with
+/// `claims` over a sub and an hour of validity.
+fn testing_token(claims: serde_json::Value) -> String {
+    let mut payload = serde_json::json!({
+        "iss": "testing@secure.istio.io", "sub": "minted", "exp": now() + 3600,
+    });
+    payload
+        .as_object_mut()
+        .unwrap()
+        .extend(claims.as_object().unwrap().clone());
+    mint(ISTIO_KID, payload)
+}
+
+/// HMAC-SHA256 (RFC 2104) by hand: only the algorithm-confusion token needs it.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// Unsigned tokens of the testing issuer: `alg: none`, and HS256 keyed with the issuer's
+/// public key as PEM (the algorithm-confusion attack on verifiers that take the JWKS key as
+/// an HMAC secret).
+fn forged_tokens() -> (String, String) {
+    use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+    let payload = b64(serde_json::json!({
+        "iss": "testing@secure.istio.io", "sub": "forged", "aud": "bookinfo", "exp": now() + 3600,
+    })
+    .to_string()
+    .as_bytes());
+    let none = format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
+    let public_pem = rsa::RsaPrivateKey::from_pkcs1_pem(&sample("key.pem"))
+        .unwrap()
+        .to_public_key()
+        .to_pkcs1_pem(LineEnding::LF)
+        .unwrap();
+    let header = b64(format!(r#"{{"alg":"HS256","kid":"{ISTIO_KID}","typ":"JWT"}}"#).as_bytes());
+    let message = format!("{header}.{payload}");
+    let mac = hmac_sha256(public_pem.as_bytes(), message.as_bytes());
+    (none, format!("{message}.{}", b64(&mac)))
+}
+
+/// A JWKS document as a YAML block scalar under `jwks: |` (indented for a jwtRules item).
+fn jwks_block(file: &str) -> String {
+    sample(file)
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect()
+}
+
+/// The RequestAuthentication of the table test on httpbin. `second`: issuer 1 now requires
+/// audience `foo`, and issuer 2 is configured too.
+fn table_request_authentication(second: bool) -> String {
+    let test_jwks = jwks_block("test-issuers/jwks.json");
+    let (issuer1_audiences, issuer2) = if second {
+        (
+            "    audiences: [foo]\n".to_string(),
+            format!("  - issuer: test-issuer-2@istio.io\n    jwks: |\n{test_jwks}"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: jwt-table
+  namespace: foo
+spec:
+  selector:
+    matchLabels:
+      app: httpbin
+  jwtRules:
+  - issuer: test-issuer-1@istio.io
+{issuer1_audiences}    jwks: |
+{test_jwks}  - issuer: test-issuer-3@istio.io
+    forwardOriginalToken: true
+    jwks: |
+{test_jwks}  - issuer: testing@secure.istio.io
+    audiences: [ward-e2e, bookinfo]
+    fromHeaders:
+    - name: x-ward-jwt
+      prefix: \"Token \"
+    fromParams: [jwt]
+    fromCookies: [session]
+    jwks: |
+{jwks}{issuer2}",
+        jwks = jwks_block("jwks.json"),
+    )
+}
+
+/// On httpbin: any path but two needs only authentication; /anything/nested needs
+/// `nested.key1` to hold valueA, /anything/scope needs `read` in the space-delimited scope.
+const TABLE_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: claims
+  namespace: foo
+spec:
+  selector:
+    matchLabels:
+      app: httpbin
+  rules:
+  - to:
+    - operation:
+        notPaths: [\"/anything/nested\", \"/anything/scope\"]
+  - to:
+    - operation:
+        paths: [\"/anything/nested\"]
+    when:
+    - key: request.auth.claims[nested][key1]
+      values: [\"valueA\"]
+  - to:
+    - operation:
+        paths: [\"/anything/scope\"]
+    when:
+    - key: request.auth.claims[scope]
+      values: [\"read\"]
+";
+
+/// One request from sleep to httpbin and what it must get.
+struct Row {
+    what: &'static str,
+    path: String,
+    /// `Name: value` request headers.
+    headers: Vec<String>,
+    status: u16,
+    /// A refused token: jwt_authn's message; 403: RBAC's; 200 on /headers: not checked.
+    body: &'static str,
+    /// A refused token (jwt_authn's answer): `www-authenticate: Bearer ...`.
+    www_authenticate: bool,
+    /// 200 on /headers: request headers the app must see, and must not see.
+    app_sees: &'static [&'static str],
+    app_lacks: &'static [&'static str],
+}
+
+fn row(what: &'static str, path: &str, headers: Vec<String>, status: u16) -> Row {
+    let body = match status {
+        403 => "RBAC: access denied",
+        _ => "",
+    };
+    Row {
+        what,
+        path: path.to_string(),
+        headers,
+        status,
+        body,
+        www_authenticate: false,
+        app_sees: &[],
+        app_lacks: &[],
+    }
+}
+
+fn refused(what: &'static str, headers: Vec<String>, message: &'static str) -> Row {
+    Row {
+        body: message,
+        www_authenticate: true,
+        ..row(what, "/headers", headers, 401)
+    }
+}
+
+/// A valid token meant for another audience: jwt_authn answers 403, not 401.
+fn wrong_audience(what: &'static str, headers: Vec<String>) -> Row {
+    Row {
+        status: 403,
+        ..refused(what, headers, "Audiences in Jwt are not allowed")
+    }
+}
+
+fn bearer(token: &str) -> Vec<String> {
+    vec![format!("Authorization: Bearer {token}")]
+}
+
+fn ward_header(token: &str) -> Vec<String> {
+    vec![format!("x-ward-jwt: Token {token}")]
+}
+
+/// Sends `row`'s request; `None` if it got what it must, else what went wrong.
+fn check_row(mesh: &LocalMesh, row: &Row) -> Option<String> {
+    let url = format!("http://httpbin.foo:8000{}", row.path);
+    let mut args: Vec<&str> = vec!["-D", "-", &url];
+    for header in &row.headers {
+        args.extend(["-H", header]);
+    }
+    let (status, output) = match mesh.curl_from_in(Some("sleep"), "foo", &args) {
+        Ok(reply) => reply,
+        Err(e) => return Some(format!("{}: {e:#}", row.what)),
+    };
+    let (head, body) = output
+        .split_once("\r\n\r\n")
+        .unwrap_or(("", output.as_str()));
+    let problem = |why: String| Some(format!("{}: {why}\n{output}", row.what));
+    if status != row.status {
+        return problem(format!("status {status}, expected {}", row.status));
+    }
+    if !row.body.is_empty() && body != row.body {
+        return problem(format!("body {body:?}, expected {:?}", row.body));
+    }
+    let www_authenticate = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("www-authenticate: ")
+            .map(str::to_string)
+    });
+    match (row.www_authenticate, www_authenticate) {
+        (true, Some(value))
+            if value.starts_with("bearer ") && value.contains("error=\"invalid_token\"") => {}
+        (true, other) => return problem(format!("www-authenticate {other:?}")),
+        (false, Some(value)) => return problem(format!("www-authenticate {value:?}")),
+        (false, None) => {}
+    }
+    if status == 200 && row.path.starts_with("/headers") {
+        let seen: serde_json::Value = match serde_json::from_str(body) {
+            Ok(json) => json,
+            Err(e) => return problem(format!("not httpbin's JSON: {e}")),
+        };
+        for name in row.app_sees {
+            if seen["headers"].get(*name).is_none() {
+                return problem(format!("the app did not see {name}"));
+            }
+        }
+        for name in row.app_lacks {
+            if let Some(value) = seen["headers"].get(*name) {
+                return problem(format!("the app saw {name}: {value}"));
+            }
+        }
+    }
+    None
+}
+
+/// Runs every row; fails with all the rows that did not get what they must.
+fn check_table(mesh: &LocalMesh, rows: &[Row]) {
+    let failures: Vec<String> = rows.iter().filter_map(|r| check_row(mesh, r)).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// Istio's RequestAuthentication cases through real Envoys with the wasm engine, on one
+/// mesh (httpbin in namespace foo, called from sleep): Istio's test-issuer tokens and tokens
+/// minted with its test key, every token location, forwarding, audiences, and policies on
+/// nested and space-delimited claims. A 401 carries `www-authenticate` and jwt_authn's
+/// message; a 403 RBAC's.
+#[test]
+fn request_authentication_cases_through_envoy_with_the_wasm_engine() {
+    let mesh = LocalMesh::up("tests/configs/httpbin").expect("mesh up");
+    mesh.apply(
+        "mesh.yaml",
+        "apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: wasm\n",
+    );
+    mesh.apply("jwt.yaml", &table_request_authentication(false));
+    mesh.apply("policy.yaml", TABLE_POLICY);
+
+    let issuer = test_issuer_token;
+    let good = testing_token(serde_json::json!({"aud": "bookinfo"}));
+    let other_good = testing_token(serde_json::json!({"aud": "bookinfo", "sub": "other"}));
+    let (none, hs256) = forged_tokens();
+    // In force once the policy and the testing issuer's own locations are.
+    let probes = [
+        row(
+            "nested claim without valueA",
+            "/anything/nested",
+            bearer(&issuer("TokenIssuer1WithNestedClaims2")),
+            403,
+        ),
+        refused(
+            "testing issuer's token in Authorization, which its rule does not read",
+            bearer(&good),
+            "Jwt issuer is not configured",
+        ),
+    ];
+    mesh.eventually(Duration::from_secs(20), || {
+        match probes.iter().find_map(|r| check_row(&mesh, r)) {
+            Some(failure) => anyhow::bail!("{failure}"),
+            None => Ok(()),
+        }
+    })
+    .unwrap();
+
+    let mut cookie_row = row(
+        "fromCookies, among other cookies",
+        "/headers",
+        vec![format!("Cookie: theme=dark; session={good}")],
+        200,
+    );
+    // jwt_authn leaves a cookie in place (it may carry other cookies).
+    cookie_row.app_sees = &["Cookie"];
+    let rows = vec![
+        Row {
+            app_lacks: &["Authorization"],
+            ..row("no token", "/headers", vec![], 200)
+        },
+        Row {
+            app_lacks: &["Authorization"],
+            ..row(
+                "issuer 1: the token is removed before the app",
+                "/headers",
+                bearer(&issuer("TokenIssuer1")),
+                200,
+            )
+        },
+        Row {
+            app_sees: &["Authorization"],
+            ..row(
+                "issuer 3, forwardOriginalToken: the app sees the token",
+                "/headers",
+                bearer(&issuer("TokenIssuer3")),
+                200,
+            )
+        },
+        refused(
+            "TokenExpired",
+            bearer(&issuer("TokenExpired")),
+            "Jwt is expired",
+        ),
+        refused(
+            "TokenInvalid",
+            bearer("TokenInvalid"),
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        ),
+        refused(
+            "issuer 2, not configured",
+            bearer(&issuer("TokenIssuer2")),
+            "Jwt issuer is not configured",
+        ),
+        Row {
+            app_lacks: &["X-Ward-Jwt"],
+            ..row(
+                "fromHeaders name and prefix",
+                "/headers",
+                ward_header(&good),
+                200,
+            )
+        },
+        row("fromParams", &format!("/headers?jwt={good}"), vec![], 200),
+        cookie_row,
+        Row {
+            path: format!("/headers?access_token={good}"),
+            ..refused(
+                "access_token, a default location the testing issuer's rule does not read",
+                vec![],
+                "Jwt issuer is not configured",
+            )
+        },
+        row(
+            "audiences: the second of the token's audiences is the rule's",
+            "/headers",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": ["other", "ward-e2e"]}),
+            )),
+            200,
+        ),
+        wrong_audience(
+            "a wrong audience",
+            ward_header(&testing_token(serde_json::json!({"aud": "other"}))),
+        ),
+        wrong_audience(
+            "no audience where the rule requires one",
+            ward_header(&testing_token(serde_json::json!({}))),
+        ),
+        refused(
+            "alg none",
+            ward_header(&none),
+            "Jwt algorithm `none` is not supported",
+        ),
+        refused(
+            "HS256 keyed with the public key",
+            ward_header(&hs256),
+            "Jwt algorithm `HS256` is not supported",
+        ),
+        refused(
+            "expired an hour ago",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": "bookinfo", "exp": now() - 3600}),
+            )),
+            "Jwt is expired",
+        ),
+        refused(
+            "nbf in an hour",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": "bookinfo", "nbf": now() + 3600}),
+            )),
+            "Jwt not yet valid",
+        ),
+        refused(
+            "exp as a string",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": "bookinfo", "exp": "99999999999"}),
+            )),
+            "Jwt payload [exp] field is not an integer",
+        ),
+        refused(
+            "exp as a float, in 2023",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": "bookinfo", "exp": 1.7e9}),
+            )),
+            "Jwt is expired",
+        ),
+        refused(
+            "two tokens: a header and a cookie",
+            vec![
+                format!("x-ward-jwt: Token {good}"),
+                format!("Cookie: session={other_good}"),
+            ],
+            "Jwt is duplicated: more than one token",
+        ),
+        refused(
+            "two tokens of two issuers",
+            vec![
+                format!("x-ward-jwt: Token {good}"),
+                format!("Authorization: Bearer {}", issuer("TokenIssuer1")),
+            ],
+            "Jwt is duplicated: more than one token",
+        ),
+        row(
+            "nested claim with valueA",
+            "/anything/nested",
+            bearer(&issuer("TokenIssuer1WithNestedClaims1")),
+            200,
+        ),
+        row(
+            "nested claim without valueA",
+            "/anything/nested",
+            bearer(&issuer("TokenIssuer1WithNestedClaims2")),
+            403,
+        ),
+        row("nested claim, no token", "/anything/nested", vec![], 403),
+        row(
+            "space-delimited scope with read",
+            "/anything/scope",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": "bookinfo", "scope": "write read"}),
+            )),
+            200,
+        ),
+        row(
+            "space-delimited scope without read",
+            "/anything/scope",
+            ward_header(&testing_token(
+                serde_json::json!({"aud": "bookinfo", "scope": "write readonly"}),
+            )),
+            403,
+        ),
+    ];
+    check_table(&mesh, &rows);
+
+    // Issuer 1 now requires audience `foo`, and issuer 2 is configured: its tokens pass,
+    // and a policy sees its space-delimited `scope` and `permission` as lists.
+    mesh.apply("jwt.yaml", &table_request_authentication(true));
+    mesh.eventually(Duration::from_secs(20), || {
+        match check_row(
+            &mesh,
+            &row(
+                "issuer 2, configured",
+                "/headers",
+                bearer(&issuer("TokenIssuer2")),
+                200,
+            ),
+        ) {
+            Some(failure) => anyhow::bail!("{failure}"),
+            None => Ok(()),
+        }
+    })
+    .unwrap();
+    check_table(
+        &mesh,
+        &[
+            row(
+                "audiences [foo]: aud foo",
+                "/headers",
+                bearer(&issuer("TokenIssuer1WithAud")),
+                200,
+            ),
+            row(
+                "audiences [foo]: aud [foo, buzz]",
+                "/headers",
+                bearer(&issuer("TokenIssuer1WithAudList")),
+                200,
+            ),
+            wrong_audience("audiences [foo]: no aud", bearer(&issuer("TokenIssuer1"))),
+            row(
+                "issuer 2, scope \"write read\"",
+                "/anything/scope",
+                bearer(&issuer("TokenIssuer2WithSpaceDelimitedScope")),
+                200,
+            ),
+            row(
+                "issuer 2, permission \"read write\" but no scope",
+                "/anything/scope",
+                bearer(&issuer("TokenIssuer2WithSpaceDelimitedPermission")),
+                403,
+            ),
+            row(
+                "issuer 2, no scope",
+                "/anything/scope",
+                bearer(&issuer("TokenIssuer2")),
+                403,
+            ),
+        ],
+    );
 }
