@@ -693,6 +693,8 @@ fn request_authentication_cases_through_envoy_with_the_wasm_engine() {
     let good = testing_token(serde_json::json!({"aud": "bookinfo"}));
     let other_good = testing_token(serde_json::json!({"aud": "bookinfo", "sub": "other"}));
     let (none, hs256) = forged_tokens();
+    let scope_read = testing_token(serde_json::json!({"aud": "bookinfo", "scope": "write read"}));
+    let expired = testing_token(serde_json::json!({"aud": "bookinfo", "exp": now() - 3600}));
     // In force once the policy and the testing issuer's own locations are.
     let probes = [
         row(
@@ -772,6 +774,22 @@ fn request_authentication_cases_through_envoy_with_the_wasm_engine() {
         },
         row("fromParams", &format!("/headers?jwt={good}"), vec![], 200),
         cookie_row,
+        // Tokens in the custom locations are verified, not just let through.
+        row(
+            "fromCookies: the cookie's token is the one a policy sees",
+            "/anything/scope",
+            vec![format!("Cookie: theme=dark; session={scope_read}")],
+            200,
+        ),
+        refused(
+            "fromCookies: an expired token",
+            vec![format!("Cookie: session={expired}")],
+            "Jwt is expired",
+        ),
+        Row {
+            path: format!("/headers?jwt={expired}"),
+            ..refused("fromParams: an expired token", vec![], "Jwt is expired")
+        },
         Row {
             path: format!("/headers?access_token={good}"),
             ..refused(
