@@ -255,13 +255,23 @@ impl KeyRefresh {
 pub enum Verdict {
     /// Let the request through unchanged.
     Allow,
-    /// Answer locally: 401 for a bad token, 403 `RBAC: access denied` for a policy.
+    /// Answer locally: 401 for a bad token (403 for one meant for another audience, as
+    /// `jwt_authn` answers), 403 `RBAC: access denied` for a policy.
     Deny {
         status: u32,
         body: String,
         /// The rule that decided (`ns[..]-policy[..]-rule[..]`), or why (`none`, the JWT error).
         reason: String,
     },
+}
+
+/// The status `jwt_authn` refuses a token with: 403 for a valid token meant for another
+/// audience, 401 for anything else.
+fn refusal_status(error: &jwt::JwtError) -> u32 {
+    match error {
+        jwt::JwtError::WrongAudience => 403,
+        _ => 401,
+    }
 }
 
 /// Decides per request from the configuration; built once per plugin configuration.
@@ -336,7 +346,7 @@ impl Engine {
                 ));
                 return Decision {
                     verdict: Verdict::Deny {
-                        status: 401,
+                        status: refusal_status(&error),
                         body: error.to_string(),
                         reason: error.to_string(),
                     },

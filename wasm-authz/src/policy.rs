@@ -474,8 +474,36 @@ fn field(values: &[String], not_values: &[String], matches: impl Fn(&str) -> boo
         && !not_values.iter().any(|v| matches(v))
 }
 
-fn request_principal_match(pattern: &str, principal: Option<&str>) -> bool {
-    principal.is_some_and(|p| glob_match(pattern, p))
+/// Istio's request principal (`<iss>/<sub>`) as its RBAC filters match it: the pattern splits
+/// at its last `/` into issuer and subject, each matched against the token's own `iss` and
+/// `sub` claims. So a token without `sub` has no principal (even for `*`), and `*/x` is a
+/// suffix of the subject alone.
+fn request_principal_match(pattern: &str, request: &Request) -> bool {
+    let claim = |name: &str| {
+        request
+            .request_claims
+            .as_ref()
+            .and_then(|c| c.get(name))
+            .and_then(serde_json::Value::as_str)
+    };
+    let (Some(iss), Some(sub)) = (claim("iss"), claim("sub")) else {
+        return false;
+    };
+    let present = |v: &str| !v.is_empty();
+    if pattern == "*" {
+        present(iss) && present(sub)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        present(iss) && sub.ends_with(suffix)
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        match prefix.rsplit_once('/') {
+            Some((i, "")) => iss == i && present(sub),
+            Some((i, s)) => iss == i && sub.starts_with(s),
+            None => iss.starts_with(prefix) && present(sub),
+        }
+    } else {
+        let (i, s) = pattern.rsplit_once('/').unwrap_or((pattern, ""));
+        iss == i && sub == s
+    }
 }
 
 impl Source {
@@ -495,7 +523,7 @@ impl Source {
             || field(
                 &self.request_principals,
                 &self.not_request_principals,
-                |p| request_principal_match(p, request.request_principal.as_deref()),
+                |p| request_principal_match(p, request),
             ))
     }
 }
@@ -584,7 +612,7 @@ impl Condition {
                 })
             }
             ConditionKey::RequestPrincipal => field(&self.values, &self.not_values, |p| {
-                request_principal_match(p, request.request_principal.as_deref())
+                request_principal_match(p, request)
             }),
             ConditionKey::RequestAudiences => {
                 let values = claim_strings(request, &["aud"]);
@@ -940,17 +968,64 @@ mod tests {
         assert!(!evaluate(&policies, &request).allowed);
         request.request_principal = Some("testing@secure.istio.io/alice".into());
         request.request_claims = serde_json::json!({
+            "iss": "testing@secure.istio.io",
+            "sub": "alice",
             "groups": ["group2", "group1"],
             "nested": {"key1": ["valueA", "valueB"]}
         })
         .as_object()
         .cloned();
         assert!(evaluate(&policies, &request).allowed);
-        request.request_claims =
-            serde_json::json!({"groups": "group2", "nested": {"key1": "valueB"}})
-                .as_object()
-                .cloned();
+        request.request_claims = serde_json::json!({
+            "iss": "testing@secure.istio.io", "sub": "alice",
+            "groups": "group2", "nested": {"key1": "valueB"}
+        })
+        .as_object()
+        .cloned();
         assert!(!evaluate(&policies, &request).allowed);
+    }
+
+    /// As Istio's RBAC filters match `<iss>/<sub>`: split at the pattern's last `/`, each half
+    /// on its own claim (the engines differential test holds both engines to this).
+    #[test]
+    fn request_principals_match_issuer_and_subject_as_istio_splits_them() {
+        let matches = |pattern: &str, claims: serde_json::Value| {
+            let request = Request {
+                request_claims: claims.as_object().cloned(),
+                ..Default::default()
+            };
+            request_principal_match(pattern, &request)
+        };
+        let tenant = serde_json::json!({"iss": "https://idp.example/t", "sub": "team/carol"});
+        assert!(matches("https://idp.example/t/team*", tenant.clone()));
+        assert!(matches("*carol", tenant.clone()));
+        assert!(matches("*", tenant.clone()));
+        // The split is at the last `/`: issuer `https://idp.example/t/team`, so a subject
+        // with a `/` is never matched exactly.
+        assert!(!matches("https://idp.example/t/team/carol", tenant.clone()));
+        assert!(!matches("https://idp.example/t/team/*", tenant.clone()));
+        assert!(matches(
+            "https://idp.example/t/*",
+            serde_json::json!({"iss": "https://idp.example/t", "sub": "carol"})
+        ));
+        // `*/x` is a suffix of the subject: `/carol`.
+        assert!(matches("*/carol", tenant));
+        assert!(!matches(
+            "*/alice",
+            serde_json::json!({"iss": "i", "sub": "alice"})
+        ));
+        // No `sub`: no principal, not even for `*` or `<iss>/*`.
+        let no_sub = serde_json::json!({"iss": "testing@secure.istio.io"});
+        assert!(!matches("*", no_sub.clone()));
+        assert!(!matches("testing@secure.istio.io/*", no_sub));
+        // A pattern without `/` is an issuer with an empty subject, or an issuer prefix.
+        let bare = serde_json::json!({"iss": "issuer", "sub": ""});
+        assert!(matches("issuer", bare.clone()));
+        assert!(!matches("iss*", bare));
+        assert!(matches(
+            "iss*",
+            serde_json::json!({"iss": "issuer", "sub": "s"})
+        ));
     }
 
     #[test]
