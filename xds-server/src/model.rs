@@ -598,12 +598,11 @@ impl Mesh {
             .collect()
     }
 
-    /// Whether the wasm filter must authenticate and authorize for `workload`: a
-    /// RequestAuthentication applies (Envoy's RBAC cannot see what a wasm filter verified),
-    /// or MeshConfig chose the wasm engine.
-    pub fn wasm_authorizes(&self, workload: &Workload) -> bool {
+    /// Whether the wasm filter authenticates and authorizes for `workload`: MeshConfig chose
+    /// the wasm engine. Otherwise Envoy's `jwt_authn` verifies tokens and its RBAC filters
+    /// read the payload it leaves in the dynamic metadata.
+    pub fn wasm_authorizes(&self, _workload: &Workload) -> bool {
         self.authorization_engine == AuthorizationEngine::Wasm
-            || !self.request_authentications_for(workload).is_empty()
     }
 
     /// The JWT rules a workload's sidecar enforces, each with its keys: inline, or fetched

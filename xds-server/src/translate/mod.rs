@@ -7,8 +7,9 @@
 //!   (`outbound`, over RDS) routes by authority to `outbound|<port>||<fqdn>` clusters whose
 //!   endpoints (EDS) are the destination instances' inbound listeners.
 //!
-//! The inbound HTTP chain is: RBAC (AUDIT, DENY, ALLOW; rules per route over RDS), the
-//! `ward-authz` wasm filter (configuration over ECDS), the router.
+//! The inbound HTTP chain is: JWT authentication (`jwt_authn`, over ECDS; native engine
+//! only, see `jwt`), RBAC (AUDIT, DENY, ALLOW; rules per route over RDS), the `ward-authz`
+//! wasm filter (configuration over ECDS), the router.
 //!
 //! The outbound HTTP chain is: the `ward-retry-budget` wasm filter (over ECDS), the router.
 //! ServiceProfile routes, retries and timeouts, failure accrual and DestinationRule
@@ -18,6 +19,7 @@
 //! Mutual TLS (SDS secrets, inbound modes, auto mTLS on clusters) lives in `tls`;
 //! AuthorizationPolicy → RBAC in `rbac`.
 
+pub mod jwt;
 pub mod rbac;
 pub mod resilience;
 pub mod routing;
@@ -253,13 +255,23 @@ pub fn proxy_snapshot(
     routes.push(ResourceLayer::new(inbound_routes));
     snapshot.insert(snapshot::ROUTE, routes);
     snapshot.insert(snapshot::SECRET, secrets.into_iter().collect());
+    let mut extensions = Vec::new();
     if let Some(module) = &options.wasm_module {
-        let inbound = wasm_extension_config(mesh, workload, module, options);
-        let outbound =
-            retry_budget_extension_config(mesh, workload, module, &shared.outbound_filter);
+        extensions.push(wasm_extension_config(mesh, workload, module, options));
+        extensions.push(retry_budget_extension_config(
+            mesh,
+            workload,
+            module,
+            &shared.outbound_filter,
+        ));
+    }
+    if !wasm_enforces(mesh, workload, options) {
+        extensions.push(jwt::extension_config(mesh, workload));
+    }
+    if !extensions.is_empty() {
         snapshot.insert(
             snapshot::EXTENSION_CONFIG,
-            vec![ResourceLayer::new(vec![inbound, outbound])],
+            vec![ResourceLayer::new(extensions)],
         );
     }
     snapshot
@@ -428,8 +440,7 @@ pub const WASM_FILTER: &str = "ward-authz";
 
 /// Whether this sidecar's AuthorizationPolicies are enforced by the wasm filter rather than
 /// by RBAC ([`Mesh::wasm_authorizes`]) and the proxies have the module (without it, RBAC
-/// enforces the same policies, so nothing fails open; JWTs then go unverified and rules that
-/// need a request principal match nothing).
+/// and `jwt_authn` enforce the same policies and tokens, so nothing fails open).
 fn wasm_enforces(mesh: &Mesh, workload: &Workload, options: &TranslateOptions) -> bool {
     options.wasm_module.is_some() && mesh.wasm_authorizes(workload)
 }
@@ -634,7 +645,11 @@ fn inbound_listener(
         ));
         filters
     } else {
-        let mut http_filters = rbac::http_filters();
+        let mut http_filters = Vec::new();
+        if !wasm_enforces(mesh, workload, options) {
+            http_filters.push(jwt::discovered_filter());
+        }
+        http_filters.extend(rbac::http_filters());
         if options.wasm_module.is_some() {
             http_filters.push(wasm_discovered_filter(WASM_FILTER));
         }
