@@ -21,28 +21,20 @@
 //! non-extended form, and the non-extended files are the comparison.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap, Admin, Bootstrap};
-use envoy_types::pb::envoy::config::core::v3::{
-    address, data_source, socket_address, Address, DataSource, SocketAddress,
-};
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
-    route, route_match, DirectResponseAction, Route, RouteConfiguration, RouteMatch, VirtualHost,
-};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter,
+    http_filter, HttpFilter,
 };
 use envoy_types::pb::google::protobuf::Any;
-use prost::{Message, Name};
+use prost::Message;
 use serde_json::{json, Value};
-use ward_e2e::{envoy_binary, raw_http};
+use static_envoy::{address, any, get_text, http_manager, start_envoy};
+use ward_e2e::raw_http;
+
+mod static_envoy;
 
 /// Cases whose expected output Ward does not reproduce on purpose, and why. Their decisions
 /// are still compared.
@@ -234,30 +226,6 @@ fn ward_filters(case: &Case) -> Result<Translated, String> {
     })
 }
 
-fn any<M: Message + Name>(message: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    }
-}
-
-fn address(ip: &str, port: u16) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
-            ..Default::default()
-        })),
-    }
-}
-
-fn inline(text: &str) -> DataSource {
-    DataSource {
-        specifier: Some(data_source::Specifier::InlineString(text.to_string())),
-        ..Default::default()
-    }
-}
-
 /// HTTP filters for RBAC configs, named `rbac-N`.
 fn rbac_filters(rbac: &[Any]) -> Vec<HttpFilter> {
     rbac.iter()
@@ -268,47 +236,6 @@ fn rbac_filters(rbac: &[Any]) -> Vec<HttpFilter> {
             ..Default::default()
         })
         .collect()
-}
-
-/// An HTTP connection manager answering 200 `ok`, behind the given HTTP filters.
-fn http_manager(name: &str, mut http_filters: Vec<HttpFilter>) -> Filter {
-    http_filters.push(HttpFilter {
-        name: "envoy.filters.http.router".to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(
-            any(&Router::default()),
-        )),
-        ..Default::default()
-    });
-    let routes = RouteConfiguration {
-        virtual_hosts: vec![VirtualHost {
-            name: "all".to_string(),
-            domains: vec!["*".to_string()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::DirectResponse(DirectResponseAction {
-                    status: 200,
-                    body: Some(inline("ok")),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let hcm = HttpConnectionManager {
-        stat_prefix: name.to_string(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
-        http_filters,
-        ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-    }
 }
 
 /// A listener that answers 200 `ok` to what its RBAC filters let through. On TCP the
@@ -348,15 +275,7 @@ fn wasm_listener(
 }
 
 fn listener(name: &str, ip: &str, filters: Vec<Filter>) -> Listener {
-    Listener {
-        name: name.to_string(),
-        address: Some(address(ip, PORT)),
-        filter_chains: vec![FilterChain {
-            filters,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    static_envoy::listener(name, ip, PORT, filters)
 }
 
 /// The same listener with Istio's expected filters, as JSON for a JSON bootstrap.
@@ -406,79 +325,6 @@ const PORT: u16 = 18078;
 /// the admin endpoint.
 fn ip(side: u8, index: usize) -> String {
     format!("127.78.{side}.{}", index + 1)
-}
-
-struct Envoy {
-    child: Child,
-    admin: String,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_envoy(config: &Path, dir: &Path, label: &str, admin: String) -> Envoy {
-    let log = std::fs::File::create(dir.join(format!("{label}.log"))).unwrap();
-    let child = Command::new(envoy_binary())
-        .arg("-c")
-        .arg(config)
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "error",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let envoy = Envoy { child, admin };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get_text(&envoy.admin, "/ready").as_deref() != Some("LIVE\n") {
-        assert!(
-            Instant::now() < deadline,
-            "{label} Envoy did not start: {}",
-            std::fs::read_to_string(dir.join(format!("{label}.log"))).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    envoy
-}
-
-fn get_text(host: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect((host, PORT)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Some(dechunk(body));
-    }
-    Some(body.to_string())
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
 }
 
 /// One request: (method, path, host, extra headers).
@@ -724,6 +570,7 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
     }
 
     let (ward_admin, istio_admin) = (ip(1, 0), ip(2, 0));
+    let admin_address = |ip: &str| format!("{ip}:{PORT}");
     let ward_bootstrap = Bootstrap {
         admin: Some(Admin {
             address: Some(address(&ward_admin, PORT)),
@@ -747,8 +594,8 @@ fn ward_decides_like_istio_on_istios_golden_cases() {
         .unwrap(),
     )
     .unwrap();
-    let ward_envoy = start_envoy(&ward_config, &dir, "ward", ward_admin);
-    let istio_envoy = start_envoy(&istio_config, &dir, "istio", istio_admin);
+    let ward_envoy = start_envoy(&ward_config, &dir, "ward", admin_address(&ward_admin));
+    let istio_envoy = start_envoy(&istio_config, &dir, "istio", admin_address(&istio_admin));
 
     let mut decision_mismatches = Vec::new();
     let mut requests = 0;
