@@ -154,7 +154,8 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         .into_iter()
         .cloned()
         .collect();
-    // Request authentication, as the destination's wasm filter does it.
+    // Request authentication, as the wasm engine does it; the native engine's jwt_authn
+    // decides alike but where tests/tests/engines_differential.rs lists otherwise.
     let mut headers = query.headers.clone();
     if let Some(token) = &query.token {
         headers.push(("authorization".to_string(), format!("Bearer {token}")));

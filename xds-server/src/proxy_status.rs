@@ -188,8 +188,9 @@ impl ProxyStatusRegistry {
     }
 }
 
-/// `wardctl status`'s table, from `/status` JSON. ECDS is the wasm filters' configuration: a
-/// module that cannot load shows there as NACKED (and its requests are refused: fail closed).
+/// `wardctl status`'s table, from `/status` JSON. ECDS is the wasm filters' configuration and,
+/// in the native engine, `jwt_authn`'s: a module that cannot load shows there as NACKED (and
+/// its requests are refused: fail closed).
 pub fn render_table(status: &serde_json::Value) -> String {
     let mut out = format!(
         "{:<34} {:<6} {:<9} {:<9} {:<9} {:<9} {:<9} {:<9}\n",
