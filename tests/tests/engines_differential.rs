@@ -7,7 +7,8 @@
 //! - wasm: Ward's `ward-authz` filter with the same policies and JWT rules.
 //!
 //! Every request (no token, tokens minted with Istio's test key with varied `iss`, `sub`,
-//! `aud`, `azp`, `groups`, `scope`, `exp`, `nbf`, Istio's sample tokens, and broken ones) goes
+//! `aud`, `azp`, `groups`, `scope`, `exp`, `nbf`, Istio's sample tokens, and broken ones), in
+//! `Authorization: Bearer`, `access_token`, or the third rule's own header and cookie, goes
 //! to both, and status and body must be the same: 200, 401 with jwt_authn's message, or 403.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,8 @@ const POLICIES: usize = 40;
 const ISTIO_ISSUER: &str = "testing@secure.istio.io";
 /// An issuer with slashes, so request principals (`<iss>/<sub>`) have several.
 const TENANT_ISSUER: &str = "https://idp.example/tenant-a";
+/// An issuer whose tokens are in a header and a cookie of its own.
+const THIRD_ISSUER: &str = "https://third.example";
 const KID: &str = "DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ";
 
 /// xorshift64*: deterministic and good enough to pick from lists.
@@ -97,6 +100,8 @@ fn tokens(rng: &mut Rng) -> Vec<(String, String)> {
         TENANT_ISSUER,
         TENANT_ISSUER,
         TENANT_ISSUER,
+        THIRD_ISSUER,
+        THIRD_ISSUER,
         "https://other.example",
     ];
     let subjects = [
@@ -261,8 +266,8 @@ fn policy(rng: &mut Rng, index: usize) -> String {
     text
 }
 
-/// httpbin in namespace foo, and a RequestAuthentication with two rules (the second with
-/// audiences), both trusting Istio's test key.
+/// httpbin in namespace foo, and a RequestAuthentication with three rules (the second with
+/// audiences, the third reading its own header and cookie), all trusting Istio's test key.
 fn mesh_sources() -> Vec<(String, String)> {
     let jwks: String = sample("jwks.json")
         .lines()
@@ -283,7 +288,9 @@ fn mesh_sources() -> Vec<(String, String)> {
                  metadata: {{name: jwt, namespace: foo}}\n\
                  spec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  jwtRules:\n  \
                  - issuer: \"{ISTIO_ISSUER}\"\n    jwks: |\n{jwks}  \
-                 - issuer: \"{TENANT_ISSUER}\"\n    audiences: [svc-a, svc-b]\n    jwks: |\n{jwks}"
+                 - issuer: \"{TENANT_ISSUER}\"\n    audiences: [svc-a, svc-b]\n    jwks: |\n{jwks}  \
+                 - issuer: \"{THIRD_ISSUER}\"\n    fromHeaders: [{{name: x-ward-jwt, prefix: \"Token \"}}]\n    \
+                 fromCookies: [session]\n    jwks: |\n{jwks}"
             ),
         ),
     ]
@@ -300,7 +307,7 @@ fn engine_listeners(policy_yaml: &str, index: usize) -> (Listener, Listener) {
     let policies = mesh.authorization_policies_for(workload);
     assert_eq!(policies.len(), 1, "{policy_yaml}");
     let rules = mesh.jwt_rules_for(workload);
-    assert_eq!(rules.len(), 2);
+    assert_eq!(rules.len(), 3);
 
     let mut native_filters = vec![http_filter(
         ward::translate::jwt::JWT_FILTER,
@@ -359,6 +366,16 @@ fn known_differences() -> Vec<(&'static str, String, Vec<String>)> {
         URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT"}).to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
+    // HS256 keyed with the issuer's public JWKS: the algorithm-confusion attack.
+    let hs256 = {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mac = hmac_sha256(sample("jwks.json").as_bytes(), message.as_bytes());
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(mac))
+    };
     let other = mint(KID, &json!({"iss": ISTIO_ISSUER, "sub": "bob"}));
     vec![
         (
@@ -374,6 +391,12 @@ fn known_differences() -> Vec<(&'static str, String, Vec<String>)> {
             vec![format!("Authorization: Bearer {unsigned}")],
         ),
         (
+            "HS256 keyed with the public keys: both 401, but jwt_authn says verification \
+             fails, the wasm engine that the algorithm is not supported",
+            "/".to_string(),
+            vec![format!("Authorization: Bearer {hs256}")],
+        ),
+        (
             "two valid tokens (header and `access_token`): jwt_authn's requires_any passes on \
              the first that verifies; the wasm engine refuses both (401, duplicated)",
             format!("/?access_token={other}"),
@@ -382,19 +405,56 @@ fn known_differences() -> Vec<(&'static str, String, Vec<String>)> {
     ]
 }
 
-/// One request: (method, path, token). The token goes in `Authorization: Bearer`, or in
-/// the `access_token` query parameter for a path ending in `access_token=`.
-fn send(ip: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let path = match (path.strip_suffix("?access_token="), token) {
-        (Some(_), Some(token)) => format!("{path}{token}"),
-        (Some(bare), None) => bare.to_string(),
-        (None, _) => path.to_string(),
-    };
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: httpbin\r\n");
-    if let Some(token) = token.filter(|_| !path.contains("access_token=")) {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+/// RFC 2104's HMAC with SHA-256.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
     }
-    request.push_str("Content-Length: 0\r\n\r\n");
+    let pad = |byte: u8| block.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// Where a request carries its token: Istio's default locations, which the first two rules
+/// read, or the third rule's own.
+#[derive(Debug, Clone, Copy)]
+enum Location {
+    Bearer,
+    AccessToken,
+    WardHeader,
+    Cookie,
+}
+
+/// One request with `token` (if any) at `location`: (status, body).
+fn send(
+    ip: &str,
+    method: &str,
+    path: &str,
+    location: Location,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut path = path.to_string();
+    let mut headers = String::new();
+    match (location, token) {
+        (_, None) => {}
+        (Location::Bearer, Some(t)) => headers = format!("Authorization: Bearer {t}\r\n"),
+        (Location::AccessToken, Some(t)) => path = format!("{path}?access_token={t}"),
+        (Location::WardHeader, Some(t)) => headers = format!("x-ward-jwt: Token {t}\r\n"),
+        (Location::Cookie, Some(t)) => headers = format!("Cookie: theme=dark; session={t}\r\n"),
+    }
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: httpbin\r\n{headers}Content-Length: 0\r\n\r\n");
     let (status, body) = raw_http(&format!("{ip}:{PORT}"), request.as_bytes());
     (status.unwrap_or(0), body)
 }
@@ -428,9 +488,11 @@ fn both_engines_decide_alike_on_generated_policies_and_tokens() {
     let _envoy = start_envoy(&config, &dir, "engines", format!("{admin}:{PORT}"));
 
     let requests = [
-        ("GET", "/"),
-        ("POST", "/admin/users"),
-        ("GET", "/admin/report?access_token="),
+        ("GET", "/", Location::Bearer),
+        ("POST", "/admin/users", Location::Bearer),
+        ("GET", "/admin/report", Location::AccessToken),
+        ("GET", "/", Location::WardHeader),
+        ("POST", "/admin/users", Location::Cookie),
     ];
     let mut compared = 0;
     let mut with_token = 0;
@@ -443,15 +505,15 @@ fn both_engines_decide_alike_on_generated_policies_and_tokens() {
                 .map(|(label, t)| (label.as_str(), Some(t.as_str()))),
         );
         for (label, token) in cases {
-            for (method, path) in requests {
-                let native = send(&ip(1, i), method, path, token);
-                let wasm = send(&ip(2, i), method, path, token);
+            for (method, path, location) in requests {
+                let native = send(&ip(1, i), method, path, location, token);
+                let wasm = send(&ip(2, i), method, path, location, token);
                 compared += 1;
                 with_token += usize::from(token.is_some());
                 *statuses.entry(native.0).or_insert(0) += 1;
                 if native != wasm {
                     mismatches.push(format!(
-                        "policy {i} ({method} {path}, {label}): native {native:?}, wasm {wasm:?}\n{text}"
+                        "policy {i} ({method} {path}, {label} in {location:?}): native {native:?}, wasm {wasm:?}\n{text}"
                     ));
                 }
             }
