@@ -56,8 +56,8 @@ impl Default for XdsLimits {
         XdsLimits {
             max_connections: 20_000,
             handshake_timeout: Duration::from_secs(5),
-            // ~9 ms of CPU per proxy's first sync (docs/benchmarks.md): 100/s is about one
-            // core; the burst covers the start of a local mesh or a small namespace at once.
+            // ~4 ms of CPU per proxy's first sync (docs/benchmarks.md): 100/s is under half
+            // of a 2-core replica; the burst covers the start of a local mesh at once.
             new_streams_per_second: 100.0,
             new_stream_burst: 200,
             max_connection_age: Some(Duration::from_secs(30 * 60)),

@@ -26,7 +26,7 @@ use ward::snapshot::CLUSTER;
 
 /// An xds-server child process, killed when dropped.
 struct Server {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     xds: SocketAddr,
     admin: SocketAddr,
     node_id: String,
@@ -89,7 +89,7 @@ async fn start(name: &str, flags: &[&str]) -> Server {
     for _ in 0..600 {
         if admin_client::get(admin, "/healthz").await.is_ok() {
             return Server {
-                _child: child,
+                child,
                 xds,
                 admin,
                 node_id,
@@ -323,4 +323,41 @@ async fn a_connection_past_its_maximum_age_is_closed_and_the_client_resyncs_on_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(synced, "the node's clusters are SYNCED after reconnecting");
+}
+
+#[tokio::test]
+async fn on_sigterm_streams_end_with_unavailable_and_the_server_exits() {
+    let mut server = start("term", &[]).await;
+    let dialed = Arc::new(AtomicUsize::new(0));
+    let mut opened = open(channel(server.xds, dialed).await, &server.node_id)
+        .await
+        .unwrap();
+    sync(&mut opened).await;
+    let pid = server.child.id().expect("running") as libc::pid_t;
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // The proxy is told to go elsewhere rather than left on a dead connection.
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match opened.1.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 10 s")
+    .expect("with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("closing this connection"),
+        "{}",
+        status.message()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
+        .await
+        .expect("xds-server exits once its connections are drained")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
 }
