@@ -434,6 +434,8 @@ enum Location {
     AccessToken,
     WardHeader,
     Cookie,
+    /// `Authorization: Bearer` on a CORS preflight, whose token neither engine looks at.
+    Preflight,
 }
 
 /// One request with `token` (if any) at `location`: (status, body).
@@ -452,6 +454,12 @@ fn send(
         (Location::AccessToken, Some(t)) => path = format!("{path}?access_token={t}"),
         (Location::WardHeader, Some(t)) => headers = format!("x-ward-jwt: Token {t}\r\n"),
         (Location::Cookie, Some(t)) => headers = format!("Cookie: theme=dark; session={t}\r\n"),
+        (Location::Preflight, Some(t)) => {
+            headers = format!(
+                "Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n\
+                 Authorization: Bearer {t}\r\n"
+            )
+        }
     }
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: httpbin\r\n{headers}Content-Length: 0\r\n\r\n");
@@ -493,6 +501,7 @@ fn both_engines_decide_alike_on_generated_policies_and_tokens() {
         ("GET", "/admin/report", Location::AccessToken),
         ("GET", "/", Location::WardHeader),
         ("POST", "/admin/users", Location::Cookie),
+        ("OPTIONS", "/admin/users", Location::Preflight),
     ];
     let mut compared = 0;
     let mut with_token = 0;

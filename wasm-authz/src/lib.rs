@@ -318,13 +318,22 @@ impl Engine {
             };
         };
         let path = input.header(":path");
-        let token = jwt::authenticate_cached(
-            &authorization.jwt_rules,
-            &input.headers,
-            &path,
-            input.now,
-            authorization.cache_tokens.then_some(&self.verified),
-        );
+        // A CORS preflight carries no credentials: like Istio's jwt_authn
+        // (`bypass_cors_preflight`), no token is looked at; the policies decide without one.
+        let preflight = input.header(":method") == "OPTIONS"
+            && !input.header("origin").is_empty()
+            && !input.header("access-control-request-method").is_empty();
+        let token = if preflight {
+            Ok(None)
+        } else {
+            jwt::authenticate_cached(
+                &authorization.jwt_rules,
+                &input.headers,
+                &path,
+                input.now,
+                authorization.cache_tokens.then_some(&self.verified),
+            )
+        };
         let token = match token {
             Ok(token) => token,
             Err(error) => {
@@ -514,6 +523,44 @@ mod tests {
         let json = r#"{"workload":"a","namespace":"b","identity":"a.b","version":"1"}"#;
         let err = FilterConfig::from_json(json.as_bytes()).unwrap_err();
         assert!(matches!(err, ConfigError::NotSpiffeId(_)));
+    }
+
+    /// As Istio's jwt_authn (`bypass_cors_preflight`): a CORS preflight's token is not looked
+    /// at; any other request's is.
+    #[test]
+    fn a_cors_preflight_is_not_authenticated() {
+        let json = r#"{"workload":"a","namespace":"b","identity":"spiffe://td/ns/b/sa/a",
+            "version":"1","authorization":{"policies":[],
+            "jwtRules":[{"issuer":"i","jwks":"{\"keys\":[]}"}]}}"#;
+        let engine = Engine::new(FilterConfig::from_json(json.as_bytes()).unwrap());
+        let status = |headers: &[(&str, &str)]| {
+            let mut all = vec![("authorization", "Bearer not-a-token"), (":path", "/")];
+            all.extend(headers);
+            let input = HttpInput {
+                headers: all
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            };
+            match engine.decide(&input).verdict {
+                Verdict::Allow => 200,
+                Verdict::Deny { status, .. } => status,
+            }
+        };
+        let preflight = [
+            (":method", "OPTIONS"),
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ];
+        assert_eq!(status(&preflight), 200);
+        assert_eq!(
+            status(&preflight[..2]),
+            401,
+            "no Access-Control-Request-Method"
+        );
+        assert_eq!(status(&[(":method", "OPTIONS")]), 401, "no Origin");
+        assert_eq!(status(&[(":method", "GET")]), 401);
     }
 
     #[test]

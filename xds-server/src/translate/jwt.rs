@@ -110,6 +110,9 @@ pub fn jwt_authentication(rules: &[JwtRule]) -> JwtAuthentication {
                 jwt_requirement::RequiresType::RequiresAny(JwtRequirementOrList { requirements }),
             ))),
         }],
+        // As Istio: a CORS preflight carries no credentials, so no token is looked at (the
+        // policies still decide, without a principal).
+        bypass_cors_preflight: true,
         ..Default::default()
     }
 }
@@ -238,6 +241,7 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["origins-0", "origins-1", "allow_missing"]);
+        assert!(config.bypass_cors_preflight);
     }
 
     #[test]
