@@ -33,7 +33,9 @@ pub struct BenchOptions {
     /// Also measure a certificate renewal wave: certificates are issued with a lifetime such
     /// that every proxy's comes due this long after the server starts.
     pub renew_after: Option<Duration>,
-    /// More `xds-server serve` flags (e.g. `--max-new-streams-per-second 0`).
+    /// More `xds-server serve` flags (e.g. `--max-new-streams-per-second 100`). Without a
+    /// `--max-new-streams-per-second` of its own the server admits every stream at once, so
+    /// the initial sync measures the server, not its admission rate.
     pub server_args: Vec<String>,
 }
 
@@ -398,6 +400,15 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         .arg("--state-dir")
         .arg(options.work_dir.join("xds-state"))
         .args(&options.server_args)
+        .args(
+            (!options
+                .server_args
+                .iter()
+                .any(|a| a.starts_with("--max-new-streams-per-second")))
+            .then_some(["--max-new-streams-per-second", "0"])
+            .into_iter()
+            .flatten(),
+        )
         .env("WARD_LOG", "warn")
         .stdout(log.try_clone()?)
         .stderr(log)

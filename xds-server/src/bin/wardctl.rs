@@ -260,7 +260,8 @@ enum BenchCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         renew_after: Option<std::time::Duration>,
         /// A flag for the xds-server under test, repeated for each word, e.g.
-        /// `--server-arg=--max-new-streams-per-second --server-arg=0`.
+        /// `--server-arg=--max-new-streams-per-second --server-arg=100` (without one, the
+        /// server admits every new stream at once).
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
     },
