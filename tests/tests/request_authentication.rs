@@ -329,6 +329,43 @@ fn tokens_are_verified_and_policies_see_their_principal_and_claims(engine: &str)
         assert_eq!(report["verdict"], verdict, "{report}");
     }
 
+    // A CORS preflight's token is not looked at (Istio's jwt_authn, and the wasm engine):
+    // a bad one is no 401, the policy decides without a principal; wardctl check agrees.
+    let preflight = [
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://app.example",
+        "-H",
+        "Access-Control-Request-Method: GET",
+    ];
+    assert_eq!(
+        call(&mesh, Some("TokenInvalid"), &preflight),
+        (403, "RBAC: access denied".to_string())
+    );
+    for (extra, verdict, status) in [
+        (&preflight[..], "DENY", 403),
+        (&[][..], "UNAUTHENTICATED", 401),
+    ] {
+        let mut args = vec![
+            "check",
+            "productpage",
+            "--from",
+            "reviews",
+            "--token",
+            "TokenInvalid",
+            "--json",
+        ];
+        args.extend(extra);
+        let out = mesh.wardctl(&args).unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (&report["verdict"], &report["status"]),
+            (&verdict.into(), &status.into()),
+            "{report}"
+        );
+    }
+
     // Key rotation: the JWKS loses the key, then gets it back; xds-server fetches again after
     // a config change (and every 5 minutes), no restart.
     *document.lock().unwrap() = r#"{"keys":[]}"#.to_string();

@@ -267,11 +267,26 @@ pub enum Verdict {
 
 /// The status `jwt_authn` refuses a token with: 403 for a valid token meant for another
 /// audience, 401 for anything else.
-fn refusal_status(error: &jwt::JwtError) -> u32 {
+pub fn refusal_status(error: &jwt::JwtError) -> u32 {
     match error {
         jwt::JwtError::WrongAudience => 403,
         _ => 401,
     }
+}
+
+/// An `OPTIONS` request with `Origin` and `Access-Control-Request-Method`, as jwt_authn's
+/// `bypass_cors_preflight` recognizes one.
+pub fn is_cors_preflight(headers: &[(String, String)]) -> bool {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    header(":method") == "OPTIONS"
+        && !header("origin").is_empty()
+        && !header("access-control-request-method").is_empty()
 }
 
 /// Decides per request from the configuration; built once per plugin configuration.
@@ -320,10 +335,7 @@ impl Engine {
         let path = input.header(":path");
         // A CORS preflight carries no credentials: like Istio's jwt_authn
         // (`bypass_cors_preflight`), no token is looked at; the policies decide without one.
-        let preflight = input.header(":method") == "OPTIONS"
-            && !input.header("origin").is_empty()
-            && !input.header("access-control-request-method").is_empty();
-        let token = if preflight {
+        let token = if is_cors_preflight(&input.headers) {
             Ok(None)
         } else {
             jwt::authenticate_cached(

@@ -48,6 +48,9 @@ pub enum Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub verdict: Verdict,
+    /// The status the sidecar answers an HTTP request with: 200, 403 (RBAC, or a token for
+    /// another audience), 401; none when the connection is refused or the port is TCP.
+    pub status: Option<u16>,
     /// The rule that decided (`ns[NS]-policy[NAME]-rule[I]`), as Envoy's access log names it.
     pub decided_by: Option<String>,
     pub reason: String,
@@ -161,7 +164,14 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         headers.push(("authorization".to_string(), format!("Bearer {token}")));
     }
     let jwt_rules = mesh.jwt_rules_for(destination);
-    let authenticated = wasm_authz::jwt::authenticate(&jwt_rules, &headers, &query.path, query.now);
+    // A CORS preflight's token is not looked at, in either engine.
+    let mut with_method = headers.clone();
+    with_method.push((":method".to_string(), query.method.clone()));
+    let authenticated = if wasm_authz::is_cors_preflight(&with_method) {
+        Ok(None)
+    } else {
+        wasm_authz::jwt::authenticate(&jwt_rules, &headers, &query.path, query.now)
+    };
     let verified = authenticated.as_ref().ok().and_then(Option::as_ref);
     let instance_ip = |w: &Workload| w.instances.first().map(|i| i.address.into());
     let request = Request {
@@ -230,8 +240,16 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         };
         (verdict, decided_by, evaluation.reason.to_string())
     };
+    let status = match (&verdict, &authenticated) {
+        (Verdict::Refused, _) => None,
+        _ if is_tcp_port(port) => None,
+        (Verdict::Unauthenticated, Err(error)) => Some(wasm_authz::refusal_status(error) as u16),
+        (Verdict::Deny, _) => Some(403),
+        _ => Some(200),
+    };
     Ok(CheckReport {
         verdict,
+        status,
         decided_by,
         reason,
         source_principal,
@@ -254,9 +272,14 @@ impl fmt::Display for CheckReport {
             Verdict::Allow => "ALLOW",
             Verdict::Deny => "DENY (403 RBAC: access denied)",
             Verdict::Refused => "REFUSED (connection reset)",
-            Verdict::Unauthenticated => "UNAUTHENTICATED (401)",
+            Verdict::Unauthenticated => "UNAUTHENTICATED",
         };
-        writeln!(f, "{verdict}: {}", self.reason)?;
+        match (self.verdict, self.status) {
+            (Verdict::Unauthenticated, Some(status)) => {
+                writeln!(f, "{verdict} ({status}): {}", self.reason)?
+            }
+            _ => writeln!(f, "{verdict}: {}", self.reason)?,
+        }
         if let Some(rule) = &self.decided_by {
             writeln!(f, "  decided by: {rule}")?;
         } else if self.verdict == Verdict::Deny {
