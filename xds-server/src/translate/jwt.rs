@@ -13,7 +13,8 @@
 //! or a RequestAuthentication change never replaces (drains) a listener. Every inbound HTTP
 //! listener of a native-engine sidecar has the filter, with no providers when no
 //! RequestAuthentication applies (it then does nothing), so adding the first one does not
-//! replace the listener either.
+//! replace the listener either. A wasm-engine sidecar gets the resource too, with no
+//! providers, for listeners still draining after a switch of engine.
 
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::config::core::v3::{ExtensionConfigSource, TypedExtensionConfig};
@@ -77,14 +78,20 @@ pub fn discovered_filter() -> HttpFilter {
     }
 }
 
-/// The ECDS resource for a sidecar: its RequestAuthentications' rules, keys inline.
-pub fn extension_config(mesh: &Mesh, workload: &Workload) -> Resource {
+/// The ECDS resource for a sidecar: its RequestAuthentications' rules, keys inline, when
+/// `verifies` (the native engine); otherwise no rules.
+pub fn extension_config(mesh: &Mesh, workload: &Workload, verifies: bool) -> Resource {
+    let rules = if verifies {
+        mesh.jwt_rules_for(workload)
+    } else {
+        Vec::new()
+    };
     Resource::new(
         snapshot::EXTENSION_CONFIG,
         JWT_FILTER,
         &TypedExtensionConfig {
             name: JWT_FILTER.to_string(),
-            typed_config: Some(any(&jwt_authentication(&mesh.jwt_rules_for(workload)))),
+            typed_config: Some(any(&jwt_authentication(&rules))),
         },
     )
 }
@@ -251,6 +258,44 @@ mod tests {
         assert_eq!(usable_jwks("not json"), NO_KEYS_JWKS);
         let no_keys: serde_json::Value = serde_json::from_str(NO_KEYS_JWKS).unwrap();
         assert_eq!(no_keys["keys"][0]["kid"], "ward-no-keys");
+    }
+
+    /// The providers of `engine`'s sidecar for httpbin, which a RequestAuthentication covers;
+    /// None if it has no `jwt_authn` resource.
+    fn providers(engine: &str) -> Option<usize> {
+        use prost::Message;
+        let yaml = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: httpbin}}\n\
+             spec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  template:\n    \
+             metadata: {{labels: {{app: httpbin}}}}\n    spec:\n      containers: \
+             [{{name: httpbin, image: hashicorp/http-echo, ports: [{{containerPort: 8000}}]}}]\n\
+             ---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\n\
+             metadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: i\n    \
+             jwks: '{{\"keys\":[]}}'\n---\napiVersion: ward.dev/v1alpha1\nkind: MeshConfig\n\
+             spec: {{authorizationEngine: {engine}}}\n"
+        );
+        let mesh = crate::config::load_sources(&[("mesh.yaml".to_string(), yaml)])
+            .unwrap()
+            .mesh;
+        let options = crate::translate::TranslateOptions {
+            wasm_module: Some("/ward/wasm_authz.wasm".to_string()),
+        };
+        let (snapshots, _) = crate::translate::mesh_snapshots(&mesh, &options, None, |_, _| None);
+        let resource = snapshots[0]
+            .1
+            .set(snapshot::EXTENSION_CONFIG)?
+            .get(JWT_FILTER)?
+            .clone();
+        let config = TypedExtensionConfig::decode(resource.any().value.as_slice()).unwrap();
+        let jwt = JwtAuthentication::decode(config.typed_config.unwrap().value.as_slice()).unwrap();
+        Some(jwt.providers.len())
+    }
+
+    #[test]
+    fn the_native_engine_verifies_and_the_wasm_engine_keeps_an_empty_filter() {
+        assert_eq!(providers("native"), Some(1));
+        // Still there: a listener draining after the switch names it.
+        assert_eq!(providers("wasm"), Some(0));
     }
 
     #[test]

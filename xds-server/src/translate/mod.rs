@@ -265,15 +265,15 @@ pub fn proxy_snapshot(
             &shared.outbound_filter,
         ));
     }
-    if !wasm_enforces(mesh, workload, options) {
-        extensions.push(jwt::extension_config(mesh, workload));
-    }
-    if !extensions.is_empty() {
-        snapshot.insert(
-            snapshot::EXTENSION_CONFIG,
-            vec![ResourceLayer::new(extensions)],
-        );
-    }
+    // Also in the wasm engine (with nothing to check): a listener still draining after a
+    // switch from the native engine names it, and Envoy answers 500 for a filter whose ECDS
+    // resource is gone.
+    let verifies = !wasm_enforces(mesh, workload, options);
+    extensions.push(jwt::extension_config(mesh, workload, verifies));
+    snapshot.insert(
+        snapshot::EXTENSION_CONFIG,
+        vec![ResourceLayer::new(extensions)],
+    );
     snapshot
 }
 
