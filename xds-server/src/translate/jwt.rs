@@ -1,8 +1,8 @@
 //! RequestAuthentication → Envoy's `jwt_authn` filter, for the native engine, built the way
 //! Istio builds it: one provider per `jwtRules` entry and one requirement, any provider or no
 //! token at all (`allow_missing`). So a request without a token passes on to RBAC with no
-//! request principal, and a token that is malformed, badly signed, expired, for another
-//! audience or from an issuer no rule names is refused with 401 and `www-authenticate`.
+//! request principal, and a token that is malformed, badly signed, expired or from an issuer
+//! no rule names is refused with 401 and `www-authenticate` (403 for another audience).
 //!
 //! A verified payload goes into the dynamic metadata as `envoy.filters.http.jwt_authn` /
 //! `payload`, where the RBAC rules `rbac` builds for `requestPrincipals` and `request.auth.*`

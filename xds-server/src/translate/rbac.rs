@@ -35,10 +35,10 @@ use wasm_authz::policy::{
     Rule, Source,
 };
 
+use super::jwt::{JWT_FILTER, PAYLOAD_METADATA_KEY};
 use super::{any, network_filter};
 
 pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
-const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 const DRY_RUN_ALLOW_PREFIX: &str = "istio_dry_run_allow_";
 const DRY_RUN_DENY_PREFIX: &str = "istio_dry_run_deny_";
 
@@ -353,7 +353,7 @@ fn request_principal_id(value: &str) -> Principal {
 }
 
 fn jwt_metadata(claim: &[&str], value: ValueMatcher) -> MetadataMatcher {
-    let path = std::iter::once("payload")
+    let path = std::iter::once(PAYLOAD_METADATA_KEY)
         .chain(claim.iter().copied())
         .map(|key| metadata_matcher::PathSegment {
             segment: Some(metadata_matcher::path_segment::Segment::Key(
