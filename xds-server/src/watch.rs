@@ -77,8 +77,8 @@ async fn debounce(
 mod tests {
     use super::*;
 
-    /// Feeds `debounce` the given events (`(at, ())` offsets from start, in order) and
-    /// returns the times, from start, at which changes were reported.
+    /// Feeds `debounce` one raw event at each offset of `events` (from the start, in order),
+    /// closes the input at `run_for`, and returns the offsets at which changes were reported.
     async fn reports_for(
         events: Vec<Duration>,
         window: DebounceWindow,
