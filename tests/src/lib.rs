@@ -318,6 +318,22 @@ impl LocalMesh {
             .clone()
     }
 
+    /// A stat of `workload`'s first sidecar, from its Envoy admin `/stats`; None if Envoy
+    /// has no stat of that name.
+    pub fn envoy_stat(&self, workload: &str, name: &str) -> Option<u64> {
+        let instance = self.instance(workload);
+        let url = format!(
+            "http://{}:{}/stats?filter=^{name}$",
+            instance["address"].as_str().unwrap(),
+            instance["admin_port"]
+        );
+        let out = Command::new("curl").args(["-s", &url]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Every pid the runner's state file names: the supervisor, each Envoy, each app.
     pub fn runner_pids(&self) -> Vec<u32> {
         let state: serde_json::Value =

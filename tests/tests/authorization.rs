@@ -662,32 +662,6 @@ fn the_wasm_engine_enforces_the_same_policies_and_changes_reach_open_connections
     );
 }
 
-/// A counter from an Envoy's admin `/stats`.
-fn envoy_stat(mesh: &LocalMesh, workload: &str, name: &str) -> u64 {
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
-    let instance = state["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["workload"] == workload)
-        .unwrap();
-    let address = format!(
-        "{}:{}",
-        instance["address"].as_str().unwrap(),
-        instance["admin_port"]
-    );
-    let out = std::process::Command::new("curl")
-        .args(["-s", &format!("http://{address}/stats?filter=^{name}$")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no stat {name} at {address}"))
-}
-
 #[test]
 fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
@@ -699,11 +673,9 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
             &format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n"),
         );
         mesh.apply("authz-scheduler.yaml", &scheduler);
-        let modified = envoy_stat(
-            &mesh,
-            "exam-scheduler",
-            "listener_manager.listener_modified",
-        );
+        let modified = mesh
+            .envoy_stat("exam-scheduler", "listener_manager.listener_modified")
+            .expect("listener_modified stat");
         let load = std::process::Command::new(ward_e2e::binary("wardctl"))
             .arg("--state-dir")
             .arg(&mesh.state_dir)
@@ -758,11 +730,8 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
             "{engine}: {report} in {elapsed:?}"
         );
         assert_eq!(
-            envoy_stat(
-                &mesh,
-                "exam-scheduler",
-                "listener_manager.listener_modified"
-            ),
+            mesh.envoy_stat("exam-scheduler", "listener_manager.listener_modified")
+                .expect("listener_modified stat"),
             modified,
             "{engine}: a policy update replaced a listener"
         );

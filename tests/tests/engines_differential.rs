@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap, Admin, Bootstrap};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use istio_jwt::{hmac_sha256, mint, sample, ISTIO_KID};
 use prost::Message;
 use serde_json::{json, Value};
 use static_envoy::{address, http_filter, http_manager, listener, start_envoy};
-use ward_e2e::{raw_http, workspace_root};
+use ward_e2e::raw_http;
 
+mod istio_jwt;
 mod static_envoy;
 
 /// Every listener and the admin use this port, each on its own loopback address.
@@ -33,7 +35,6 @@ const ISTIO_ISSUER: &str = "testing@secure.istio.io";
 const TENANT_ISSUER: &str = "https://idp.example/tenant-a";
 /// An issuer whose tokens are in a header and a cookie of its own.
 const THIRD_ISSUER: &str = "https://third.example";
-const KID: &str = "DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ";
 
 /// xorshift64*: deterministic and good enough to pick from lists.
 struct Rng(u64);
@@ -57,35 +58,6 @@ impl Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
-}
-
-fn sample(name: &str) -> String {
-    std::fs::read_to_string(
-        workspace_root()
-            .join("../shared/peer-tests/istio-jwt")
-            .join(name),
-    )
-    .unwrap()
-    .trim()
-    .to_string()
-}
-
-/// A token signed with Istio's published test key (`key.pem`), under key id `kid`.
-fn mint(kid: &str, claims: &Value) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::signature::{SignatureEncoding, Signer};
-    let key = rsa::RsaPrivateKey::from_pkcs1_pem(&sample("key.pem")).unwrap();
-    let signing = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
-    let header = json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
-    let message = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = signing.sign(message.as_bytes()).to_bytes();
-    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
 /// (label, token): minted ones with varied claims, Istio's samples, and broken ones.
@@ -160,7 +132,7 @@ fn tokens(rng: &mut Rng) -> Vec<(String, String)> {
             }
         }
         let claims = Value::Object(claims);
-        tokens.push((format!("minted-{i} {claims}"), mint(KID, &claims)));
+        tokens.push((format!("minted-{i} {claims}"), mint(ISTIO_KID, &claims)));
     }
     let demo = sample("demo.jwt");
     let mut tampered: Vec<String> = demo.split('.').map(String::from).collect();
@@ -376,7 +348,7 @@ fn known_differences() -> Vec<(&'static str, String, Vec<String>)> {
         let mac = hmac_sha256(sample("jwks.json").as_bytes(), message.as_bytes());
         format!("{message}.{}", URL_SAFE_NO_PAD.encode(mac))
     };
-    let other = mint(KID, &json!({"iss": ISTIO_ISSUER, "sub": "bob"}));
+    let other = mint(ISTIO_KID, &json!({"iss": ISTIO_ISSUER, "sub": "bob"}));
     vec![
         (
             "an empty `access_token` parameter: jwt_authn extracts an empty token and refuses \
@@ -403,27 +375,6 @@ fn known_differences() -> Vec<(&'static str, String, Vec<String>)> {
             vec![format!("Authorization: Bearer {}", sample("demo.jwt"))],
         ),
     ]
-}
-
-/// RFC 2104's HMAC with SHA-256.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
 }
 
 /// Where a request carries its token: Istio's default locations, which the first two rules

@@ -745,32 +745,6 @@ fn state_of_the_world_ads_serves_the_same_mesh() {
     assert!(status.to_lowercase().contains("sotw"), "{status}");
 }
 
-/// A counter of `workload`'s sidecar, from its Envoy admin `/stats`.
-fn sidecar_counter(mesh: &LocalMesh, workload: &str, name: &str) -> u64 {
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mesh.state_dir.join("state.json")).unwrap()).unwrap();
-    let instance = state["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["workload"] == workload)
-        .unwrap();
-    let address = format!(
-        "{}:{}",
-        instance["address"].as_str().unwrap(),
-        instance["admin_port"]
-    );
-    let out = std::process::Command::new("curl")
-        .args(["-s", &format!("http://{address}/stats?filter=^{name}$")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no stat {name} at {address}"))
-}
-
 #[test]
 fn envoys_keep_serving_while_xds_server_closes_their_connections_at_the_maximum_age() {
     let mesh =
@@ -784,11 +758,8 @@ fn envoys_keep_serving_while_xds_server_closes_their_connections_at_the_maximum_
     assert_eq!(code, 200, "{body}");
     // Connections to xds-server the professor's sidecar has opened.
     let xds_connections = || {
-        sidecar_counter(
-            &mesh,
-            "professor-tools",
-            "cluster.ward-xds.upstream_cx_total",
-        )
+        mesh.envoy_stat("professor-tools", "cluster.ward-xds.upstream_cx_total")
+            .expect("upstream_cx_total stat")
     };
     let first = xds_connections();
     // While xds-server closes each connection at 2 s ±10 % and the sidecars reconnect, the

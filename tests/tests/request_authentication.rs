@@ -7,18 +7,10 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ward_e2e::{workspace_root, LocalMesh};
+use istio_jwt::{b64, hmac_sha256, mint, sample, ISTIO_KID};
+use ward_e2e::LocalMesh;
 
-fn sample(name: &str) -> String {
-    std::fs::read_to_string(
-        workspace_root()
-            .join("../shared/peer-tests/istio-jwt")
-            .join(name),
-    )
-    .unwrap()
-    .trim()
-    .to_string()
-}
+mod istio_jwt;
 
 fn test_issuer_token(name: &str) -> String {
     sample("test-issuers/tokens.txt")
@@ -97,24 +89,6 @@ spec:
     )
 }
 
-/// A token signed with Istio's published test key (`key.pem`), under key id `kid`.
-fn mint(kid: &str, claims: serde_json::Value) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::signature::{SignatureEncoding, Signer};
-    let key = rsa::RsaPrivateKey::from_pkcs1_pem(&sample("key.pem")).unwrap();
-    let signing = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
-    let header = serde_json::json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
-    let message = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = signing.sign(message.as_bytes()).to_bytes();
-    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
-}
-
 /// Keys rotated at the issuer: a token signed with a key the sidecar lacks is refused, the
 /// sidecar asks xds-server to fetch the `jwksUri` again, and the same token then passes. No
 /// config change and no restart: the periodic fetch is 5 minutes away. The wasm engine's
@@ -147,7 +121,7 @@ fn a_token_signed_with_a_new_key_makes_xds_server_fetch_the_keys_again() {
         + 3600;
     let token = mint(
         "rotated-2026-11",
-        serde_json::json!({"iss": "testing@secure.istio.io", "sub": "rotated", "exp": exp}),
+        &serde_json::json!({"iss": "testing@secure.istio.io", "sub": "rotated", "exp": exp}),
     );
     assert_eq!(
         call(&mesh, Some(&token), &[]),
@@ -173,7 +147,7 @@ fn a_token_signed_with_a_new_key_makes_xds_server_fetch_the_keys_again() {
     // (one per key per 10 s), and xds-server fetches at most every 5 s.
     let unknown = mint(
         "never-published",
-        serde_json::json!({"iss": "testing@secure.istio.io", "sub": "x", "exp": exp}),
+        &serde_json::json!({"iss": "testing@secure.istio.io", "sub": "x", "exp": exp}),
     );
     for _ in 0..20 {
         assert_eq!(call(&mesh, Some(&unknown), &[]).0, 401);
@@ -204,24 +178,6 @@ fn use_engine(mesh: &LocalMesh, engine: &str) {
     );
 }
 
-/// A counter from the admin `/stats` of `workload`'s first sidecar; None if Envoy has none.
-fn envoy_stat(mesh: &LocalMesh, workload: &str, name: &str) -> Option<u64> {
-    let instance = mesh.instance(workload);
-    let url = format!(
-        "http://{}:{}/stats?filter=^{name}$",
-        instance["address"].as_str().unwrap(),
-        instance["admin_port"]
-    );
-    let out = std::process::Command::new("curl")
-        .args(["-s", &url])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn jwt_tokens_are_verified_and_policies_see_their_principal_and_claims_native() {
     tokens_are_verified_and_policies_see_their_principal_and_claims("native");
@@ -240,7 +196,7 @@ fn tokens_are_verified_and_policies_see_their_principal_and_claims(engine: &str)
     let mesh = LocalMesh::up("tests/configs/bookinfo").expect("mesh up");
     use_engine(&mesh, engine);
     const MODIFIED: &str = "listener_manager.listener_modified";
-    let listeners_modified = envoy_stat(&mesh, "productpage", MODIFIED);
+    let listeners_modified = mesh.envoy_stat("productpage", MODIFIED);
     let document = Arc::new(Mutex::new(sample("jwks.json")));
     let url = jwks_server(document.clone());
     mesh.apply("jwt.yaml", &request_authentication(&url));
@@ -414,7 +370,7 @@ fn tokens_are_verified_and_policies_see_their_principal_and_claims(engine: &str)
 
     // The engine that was asked for decided: jwt_authn refused the bad tokens natively, and
     // is not in the wasm engine's chain.
-    let refused = envoy_stat(&mesh, "productpage", "http.inbound_5678.jwt_authn.denied");
+    let refused = mesh.envoy_stat("productpage", "http.inbound_5678.jwt_authn.denied");
     match engine {
         "native" => assert!(refused.is_some_and(|n| n >= 4), "{refused:?}"),
         // (The counter stays from the native listeners the sidecar started with.)
@@ -429,7 +385,7 @@ fn tokens_are_verified_and_policies_see_their_principal_and_claims(engine: &str)
     assert!(nacked.is_empty(), "{engine}: {nacked:?}");
     assert!(listeners_modified.is_some());
     assert_eq!(
-        envoy_stat(&mesh, "productpage", MODIFIED),
+        mesh.envoy_stat("productpage", MODIFIED),
         listeners_modified,
         "{engine}: a RequestAuthentication, key or policy change replaced a listener"
     );
@@ -520,19 +476,11 @@ spec:
     assert_eq!(status, 401, "{body}");
 }
 
-const ISTIO_KID: &str = "DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ";
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A token of Istio's test issuer (`testing@secure.istio.io`) signed with its key, with
@@ -545,28 +493,7 @@ fn testing_token(claims: serde_json::Value) -> String {
         .as_object_mut()
         .unwrap()
         .extend(claims.as_object().unwrap().clone());
-    mint(ISTIO_KID, payload)
-}
-
-/// HMAC-SHA256 (RFC 2104) by hand: only the algorithm-confusion token needs it.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
+    mint(ISTIO_KID, &payload)
 }
 
 /// Unsigned tokens of the testing issuer: `alg: none`, and HS256 keyed with the issuer's
