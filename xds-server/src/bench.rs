@@ -1,8 +1,8 @@
 //! `wardctl bench xds`: how fast a config change reaches every proxy, and what each connected
 //! proxy costs the server. The real `xds-server` binary runs as a child process on a
 //! generated config (so its CPU and memory are its own), and N simulated delta-ADS clients
-//! subscribe as Envoy does (CDS and LDS wildcard, EDS by cluster name, RDS by name) and ACK
-//! every response.
+//! subscribe as Envoy does (CDS and LDS wildcard, EDS by cluster name, RDS, SDS and ECDS by
+//! the names their listeners and clusters give) and ACK every response.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::runner::admin_client;
-use crate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+use crate::snapshot::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -50,7 +50,7 @@ pub struct Percentiles {
 pub struct BenchReport {
     pub proxies: usize,
     pub services: usize,
-    /// All proxies connected and SYNCED on CDS, EDS, LDS and RDS, from the first connect.
+    /// All proxies connected and SYNCED on every type they subscribe to, from the first connect.
     pub initial_sync_ms: f64,
     /// From the config file write until each proxy ACKed the changed endpoints.
     pub change_to_ack: Percentiles,
@@ -318,7 +318,54 @@ async fn subscribe_children(
         .await?;
         *rds_subscribed = true;
     }
+    if response.type_url == LISTENER {
+        // The filters whose configuration comes over ECDS (the wasm filters, jwt_authn).
+        let names = extension_config_names(response);
+        if !names.is_empty() {
+            tx.send(request(EXTENSION_CONFIG, None, names, "")).await?;
+        }
+    }
     Ok(())
+}
+
+/// The names of the HTTP filters that the listeners of `response` configure over ECDS, as
+/// Envoy subscribes to them.
+fn extension_config_names(response: &DeltaDiscoveryResponse) -> Vec<String> {
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_filter, HttpConnectionManager,
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for resource in &response.resources {
+        let Some(listener) = resource
+            .resource
+            .as_ref()
+            .and_then(|any| Listener::decode(&any.value[..]).ok())
+        else {
+            continue;
+        };
+        let managers = listener
+            .filter_chains
+            .iter()
+            .flat_map(|chain| &chain.filters)
+            .filter_map(|f| match &f.config_type {
+                Some(filter::ConfigType::TypedConfig(any))
+                    if any.type_url.ends_with(".HttpConnectionManager") =>
+                {
+                    HttpConnectionManager::decode(&any.value[..]).ok()
+                }
+                _ => None,
+            });
+        for manager in managers {
+            for http_filter in &manager.http_filters {
+                if let Some(http_filter::ConfigType::ConfigDiscovery(_)) = &http_filter.config_type
+                {
+                    names.insert(http_filter.name.clone());
+                }
+            }
+        }
+    }
+    names.into_iter().collect()
 }
 
 fn percentiles(mut samples: Vec<f64>) -> Percentiles {
@@ -572,7 +619,7 @@ impl BenchReport {
         });
         let base = format!(
             "proxies {} services {}\n\
-             initial sync (all proxies SYNCED on CDS/EDS/LDS/RDS/SDS): {:.0} ms\n\
+             initial sync (all proxies SYNCED on every type they subscribe to): {:.0} ms\n\
              config change -> ACK: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the 100 ms debounce)\n\
              server CPU: {:.2} s initial sync, {:.2} s for the change\n\
              server RSS: {:.1} MiB before clients, {:.1} MiB synced, peak {:.1} MiB; {:.1} KiB per proxy\n\
