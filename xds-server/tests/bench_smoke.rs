@@ -1,0 +1,67 @@
+//! `wardctl bench xds` is how the foundation targets are measured (docs/benchmarks.md); this
+//! runs it small, so a change that stops its simulated proxies from syncing (a new xDS type
+//! they do not subscribe to, a refused stream they do not retry) fails here instead of
+//! leaving the benchmark waiting forever. No timing is asserted.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn bench_xds_runs_to_the_end_on_a_small_mesh() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wardctl"))
+        .args([
+            "bench",
+            "xds",
+            "--proxies",
+            "10",
+            "--services",
+            "5",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wardctl runs");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("bench xds never finished (its proxies never all synced?):\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    let json = &out[out.find("\n{").expect("a JSON report") + 1..];
+    let report: serde_json::Value = serde_json::from_str(json).expect("the JSON report parses");
+    assert_eq!(report["proxies"], 10, "{report}");
+    assert!(
+        report["initial_sync_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["bytes_received_per_proxy_initial"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    // Every proxy received the changed endpoints.
+    assert!(
+        report["bytes_received_per_proxy_change"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["change_to_ack"]["max_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
