@@ -93,27 +93,10 @@ spec:
 /// sidecar asks xds-server to fetch the `jwksUri` again, and the same token then passes. No
 /// config change and no restart: the periodic fetch is 5 minutes away. The wasm engine's
 /// filter asks; Envoy's `jwt_authn` (native engine) waits for the periodic fetch, as Istio's.
-/// With no MeshConfig at all: by default a workload a RequestAuthentication applies to gets
-/// the wasm engine, so the default refetches.
 #[test]
 fn a_token_signed_with_a_new_key_makes_xds_server_fetch_the_keys_again() {
     let mesh = LocalMesh::up("tests/configs/bookinfo").expect("mesh up");
-    const MODIFIED: &str = "listener_manager.listener_modified";
-    let listeners_modified = mesh.envoy_stat("productpage", MODIFIED);
-    let engine = |destination: &str| {
-        let out = mesh
-            .wardctl(&["check", destination, "--from", "reviews", "--json"])
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        (report["engine"].clone(), report["engine_chosen_by"].clone())
-    };
-    assert_eq!(
-        engine("productpage"),
-        (
-            "native".into(),
-            "authorizationEngine unset: no RequestAuthentication applies".into()
-        )
-    );
+    use_engine(&mesh, "wasm");
     let document = Arc::new(Mutex::new(sample("jwks.json")));
     let url = jwks_server(document.clone());
     mesh.apply("jwt.yaml", &request_authentication(&url));
@@ -124,15 +107,6 @@ fn a_token_signed_with_a_new_key_makes_xds_server_fetch_the_keys_again() {
         Ok(())
     })
     .unwrap();
-    // productpage switched to the wasm engine, the others stay native; wardctl check says so.
-    assert_eq!(
-        engine("productpage"),
-        (
-            "wasm".into(),
-            "authorizationEngine unset: a RequestAuthentication applies".into()
-        )
-    );
-    assert_eq!(engine("details").0, "native");
 
     // The issuer publishes a new key (its test key under a new id) and signs with it.
     let mut jwks: serde_json::Value = serde_json::from_str(&sample("jwks.json")).unwrap();
@@ -192,12 +166,6 @@ fn a_token_signed_with_a_new_key_makes_xds_server_fetch_the_keys_again() {
         fetch_requests <= 3.0,
         "20 requests with an unknown key asked for {fetch_requests} fetches in all"
     );
-    // Natively, jwt_authn refused none of them: the wasm engine decided.
-    let refused = mesh.envoy_stat("productpage", "http.inbound_5678.jwt_authn.denied");
-    assert_eq!(refused.unwrap_or(0), 0);
-    // The switch of engine the RequestAuthentication made replaced no listener.
-    assert!(listeners_modified.is_some());
-    assert_eq!(mesh.envoy_stat("productpage", MODIFIED), listeners_modified);
 }
 
 /// MeshConfig `authorizationEngine`: where tokens are verified and policies enforced.
@@ -401,10 +369,11 @@ fn tokens_are_verified_and_policies_see_their_principal_and_claims(engine: &str)
     assert_eq!(call(&mesh, Some(&groups), &[]).0, 200);
 
     // The engine that was asked for decided: jwt_authn refused the bad tokens natively, and
-    // has no providers in the wasm engine's chain.
+    // is not in the wasm engine's chain.
     let refused = mesh.envoy_stat("productpage", "http.inbound_5678.jwt_authn.denied");
     match engine {
         "native" => assert!(refused.is_some_and(|n| n >= 4), "{refused:?}"),
+        // (The counter stays from the native listeners the sidecar started with.)
         _ => assert_eq!(refused.unwrap_or(0), 0),
     }
     // Every configuration was accepted: a refused one (no keys, say) keeps the old in force.

@@ -60,11 +60,6 @@ pub struct CheckReport {
     pub destination_port: u16,
     /// False on a plain TCP port, where only connection attributes count.
     pub http: bool,
-    /// The engine that authenticates and authorizes at the destination: `native` (Envoy's
-    /// `jwt_authn` and RBAC) or `wasm` (Ward's filter); they decide alike.
-    pub engine: &'static str,
-    /// Why that engine: MeshConfig names it, or it is chosen per workload.
-    pub engine_chosen_by: &'static str,
     pub mtls: String,
     pub considered: Vec<ConsideredPolicy>,
     /// Dry-run rules and what they would have done.
@@ -261,14 +256,6 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         request_principal: request.request_principal.clone(),
         destination_port: port.target_port,
         http: !is_tcp_port(port),
-        engine: mesh.authorization_engine_for(destination).as_str(),
-        engine_chosen_by: match mesh.authorization_engine {
-            Some(_) => "MeshConfig authorizationEngine",
-            None if mesh.wasm_authorizes(destination) => {
-                "authorizationEngine unset: a RequestAuthentication applies"
-            }
-            None => "authorizationEngine unset: no RequestAuthentication applies",
-        },
         mtls,
         considered,
         dry_run: evaluation
@@ -302,7 +289,6 @@ impl fmt::Display for CheckReport {
             )?;
         }
         writeln!(f, "  connection: {}", self.mtls)?;
-        writeln!(f, "  engine: {} ({})", self.engine, self.engine_chosen_by)?;
         writeln!(
             f,
             "  source principal: {}",

@@ -33,10 +33,8 @@ pub struct Mesh {
     pub authorization_policies: Vec<ScopedAuthorizationPolicy>,
     /// Istio RequestAuthentications, sorted by (namespace, name).
     pub request_authentications: Vec<RequestAuthentication>,
-    /// Where AuthorizationPolicies and RequestAuthentications are enforced: MeshConfig
-    /// `authorizationEngine`, or None when it is unset and each workload gets its own
-    /// ([`Mesh::authorization_engine_for`]).
-    pub authorization_engine: Option<AuthorizationEngine>,
+    /// Where AuthorizationPolicies are enforced (MeshConfig `authorizationEngine`).
+    pub authorization_engine: AuthorizationEngine,
     /// JWKS documents fetched from `jwksUri`s, by URI: filled by xds-server's fetcher, not
     /// by the loader (empty until the first fetch succeeds).
     pub fetched_jwks: BTreeMap<String, String>,
@@ -142,25 +140,15 @@ pub struct RequestAuthentication {
 
 pub use crate::config::JwtRuleSpec;
 
-/// Which engine enforces AuthorizationPolicy and RequestAuthentication in a sidecar. Both
-/// follow the same semantics (`wasm_authz::policy`); the golden-data and engines differential
-/// tests hold them to the same decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which engine enforces AuthorizationPolicy in the sidecars. Both follow the same semantics
+/// (`wasm_authz::policy`); the golden-data test holds them to the same decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AuthorizationEngine {
-    /// Envoy's `jwt_authn` and RBAC filters.
+    /// Envoy's RBAC filters (the default).
+    #[default]
     Native,
-    /// Ward's wasm filter verifies tokens and evaluates the policies itself.
+    /// Ward's wasm filter evaluates the policies itself.
     Wasm,
-}
-
-impl AuthorizationEngine {
-    /// As MeshConfig spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthorizationEngine::Native => "native",
-            AuthorizationEngine::Wasm => "wasm",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -610,26 +598,11 @@ impl Mesh {
             .collect()
     }
 
-    /// The engine that authenticates and authorizes for `workload`: the one MeshConfig names,
-    /// or, when it names none, the wasm engine where a RequestAuthentication applies and
-    /// native RBAC elsewhere. The wasm filter asks xds-server to fetch the keys again when a
-    /// token names a key id it lacks (an issuer's key rotation is picked up at once), which
-    /// Envoy's `jwt_authn` cannot: it waits for the periodic fetch.
-    pub fn authorization_engine_for(&self, workload: &Workload) -> AuthorizationEngine {
-        match self.authorization_engine {
-            Some(engine) => engine,
-            None if self.request_authentications_for(workload).is_empty() => {
-                AuthorizationEngine::Native
-            }
-            None => AuthorizationEngine::Wasm,
-        }
-    }
-
-    /// Whether the wasm filter authenticates and authorizes for `workload`
-    /// ([`Mesh::authorization_engine_for`]). Otherwise Envoy's `jwt_authn` verifies tokens
-    /// and its RBAC filters read the payload it leaves in the dynamic metadata.
-    pub fn wasm_authorizes(&self, workload: &Workload) -> bool {
-        self.authorization_engine_for(workload) == AuthorizationEngine::Wasm
+    /// Whether the wasm filter authenticates and authorizes for `workload`: MeshConfig chose
+    /// the wasm engine. Otherwise Envoy's `jwt_authn` verifies tokens and its RBAC filters
+    /// read the payload it leaves in the dynamic metadata.
+    pub fn wasm_authorizes(&self, _workload: &Workload) -> bool {
+        self.authorization_engine == AuthorizationEngine::Wasm
     }
 
     /// The JWT rules a workload's sidecar enforces, each with its keys: inline, or fetched

@@ -15,9 +15,9 @@ use super::linkerd::ServiceProfileSpec;
 use super::virtual_service::VirtualServiceSpec;
 use super::yaml::Position;
 use crate::model::{
-    policy_applies, DestinationRule, Instance, Mesh, PeerAuthentication, RequestAuthentication,
-    ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort, ServiceProfile, SourceRef,
-    VirtualService, Workload,
+    policy_applies, AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
+    RequestAuthentication, ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort,
+    ServiceProfile, SourceRef, VirtualService, Workload,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -110,7 +110,7 @@ fn instances(name: &str, replicas: u32, slot: u64) -> Vec<Instance> {
 pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings) -> Mesh {
     let mut trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
     let mut root_namespace = DEFAULT_ROOT_NAMESPACE.to_string();
-    let mut authorization_engine = None;
+    let mut authorization_engine = AuthorizationEngine::default();
     let mut namespaces = BTreeSet::new();
     let mut service_accounts = BTreeSet::new();
     let mut deployments: Vec<(String, bool, DeploymentSpec)> = Vec::new();
@@ -178,7 +178,9 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
                 if let Some(ns) = config.root_namespace {
                     root_namespace = ns;
                 }
-                authorization_engine = config.authorization_engine;
+                if let Some(engine) = config.authorization_engine {
+                    authorization_engine = engine;
+                }
             }
             Document::Deployment(d) => {
                 namespaces.insert(d.meta.namespace.clone());

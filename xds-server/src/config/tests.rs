@@ -1145,8 +1145,8 @@ spec:
     assert!(warnings.is_empty(), "{warnings:?}");
     let mesh = loaded.mesh;
     let scheduler = mesh.workload("default", "exam-scheduler").unwrap();
-    // No MeshConfig: the workload a RequestAuthentication applies to gets the wasm engine.
-    assert!(mesh.wasm_authorizes(scheduler));
+    // A RequestAuthentication does not choose the engine: the native one has `jwt_authn`.
+    assert!(!mesh.wasm_authorizes(scheduler));
     assert_eq!(mesh.jwks_uris().len(), 1);
     let rules = mesh.jwt_rules_for(scheduler);
     assert_eq!(rules[0].issuer, "testing@secure.istio.io");
@@ -1565,70 +1565,5 @@ spec:
             min_retry_concurrency: 5,
             budget_interval_ms: None,
         })
-    );
-}
-
-/// MeshConfig `authorizationEngine`: unset chooses per workload (wasm where a
-/// RequestAuthentication applies, for its refetch on an unknown `kid`; native elsewhere);
-/// `native` and `wasm` apply to every workload.
-#[test]
-fn the_authorization_engine_is_chosen_per_workload_unless_mesh_config_names_one() {
-    use crate::model::AuthorizationEngine::{Native, Wasm};
-    let request_authentication = "apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: default}
-spec:
-  selector:
-    matchLabels: {app: exam-scheduler}
-  jwtRules:
-  - issuer: testing@secure.istio.io
-    jwks: '{\"keys\":[]}'
-";
-    let mesh_config = |engine: &str| {
-        format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n")
-    };
-    // (setting, with a RequestAuthentication) → (decoded, exam-scheduler's, professor-tools')
-    let cases = [
-        (None, false, None, Native, Native),
-        (None, true, None, Wasm, Native),
-        (Some("native"), false, Some(Native), Native, Native),
-        (Some("native"), true, Some(Native), Native, Native),
-        (Some("wasm"), false, Some(Wasm), Wasm, Wasm),
-        (Some("wasm"), true, Some(Wasm), Wasm, Wasm),
-    ];
-    for (setting, with_jwt, decoded, scheduler_engine, tools_engine) in cases {
-        let mut files = exam_lab();
-        if with_jwt {
-            files.push(("jwt.yaml".into(), request_authentication.into()));
-        }
-        if let Some(engine) = setting {
-            files.push(("mesh.yaml".into(), mesh_config(engine)));
-        }
-        let mesh = load_sources(&files).unwrap().mesh;
-        let case = format!("{setting:?}, RequestAuthentication: {with_jwt}");
-        assert_eq!(mesh.authorization_engine, decoded, "{case}");
-        let scheduler = mesh.workload("default", "exam-scheduler").unwrap();
-        let tools = mesh.workload("default", "professor-tools").unwrap();
-        assert_eq!(
-            mesh.authorization_engine_for(scheduler),
-            scheduler_engine,
-            "{case}"
-        );
-        assert_eq!(
-            mesh.wasm_authorizes(scheduler),
-            scheduler_engine == Wasm,
-            "{case}"
-        );
-        assert_eq!(mesh.authorization_engine_for(tools), tools_engine, "{case}");
-        assert_eq!(mesh.wasm_authorizes(tools), tools_engine == Wasm, "{case}");
-    }
-    let errors = errors_of(&[("mesh.yaml", &mesh_config("rbac"))]);
-    assert_eq!(errors[0].field, "spec.authorizationEngine");
-    assert!(
-        errors[0]
-            .to_string()
-            .contains("unknown engine `rbac`: expected native"),
-        "{}",
-        errors[0]
     );
 }

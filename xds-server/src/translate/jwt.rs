@@ -11,10 +11,10 @@
 //! The keys are inline (xds-server fetches `jwksUri`s), so the configuration changes whenever
 //! the keys do: it reaches the listener over ECDS, like the wasm filter's, and a key rotation
 //! or a RequestAuthentication change never replaces (drains) a listener. Every inbound HTTP
-//! listener has the filter, in both engines: with no providers when no RequestAuthentication
-//! applies or the wasm engine verifies (it then does nothing), so adding the first one, or a
-//! switch of engine (which, when MeshConfig leaves the engine unset, adding the first one
-//! is), does not replace the listener either.
+//! listener of a native-engine sidecar has the filter, with no providers when no
+//! RequestAuthentication applies (it then does nothing), so adding the first one does not
+//! replace the listener either. A wasm-engine sidecar gets the resource too, with no
+//! providers, for listeners still draining after a switch of engine.
 
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::config::core::v3::{ExtensionConfigSource, TypedExtensionConfig};
@@ -260,27 +260,20 @@ mod tests {
         assert_eq!(no_keys["keys"][0]["kid"], "ward-no-keys");
     }
 
-    /// The snapshot of httpbin's sidecar, which a RequestAuthentication covers when `covered`,
-    /// with MeshConfig's `authorizationEngine` set to `engine` (None: unset).
-    fn httpbin_snapshot(engine: Option<&str>, covered: bool) -> crate::snapshot::Snapshot {
-        let mut yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: httpbin}\n\
-             spec:\n  selector: {matchLabels: {app: httpbin}}\n  template:\n    \
-             metadata: {labels: {app: httpbin}}\n    spec:\n      containers: \
-             [{name: httpbin, image: hashicorp/http-echo, ports: [{containerPort: 8000}]}]\n"
-            .to_string();
-        if covered {
-            yaml.push_str(
-                "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\n\
-                 metadata: {name: jwt}\nspec:\n  jwtRules:\n  - issuer: i\n    \
-                 jwks: '{\"keys\":[]}'\n",
-            );
-        }
-        if let Some(engine) = engine {
-            yaml.push_str(&format!(
-                "---\napiVersion: ward.dev/v1alpha1\nkind: MeshConfig\n\
-                 spec: {{authorizationEngine: {engine}}}\n"
-            ));
-        }
+    /// The providers of `engine`'s sidecar for httpbin, which a RequestAuthentication covers;
+    /// None if it has no `jwt_authn` resource.
+    fn providers(engine: &str) -> Option<usize> {
+        use prost::Message;
+        let yaml = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: httpbin}}\n\
+             spec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  template:\n    \
+             metadata: {{labels: {{app: httpbin}}}}\n    spec:\n      containers: \
+             [{{name: httpbin, image: hashicorp/http-echo, ports: [{{containerPort: 8000}}]}}]\n\
+             ---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\n\
+             metadata: {{name: jwt}}\nspec:\n  jwtRules:\n  - issuer: i\n    \
+             jwks: '{{\"keys\":[]}}'\n---\napiVersion: ward.dev/v1alpha1\nkind: MeshConfig\n\
+             spec: {{authorizationEngine: {engine}}}\n"
+        );
         let mesh = crate::config::load_sources(&[("mesh.yaml".to_string(), yaml)])
             .unwrap()
             .mesh;
@@ -288,15 +281,8 @@ mod tests {
             wasm_module: Some("/ward/wasm_authz.wasm".to_string()),
         };
         let (snapshots, _) = crate::translate::mesh_snapshots(&mesh, &options, None, |_, _| None);
-        snapshots.into_iter().next().unwrap().1
-    }
-
-    /// The providers of httpbin's sidecar, which a RequestAuthentication covers, with
-    /// MeshConfig's `authorizationEngine` set to `engine` (None: unset); None if it has no
-    /// `jwt_authn` resource.
-    fn providers(engine: Option<&str>) -> Option<usize> {
-        use prost::Message;
-        let resource = httpbin_snapshot(engine, true)
+        let resource = snapshots[0]
+            .1
             .set(snapshot::EXTENSION_CONFIG)?
             .get(JWT_FILTER)?
             .clone();
@@ -307,37 +293,9 @@ mod tests {
 
     #[test]
     fn the_native_engine_verifies_and_the_wasm_engine_keeps_an_empty_filter() {
-        assert_eq!(providers(Some("native")), Some(1));
-        // Still there: the listener names it in both engines.
-        assert_eq!(providers(Some("wasm")), Some(0));
-        // Unset: a workload a RequestAuthentication applies to gets the wasm engine.
-        assert_eq!(providers(None), Some(0));
-    }
-
-    /// The inbound chain names the same filters in both engines, so a switch of engine (a
-    /// RequestAuthentication added or removed while MeshConfig leaves the engine unset, or
-    /// MeshConfig changed) replaces no listener: only ECDS and RDS resources change.
-    #[test]
-    fn a_switch_of_engine_leaves_the_listeners_as_they_are() {
-        let listeners = |engine: Option<&str>, covered: bool| -> Vec<_> {
-            let snapshot = httpbin_snapshot(engine, covered);
-            let set = snapshot.set(snapshot::LISTENER).unwrap();
-            set.iter().map(|r| r.any_bytes()).collect()
-        };
-        let uncovered = listeners(None, false);
-        assert!(!uncovered.is_empty());
-        for (engine, covered) in [
-            (None, true),
-            (Some("native"), true),
-            (Some("wasm"), true),
-            (Some("native"), false),
-            (Some("wasm"), false),
-        ] {
-            assert!(
-                listeners(engine, covered) == uncovered,
-                "{engine:?}, covered: {covered}"
-            );
-        }
+        assert_eq!(providers("native"), Some(1));
+        // Still there: a listener draining after the switch names it.
+        assert_eq!(providers("wasm"), Some(0));
     }
 
     #[test]

@@ -7,12 +7,9 @@
 //!   (`outbound`, over RDS) routes by authority to `outbound|<port>||<fqdn>` clusters whose
 //!   endpoints (EDS) are the destination instances' inbound listeners.
 //!
-//! The inbound HTTP chain is: JWT authentication (`jwt_authn`, over ECDS; with providers in
-//! the native engine only, see `jwt`), RBAC (AUDIT, DENY, ALLOW; rules per route over RDS,
-//! native engine only), the `ward-authz` wasm filter (configuration over ECDS), the router.
-//! The chain is the same in both engines, so a switch of engine (MeshConfig, or a
-//! RequestAuthentication added or removed when the engine is chosen per workload) replaces
-//! no listener.
+//! The inbound HTTP chain is: JWT authentication (`jwt_authn`, over ECDS; native engine
+//! only, see `jwt`), RBAC (AUDIT, DENY, ALLOW; rules per route over RDS), the `ward-authz`
+//! wasm filter (configuration over ECDS), the router.
 //!
 //! The outbound HTTP chain is: the `ward-retry-budget` wasm filter (over ECDS), the router.
 //! ServiceProfile routes, retries and timeouts, failure accrual and DestinationRule
@@ -268,8 +265,9 @@ pub fn proxy_snapshot(
             &shared.outbound_filter,
         ));
     }
-    // Also in the wasm engine (with nothing to check): every inbound HTTP chain names it, and
-    // Envoy answers 500 for a filter whose ECDS resource is gone.
+    // Also in the wasm engine (with nothing to check): a listener still draining after a
+    // switch from the native engine names it, and Envoy answers 500 for a filter whose ECDS
+    // resource is gone.
     let verifies = !wasm_enforces(mesh, workload, options);
     extensions.push(jwt::extension_config(mesh, workload, verifies));
     snapshot.insert(
@@ -647,9 +645,10 @@ fn inbound_listener(
         ));
         filters
     } else {
-        // In both engines (without providers in the wasm one): a chain that differed would
-        // make a switch of engine replace, and drain, the listener.
-        let mut http_filters = vec![jwt::discovered_filter()];
+        let mut http_filters = Vec::new();
+        if !wasm_enforces(mesh, workload, options) {
+            http_filters.push(jwt::discovered_filter());
+        }
         http_filters.extend(rbac::http_filters());
         if options.wasm_module.is_some() {
             http_filters.push(wasm_discovered_filter(WASM_FILTER));
