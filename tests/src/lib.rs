@@ -492,8 +492,10 @@ pub type Patches = std::sync::Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
 /// A Kubernetes API server at the HTTP level (none can run on these machines): it has the
 /// `namespaces` and no other objects, watches stay open with no events, other API groups
-/// answer 404, TokenReviews authenticate the `tokens` given as (token, username) for
-/// audience `ward-xds`, the sidecar injector's MutatingWebhookConfiguration (two webhooks)
+/// answer 404, TokenReviews authenticate the `tokens` given as (token, username) for the
+/// audiences asked (a token starting `other-audience-` is answered, as by an authenticator
+/// that ignores the audiences asked, for the API server's own audience only), the sidecar
+/// injector's MutatingWebhookConfiguration (two webhooks)
 /// is there, and PATCHes are recorded and answered. Returns `host:port` and the patches.
 pub fn fake_api_server(tokens: Vec<(String, String)>, namespaces: &[&str]) -> (String, Patches) {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -574,8 +576,17 @@ pub fn fake_api_server(tokens: Vec<(String, String)>, namespaces: &[&str]) -> (S
                             serde_json::from_slice(&body).unwrap_or_default();
                         let token = review["spec"]["token"].as_str().unwrap_or("");
                         let status = match tokens.iter().find(|(t, _)| t == token) {
-                            Some((_, user)) => serde_json::json!({"authenticated": true,
-                                "user": {"username": user}, "audiences": review["spec"]["audiences"]}),
+                            Some((_, user)) => {
+                                let audiences = if token.starts_with("other-audience-") {
+                                    serde_json::json!([
+                                        "https://kubernetes.default.svc.cluster.local"
+                                    ])
+                                } else {
+                                    review["spec"]["audiences"].clone()
+                                };
+                                serde_json::json!({"authenticated": true,
+                                    "user": {"username": user}, "audiences": audiences})
+                            }
                             None => serde_json::json!({"authenticated": false,
                                 "error": "invalid bearer token"}),
                         };

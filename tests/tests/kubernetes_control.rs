@@ -60,10 +60,22 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (api, patches) = fake_api_server(
-        vec![(
-            "token-of-exam-scheduler".to_string(),
-            "system:serviceaccount:default:exam-scheduler-sa".to_string(),
-        )],
+        vec![
+            (
+                "token-of-exam-scheduler".to_string(),
+                "system:serviceaccount:default:exam-scheduler-sa".to_string(),
+            ),
+            // A real user's token, valid for the API server but no service account's.
+            (
+                "token-of-alice".to_string(),
+                "alice@example.com".to_string(),
+            ),
+            // The pod's own account, but minted for the API server's audience, not Ward's.
+            (
+                "other-audience-token-of-exam-scheduler".to_string(),
+                "system:serviceaccount:default:exam-scheduler-sa".to_string(),
+            ),
+        ],
         &["default", "shop"],
     );
     let kubeconfig = dir.join("kubeconfig");
@@ -155,6 +167,31 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         String::from_utf8_lossy(&refused.stderr)
     );
     assert!(!dir.join("stranger/credentials/key.pem").exists());
+    // Authenticated, but not a service account: no workload identity to give it.
+    let user = pod_bootstrap(&dir.join("user"), "token-of-alice", &url, &root, &xds);
+    assert!(!user.status.success());
+    let stderr = String::from_utf8_lossy(&user.stderr);
+    assert!(
+        stderr.contains("alice@example.com is not a service account"),
+        "{stderr}"
+    );
+    assert!(!dir.join("user/credentials/key.pem").exists());
+    // The right service account, but a token minted for another audience (one stolen from
+    // a pod's default API token, say): refused.
+    let audience = pod_bootstrap(
+        &dir.join("audience"),
+        "other-audience-token-of-exam-scheduler",
+        &url,
+        &root,
+        &xds,
+    );
+    assert!(!audience.status.success());
+    let stderr = String::from_utf8_lossy(&audience.stderr);
+    assert!(
+        stderr.contains("the token is not for audience ward-xds"),
+        "{stderr}"
+    );
+    assert!(!dir.join("audience/credentials/key.pem").exists());
 
     // The pod's own token: a credential for its service account, then a bootstrap.
     let pod = dir.join("pod");
