@@ -349,6 +349,23 @@ async fn next_sources(rx: &mut watch::Receiver<Option<Sources>>) -> Sources {
     rx.borrow_and_update().clone().unwrap()
 }
 
+/// Namespace `shop` with Service `web` and its ready, injected pod `web-a` (10.1.0.1).
+fn shop_with_web_a() -> Arc<Cluster> {
+    let cluster = Cluster::new();
+    cluster.change(
+        "/api/v1/namespaces",
+        "ADDED",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
+    cluster.change("/api/v1/services", "ADDED", service());
+    cluster.change(
+        "/api/v1/pods",
+        "ADDED",
+        pod("web-a", "web", "10.1.0.1", true),
+    );
+    cluster
+}
+
 /// Starts discovery against the fake API server.
 async fn discover(cluster: &Arc<Cluster>) -> watch::Receiver<Option<Sources>> {
     let url = serve(cluster.clone()).await;
@@ -378,18 +395,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_left_out() {
-    let cluster = Cluster::new();
-    cluster.change(
-        "/api/v1/namespaces",
-        "ADDED",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-    );
-    cluster.change("/api/v1/services", "ADDED", service());
-    cluster.change(
-        "/api/v1/pods",
-        "ADDED",
-        pod("web-a", "web", "10.1.0.1", true),
-    );
+    let cluster = shop_with_web_a();
     let mut legacy = plain_pod("web-legacy", "web", "10.1.0.3");
     legacy["spec"]["serviceAccountName"] = json!("legacy");
     cluster.change("/api/v1/pods", "ADDED", legacy);
@@ -602,18 +608,7 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
-    let cluster = Cluster::new();
-    cluster.change(
-        "/api/v1/namespaces",
-        "ADDED",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-    );
-    cluster.change("/api/v1/services", "ADDED", service());
-    cluster.change(
-        "/api/v1/pods",
-        "ADDED",
-        pod("web-a", "web", "10.1.0.1", true),
-    );
+    let cluster = shop_with_web_a();
     cluster.change(
         "/api/v1/pods",
         "ADDED",
@@ -625,11 +620,7 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
         "ADDED",
         pod("web-b", "web", "10.1.0.2", false),
     );
-    let url = serve(cluster.clone()).await;
-    let config = kube::Config::new(url.parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(ward::discovery::run(client, Duration::from_millis(50), tx));
+    let mut rx = discover(&cluster).await;
     let cache = SnapshotCache::new();
 
     // 1. The initial list: every pod is a workload, only the ready ones are endpoints; the
