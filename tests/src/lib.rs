@@ -260,6 +260,17 @@ impl LocalMesh {
         eventually(limit, check)
     }
 
+    /// Waits (up to 20 s) until `workload`'s curl of `url` through its sidecar answers 200;
+    /// returns that body.
+    pub fn wait_for_200(&self, workload: &str, url: &str) -> String {
+        self.eventually(Duration::from_secs(20), || {
+            let (code, body) = self.curl_from(Some(workload), &[url])?;
+            anyhow::ensure!(code == 200, "{url} answered {workload} {code}: {body}");
+            Ok(body)
+        })
+        .unwrap()
+    }
+
     /// Starts another Envoy with a sidecar's bootstrap (`bootstrap/<node>.json`) changed by
     /// `edit`, its admin on a port of its own: (the process, its admin port).
     pub fn start_edited_sidecar(

@@ -232,13 +232,7 @@ fn down_stops_what_a_local_command_started() {
         &local_command_yaml(&ward_e2e::binary("wardctl"), &child_pid_file),
     )
     .unwrap();
-    let body = mesh
-        .eventually(Duration::from_secs(20), || {
-            let (code, body) = mesh.curl_from(Some("professor-tools"), &["http://local-echo"])?;
-            anyhow::ensure!(code == 200, "local-echo answered {code}: {body}");
-            Ok(body)
-        })
-        .unwrap();
+    let body = mesh.wait_for_200("professor-tools", "http://local-echo");
     assert_eq!(body.trim(), "local");
     let app = mesh.instance("local-echo")["app_pid"].as_u64().unwrap() as u32;
     assert!(
@@ -397,13 +391,7 @@ fn hot_reload_adds_and_removes_services_without_failing_other_traffic() {
 
     // Add a service: it becomes reachable from an existing workload.
     mesh.write_config("greeter.yaml", ECHO_YAML).unwrap();
-    let body = mesh
-        .eventually(Duration::from_secs(20), || {
-            let (code, body) = mesh.curl_from(Some("student-portal"), &["http://greeter"])?;
-            anyhow::ensure!(code == 200, "greeter answered {code}: {body}");
-            Ok(body)
-        })
-        .unwrap();
+    let body = mesh.wait_for_200("student-portal", "http://greeter");
     assert_eq!(body.trim(), "hello from greeter");
 
     // Remove one: its name stops resolving in the mesh, its processes are stopped.
@@ -721,12 +709,7 @@ fn envoys_survive_an_xds_server_crash_and_resync() {
     .unwrap();
     // And a change made after the restart reaches them.
     mesh.write_config("greeter.yaml", ECHO_YAML).unwrap();
-    mesh.eventually(Duration::from_secs(20), || {
-        let (code, _) = mesh.curl_from(Some("professor-tools"), &["http://greeter"])?;
-        anyhow::ensure!(code == 200, "greeter answered {code}");
-        Ok(())
-    })
-    .unwrap();
+    mesh.wait_for_200("professor-tools", "http://greeter");
 }
 
 #[test]
@@ -735,12 +718,7 @@ fn state_of_the_world_ads_serves_the_same_mesh() {
     let (code, body) = mesh.curl_from(Some("student-portal"), POST_EXAM).unwrap();
     assert_eq!(code, 200, "{body}");
     mesh.write_config("greeter.yaml", ECHO_YAML).unwrap();
-    mesh.eventually(Duration::from_secs(20), || {
-        let (code, _) = mesh.curl_from(Some("professor-tools"), &["http://greeter"])?;
-        anyhow::ensure!(code == 200, "greeter answered {code}");
-        Ok(())
-    })
-    .unwrap();
+    mesh.wait_for_200("professor-tools", "http://greeter");
     let status = mesh.status_json().unwrap().to_string();
     assert!(status.to_lowercase().contains("sotw"), "{status}");
 }
@@ -785,10 +763,5 @@ fn envoys_keep_serving_while_xds_server_closes_their_connections_at_the_maximum_
     }
     // The streams after the reconnects are live: a change reaches the sidecars.
     mesh.write_config("greeter.yaml", ECHO_YAML).unwrap();
-    mesh.eventually(Duration::from_secs(20), || {
-        let (code, _) = mesh.curl_from(Some("professor-tools"), &["http://greeter"])?;
-        anyhow::ensure!(code == 200, "greeter answered {code}");
-        Ok(())
-    })
-    .unwrap();
+    mesh.wait_for_200("professor-tools", "http://greeter");
 }
