@@ -119,6 +119,23 @@ impl Pods {
         self.children.push(child);
     }
 
+    /// Polls [`Pods::curl`] (up to 30 s) until it answers 200; returns the output. The
+    /// error names xds-server's log, where a sidecar that never got its config shows.
+    fn curl_until_200(&self, ns: &str, url: &str, server_log: &std::path::Path) -> String {
+        eventually(Duration::from_secs(30), || {
+            let (code, out) = self.curl(ns, url);
+            if code == 0 && out.starts_with("HTTP/1.1 200") {
+                Ok(out)
+            } else {
+                Err(anyhow::anyhow!(
+                    "curl {code}: {out}\nxds-server: {}",
+                    std::fs::read_to_string(server_log).unwrap_or_default()
+                ))
+            }
+        })
+        .unwrap()
+    }
+
     /// curl in `ns` as uid 1000 (an app): (exit code, output with headers).
     fn curl(&self, ns: &str, url: &str) -> (i32, String) {
         let out = Command::new("ip")
@@ -403,18 +420,11 @@ fn captured_pods_reach_each_other_only_through_their_sidecars() {
 
     // The kubelet's readiness probe, plaintext from outside the pod to the app's port, is
     // captured and served through the not-ready pod's sidecar (PERMISSIVE by default).
-    let probe = eventually(Duration::from_secs(30), || {
-        let (code, out) = pods.curl(&outside_ns, &format!("http://{server_ip}:8080/"));
-        if code == 0 && out.starts_with("HTTP/1.1 200") {
-            Ok(out)
-        } else {
-            Err(anyhow::anyhow!(
-                "curl {code}: {out}\nxds-server: {}",
-                std::fs::read_to_string(&server_log).unwrap_or_default()
-            ))
-        }
-    })
-    .unwrap();
+    let probe = pods.curl_until_200(
+        &outside_ns,
+        &format!("http://{server_ip}:8080/"),
+        &server_log,
+    );
     assert!(
         probe.contains("x-ward-wasm: server.default"),
         "through the sidecar: {probe}"
@@ -439,18 +449,7 @@ fn captured_pods_reach_each_other_only_through_their_sidecars() {
 
     // Outbound capture: the client app calls the Service by name; its sidecar routes it,
     // over mTLS, to the server pod, whose sidecar (inbound capture) hands it to the app.
-    let response = eventually(Duration::from_secs(30), || {
-        let (code, out) = pods.curl(&client_ns, "http://server/");
-        if code == 0 && out.starts_with("HTTP/1.1 200") {
-            Ok(out)
-        } else {
-            Err(anyhow::anyhow!(
-                "curl {code}: {out}\nxds-server: {}",
-                std::fs::read_to_string(&server_log).unwrap_or_default()
-            ))
-        }
-    })
-    .unwrap();
+    let response = pods.curl_until_200(&client_ns, "http://server/", &server_log);
     assert!(response.contains("hello from the server pod"), "{response}");
     assert!(
         response.contains("x-ward-wasm: server.default"),
