@@ -178,6 +178,17 @@ async fn reopen(channel: &Channel, node_id: &str) -> Opened {
 }
 
 /// Reads the first clusters response and ACKs it.
+/// Reads `opened` until the server ends it: with a status (Some), or cleanly (None).
+async fn stream_end(opened: &mut Opened) -> Option<tonic::Status> {
+    loop {
+        match opened.1.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+            Err(status) => return Some(status),
+        }
+    }
+}
+
 async fn sync(opened: &mut Opened) {
     let response = tokio::time::timeout(Duration::from_secs(10), opened.1.message())
         .await
@@ -285,17 +296,9 @@ async fn a_connection_past_its_maximum_age_is_closed_and_the_client_resyncs_on_a
         // Each stream is on a connection of its own: the previous one sent GOAWAY.
         assert_eq!(dialed.load(Ordering::SeqCst), round);
         // The stream is ended by the server when its connection reaches its age (1 s ±10 %).
-        let end = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match opened.1.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return None,
-                    Err(status) => return Some(status),
-                }
-            }
-        })
-        .await
-        .expect("the stream ends within 15 s");
+        let end = tokio::time::timeout(Duration::from_secs(15), stream_end(&mut opened))
+            .await
+            .expect("the stream ends within 15 s");
         let status = end.expect("the stream ends with a status, not a clean end");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
@@ -338,18 +341,10 @@ async fn on_sigterm_streams_end_with_unavailable_and_the_server_exits() {
     // SAFETY: plain signal to our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     // The proxy is told to go elsewhere rather than left on a dead connection.
-    let status = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match opened.1.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status),
-            }
-        }
-    })
-    .await
-    .expect("the stream ends within 10 s")
-    .expect("with a status");
+    let status = tokio::time::timeout(Duration::from_secs(10), stream_end(&mut opened))
+        .await
+        .expect("the stream ends within 10 s")
+        .expect("with a status");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("closing this connection"),
