@@ -36,11 +36,15 @@ use ward::translate::{mesh_snapshots, TranslateOptions};
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// The fake API server's state: objects by resource path (`/api/v1/pods`), the current
-/// resourceVersion, and the watch events it streams.
+/// resourceVersion, and the watch events it streams. As a real API server, a watch from a
+/// resourceVersion first gets the events after it that it missed, so an event sent while a
+/// watcher is between its list and its watch is not lost.
 struct Cluster {
     objects: Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
     version: Mutex<u64>,
     events: broadcast::Sender<(String, Value)>,
+    /// Every event sent: (resourceVersion, path, event).
+    history: Mutex<Vec<(u64, String, Value)>>,
     /// The next watch request on a path is answered 410 Gone (its version expired).
     expire_next_watch: Mutex<Vec<String>>,
     watches: Mutex<u64>,
@@ -70,6 +74,7 @@ impl Cluster {
             objects: Mutex::new(objects),
             version: Mutex::new(1),
             events: broadcast::channel(64).0,
+            history: Mutex::new(Vec::new()),
             expire_next_watch: Mutex::new(Vec::new()),
             watches: Mutex::new(0),
             lists: Mutex::new(0),
@@ -99,9 +104,12 @@ impl Cluster {
             _ if existed => "MODIFIED",
             _ => "ADDED",
         };
-        let _ = self
-            .events
-            .send((path.to_string(), json!({"type": kind, "object": object})));
+        let event = json!({"type": kind, "object": object});
+        self.history
+            .lock()
+            .unwrap()
+            .push((*version, path.to_string(), event.clone()));
+        let _ = self.events.send((path.to_string(), event));
     }
 
     fn respond(self: &Arc<Self>, path: &str, query: &str) -> hyper::Response<Body> {
@@ -139,15 +147,44 @@ impl Cluster {
             return response(200, format!("{gone}\n"));
         }
         drop(expire);
+        // Subscribed before the history is read: an event sent in between is in both, and
+        // sent once (by version).
         let mut events = self.events.subscribe();
+        let from: u64 = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let missed: Vec<(u64, Value)> = self
+            .history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(version, at, _)| *version > from && at == path)
+            .map(|(version, _, event)| (*version, event.clone()))
+            .collect();
         let path = path.to_string();
         let stream = async_stream(move |tx| async move {
+            let mut sent = from;
+            for (version, event) in missed {
+                sent = version;
+                if tx.send(format!("{event}\n")).await.is_err() {
+                    return;
+                }
+            }
             while let Ok((at, event)) = events.recv().await {
                 if at == "end" {
                     return;
                 }
-                if at == path && tx.send(format!("{event}\n")).await.is_err() {
-                    return;
+                let version = event["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if at == path && version > sent {
+                    sent = version;
+                    if tx.send(format!("{event}\n")).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -262,6 +299,15 @@ struct Translated {
     snapshots: BTreeMap<String, Snapshot>,
     /// Cluster objects the loader refused and left out.
     left_out: Vec<ward::discovery::LeftOut>,
+}
+
+/// The names of a listener's filter chains, in order.
+fn chain_names(listener: &Listener) -> Vec<&str> {
+    listener
+        .filter_chains
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect()
 }
 
 fn socket(address: &Option<Address>) -> Option<String> {
@@ -443,11 +489,7 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
     assert!(!contains(&socket_bytes, "sa/legacy"));
     // Before any policy: PERMISSIVE, and no RBAC rules.
     let inbound: Listener = resource(&step, "web-a.shop", LISTENER, "inbound|10.1.0.1:8080");
-    let chains: Vec<&str> = inbound
-        .filter_chains
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let chains = chain_names(&inbound);
     assert_eq!(chains, ["mtls", "plaintext"]);
     let routes: RouteConfiguration = resource(&step, "web-a.shop", ROUTE, "inbound|8080");
     assert!(routes.virtual_hosts[0].typed_per_filter_config.is_empty());
@@ -480,11 +522,7 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
     let step = translate(&sources, &cache);
     assert!(step.left_out.is_empty());
     let inbound: Listener = resource(&step, "web-a.shop", LISTENER, "inbound|10.1.0.1:8080");
-    let chains: Vec<&str> = inbound
-        .filter_chains
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let chains = chain_names(&inbound);
     assert_eq!(chains, ["mtls"], "STRICT: plaintext refused");
     let routes: RouteConfiguration = resource(&step, "web-a.shop", ROUTE, "inbound|8080");
     let allow = &routes.virtual_hosts[0].typed_per_filter_config["ward.rbac.allow"];
@@ -544,11 +582,7 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
     );
     assert!(step.changed.contains(&"web-c.shop".to_string()));
     let inbound: Listener = resource(&step, "web-c.shop", LISTENER, "inbound|10.1.0.4:8080");
-    let chains: Vec<&str> = inbound
-        .filter_chains
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let chains = chain_names(&inbound);
     assert_eq!(
         chains,
         ["mtls", "probes"],
@@ -635,11 +669,7 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
     let capture: Listener = resource(&step, "web-b.shop", LISTENER, "inbound-capture");
     assert_eq!(socket(&capture.address).unwrap(), "0.0.0.0:15006");
     let inbound: Listener = resource(&step, "web-b.shop", LISTENER, "inbound|10.1.0.2:8080");
-    let chains: Vec<&str> = inbound
-        .filter_chains
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let chains = chain_names(&inbound);
     assert_eq!(
         chains,
         ["mtls", "plaintext"],
@@ -673,8 +703,8 @@ async fn list_watch_relist_delete_reach_the_mesh_and_only_changes_are_pushed() {
     let lists_before = *cluster.lists.lock().unwrap();
     let watches_before = *cluster.watches.lock().unwrap();
     cluster.end_watches(true);
-    // Every kind is watching again (one watch answered 410, then one after the relist)
-    // before the next event is sent: the fake server does not replay missed events.
+    // Every kind is watching again (one watch answered 410, then one after the relist),
+    // so the relist is over before the checks below.
     let rewatched = watches_before + 2 * PATHS.len() as u64;
     tokio::time::timeout(Duration::from_secs(20), async {
         while *cluster.watches.lock().unwrap() < rewatched {
