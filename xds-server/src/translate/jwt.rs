@@ -16,20 +16,18 @@
 //! replace the listener either. A wasm-engine sidecar gets the resource too, with no
 //! providers, for listeners still draining after a switch of engine.
 
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use envoy_types::pb::envoy::config::core::v3::{ExtensionConfigSource, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     jwt_provider, jwt_requirement, requirement_rule, JwtAuthentication, JwtClaimToHeader,
     JwtHeader, JwtProvider, JwtRequirement, JwtRequirementOrList, RequirementRule,
 };
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_filter, HttpFilter,
-};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::google::protobuf::Empty;
 use prost::Name;
 use wasm_authz::jwt::{JwtRule, CLOCK_SKEW_SECONDS};
 
-use super::{ads_config_source, any, prefix_match};
+use super::{any, prefix_match};
 use crate::model::{Mesh, Workload};
 use crate::snapshot::{self, Resource};
 
@@ -65,17 +63,7 @@ fn usable_jwks(jwks: &str) -> &str {
 
 /// The filter as the listener names it: its configuration comes over ECDS.
 pub fn discovered_filter() -> HttpFilter {
-    HttpFilter {
-        name: JWT_FILTER.to_string(),
-        config_type: Some(http_filter::ConfigType::ConfigDiscovery(
-            ExtensionConfigSource {
-                config_source: Some(ads_config_source()),
-                type_urls: vec![JwtAuthentication::type_url()],
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
-    }
+    super::discovered_filter(JWT_FILTER, JwtAuthentication::type_url())
 }
 
 /// The ECDS resource for a sidecar: its RequestAuthentications' rules, keys inline, when

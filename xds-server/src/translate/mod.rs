@@ -516,19 +516,25 @@ fn retry_budget_extension_config(
     )
 }
 
-/// The wasm filter as the listener names it: its config comes over ECDS.
-fn wasm_discovered_filter(name: &str) -> HttpFilter {
+/// An HTTP filter as the listener names it: its config, of `type_url`, comes over ECDS
+/// under `name` (the wasm filters, `jwt_authn`).
+fn discovered_filter(name: &str, type_url: String) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
         config_type: Some(http_filter::ConfigType::ConfigDiscovery(
             ExtensionConfigSource {
                 config_source: Some(ads_config_source()),
-                type_urls: vec![Wasm::type_url()],
+                type_urls: vec![type_url],
                 ..Default::default()
             },
         )),
         ..Default::default()
     }
+}
+
+/// A wasm filter as the listener names it.
+fn wasm_discovered_filter(name: &str) -> HttpFilter {
+    discovered_filter(name, Wasm::type_url())
 }
 
 /// The `ward-authz` wasm filter, loaded from `module_path`, with a `wasm_authz::FilterConfig`
