@@ -516,6 +516,18 @@ fn retry_budget_extension_config(
     )
 }
 
+/// A route action that answers `status` with `body` itself.
+fn direct_response(status: u32, body: &str) -> route::Action {
+    route::Action::DirectResponse(DirectResponseAction {
+        status,
+        body: Some(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(body.to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 /// An HTTP filter as the listener names it: its config, of `type_url`, comes over ECDS
 /// under `name` (the wasm filters, `jwt_authn`).
 fn discovered_filter(name: &str, type_url: String) -> HttpFilter {
@@ -757,16 +769,10 @@ fn probe_filters(workload: &Workload, port: u16) -> Option<Vec<Filter>> {
     routes.push(Route {
         name: "not-a-probe".to_string(),
         r#match: Some(prefix_match("/")),
-        action: Some(route::Action::DirectResponse(DirectResponseAction {
-            status: 403,
-            body: Some(DataSource {
-                specifier: Some(data_source::Specifier::InlineString(
-                    "STRICT mTLS: plaintext is served only on the pod's probe paths\n".to_string(),
-                )),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
+        action: Some(direct_response(
+            403,
+            "STRICT mTLS: plaintext is served only on the pod's probe paths\n",
+        )),
         ..Default::default()
     });
     let name = format!("inbound-probes|{port}");
@@ -998,16 +1004,10 @@ fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfigurat
         routes: vec![Route {
             name: "unknown-host".to_string(),
             r#match: Some(prefix_match("/")),
-            action: Some(route::Action::DirectResponse(DirectResponseAction {
-                status: 404,
-                body: Some(DataSource {
-                    specifier: Some(data_source::Specifier::InlineString(
-                        "ward: no service in the mesh matches this host\n".to_string(),
-                    )),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
+            action: Some(direct_response(
+                404,
+                "ward: no service in the mesh matches this host\n",
+            )),
             ..Default::default()
         }],
         ..Default::default()
