@@ -62,8 +62,8 @@ pub struct BenchReport {
     pub server_kib_per_proxy: f64,
     pub bytes_received_per_proxy_initial: u64,
     pub bytes_received_per_proxy_change: u64,
-    /// Stream openings refused with UNAVAILABLE (admission rate limit) and retried with
-    /// Envoy's back-off during the initial sync.
+    /// Stream openings refused with UNAVAILABLE (admission rate limit), or connections that
+    /// failed, retried with Envoy's back-off during the initial sync.
     pub streams_refused_initial: u64,
     pub renewal: Option<RenewalReport>,
 }
@@ -123,6 +123,28 @@ fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// `pid` or the first process under it (children first, then theirs) whose command name is
+/// `name`.
+fn descendant_named(pid: u32, name: &str) -> Option<u32> {
+    let comm_of =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm_of(pid).trim_end() == name {
+        return Some(pid);
+    }
+    let mut queue = std::collections::VecDeque::from([pid]);
+    while let Some(parent) = queue.pop_front() {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            if comm_of(child).trim_end() == name {
+                return Some(child);
+            }
+            queue.push_back(child);
+        }
+    }
+    None
 }
 
 /// User + system CPU seconds of a process, from /proc/PID/stat.
@@ -198,29 +220,51 @@ async fn simulated_proxy(
     counters: Arc<ClientCounters>,
     progress: watch::Sender<ClientProgress>,
 ) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?
-        .connect()
-        .await?;
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?;
     let node = Node {
         id: node_id,
         ..Default::default()
     };
-    // A stream refused with UNAVAILABLE (the admission rate limit) is opened again after
-    // Envoy's back-off.
+    // A connection that fails (refused, or reset by a server too busy to accept it), or a
+    // stream refused with UNAVAILABLE (the admission rate limit), is tried again after
+    // Envoy's back-off, as Envoy does, until the first response arrives.
     let mut back_off = EnvoyBackOff::new();
-    let (tx, mut responses) = loop {
+    let retryable = |status: &tonic::Status| {
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        )
+    };
+    let (tx, mut responses, first) = loop {
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(node = %node.id, error = %e, "connecting; retrying");
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(back_off.next()).await;
+                continue;
+            }
+        };
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(16);
         tx.send(request(CLUSTER, Some(node.clone()), vec![], ""))
             .await?;
         tx.send(request(LISTENER, None, vec![], "")).await?;
-        match client
+        let opened = match client
             .delta_aggregated_resources(ReceiverStream::new(rx))
             .await
         {
-            Ok(responses) => break (tx, responses.into_inner()),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+            Ok(responses) => {
+                let mut responses = responses.into_inner();
+                responses.message().await.map(|first| (responses, first))
+            }
+            Err(status) => Err(status),
+        };
+        match opened {
+            Ok((responses, first)) => break (tx, responses, first),
+            Err(status) if retryable(&status) => {
+                tracing::debug!(node = %node.id, %status, "opening the stream; retrying");
                 counters.refused.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(back_off.next()).await;
             }
@@ -230,7 +274,8 @@ async fn simulated_proxy(
     let mut rds_subscribed = false;
     let mut first_watched_version: Option<String> = None;
     let mut first_certificate_version: Option<String> = None;
-    while let Some(response) = responses.message().await? {
+    let mut next = first;
+    while let Some(response) = next {
         counters
             .bytes
             .fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
@@ -270,6 +315,7 @@ async fn simulated_proxy(
         tx.send(request(&type_url, None, vec![], &response.nonce))
             .await?;
         subscribe_children(&response, &tx, &mut rds_subscribed).await?;
+        next = responses.message().await?;
     }
     Ok(())
 }
@@ -462,7 +508,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", options.xds_server.display()))?;
-    let pid = server.id().context("xds-server pid")?;
+    let launched_pid = server.id().context("xds-server pid")?;
     let server_started = Instant::now();
     let started = Instant::now();
     while admin_client::get(admin_address, "/healthz").await.is_err() {
@@ -474,6 +520,14 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Under a wrapper, measure (and at the end kill) the server itself, not the wrapper.
+    let wrapped = std::env::var_os("WARD_BENCH_WRAP").is_some();
+    let pid = if wrapped {
+        descendant_named(launched_pid, "xds-server")
+            .context("no xds-server process under WARD_BENCH_WRAP's wrapper")?
+    } else {
+        launched_pid
+    };
     let rss_before = proc_status_kib(pid, "VmRSS:")?;
     let cpu_before = cpu_seconds(pid)?;
 
@@ -578,6 +632,13 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
             }
         }
     }
+    if wrapped {
+        // Killed while every proxy is still connected, so what a heap profiler reports as
+        // never freed is what the connected proxies hold.
+        // SAFETY: kill(2) on a pid we found among our own child's descendants.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = server.wait().await;
+    }
     let _ = server.kill().await;
 
     let n = node_ids.len().max(1) as f64;
@@ -624,7 +685,7 @@ impl BenchReport {
              server CPU: {:.2} s initial sync, {:.2} s for the change\n\
              server RSS: {:.1} MiB before clients, {:.1} MiB synced, peak {:.1} MiB; {:.1} KiB per proxy\n\
              bytes per proxy: {} initial, {} for the change\n\
-             stream openings refused (rate limit) and retried during the initial sync: {}\n",
+             stream openings refused (rate limit) or failed, and retried, during the initial sync: {}\n",
             self.proxies,
             self.services,
             self.initial_sync_ms,
