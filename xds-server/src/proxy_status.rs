@@ -30,8 +30,29 @@ pub struct ProxyConnection {
     /// `sotw` or `delta`.
     pub protocol: &'static str,
     pub connected_at_unix: u64,
-    /// By short type name (`CDS`, `EDS`, ...).
-    pub types: BTreeMap<&'static str, TypeStatus>,
+    /// By short type name (`CDS`, `EDS`, ...), in the order first sent. (A list: a map would
+    /// allocate room for eleven types per connected proxy.)
+    pub types: Vec<(&'static str, TypeStatus)>,
+}
+
+impl ProxyConnection {
+    pub fn type_status(&self, short_name: &str) -> Option<&TypeStatus> {
+        self.types
+            .iter()
+            .find(|(name, _)| *name == short_name)
+            .map(|(_, status)| status)
+    }
+
+    fn type_status_mut(&mut self, short_name: &'static str) -> &mut TypeStatus {
+        let at = match self.types.iter().position(|(name, _)| *name == short_name) {
+            Some(at) => at,
+            None => {
+                self.types.push((short_name, TypeStatus::default()));
+                self.types.len() - 1
+            }
+        };
+        &mut self.types[at].1
+    }
 }
 
 fn unix_now() -> u64 {
@@ -84,7 +105,7 @@ impl ProxyStatusRegistry {
                 node_id: node_id.to_string(),
                 protocol,
                 connected_at_unix: unix_now(),
-                types: BTreeMap::new(),
+                types: Vec::new(),
             },
         );
     }
@@ -100,12 +121,7 @@ impl ProxyStatusRegistry {
             .expect("status lock")
             .get_mut(&stream_id)
         {
-            change(
-                connection
-                    .types
-                    .entry(snapshot::short_name(type_url))
-                    .or_default(),
-            );
+            change(connection.type_status_mut(snapshot::short_name(type_url)));
         }
     }
 
@@ -148,13 +164,13 @@ impl ProxyStatusRegistry {
                         continue;
                     };
                     let short = snapshot::short_name(type_url);
-                    let status = connection.types.get(short).cloned().unwrap_or_default();
-                    let state = if status.acked_version.as_deref() == Some(set.version.as_str()) {
+                    let status = connection.type_status(short).cloned().unwrap_or_default();
+                    let state = if status.acked_version.as_deref() == Some(&*set.version) {
                         "SYNCED"
                     } else if status
                         .last_nack
                         .as_ref()
-                        .is_some_and(|n| n.version == set.version)
+                        .is_some_and(|n| *n.version == *set.version)
                     {
                         "NACKED"
                     } else if status.sent_version.is_none() && status.acked_version.is_none() {
@@ -167,7 +183,7 @@ impl ProxyStatusRegistry {
                         short.to_string(),
                         serde_json::json!({
                             "state": state,
-                            "current_version": set.version,
+                            "current_version": &*set.version,
                             "resources": set.len(),
                             "sent_version": status.sent_version,
                             "acked_version": status.acked_version,

@@ -217,7 +217,8 @@ impl ResourceLayer {
 /// derived from theirs. Names are unique across layers.
 #[derive(Debug, Clone, Default)]
 pub struct ResourceSet {
-    pub version: String,
+    /// Shared: every stream that sent or ACKed this set holds it.
+    pub version: Arc<str>,
     pub layers: Vec<Arc<ResourceLayer>>,
 }
 
@@ -228,7 +229,7 @@ impl ResourceSet {
             hasher.update(layer.version.as_bytes());
         }
         ResourceSet {
-            version: hex::encode(&hasher.finalize()[..8]),
+            version: hex::encode(&hasher.finalize()[..8]).into(),
             layers,
         }
     }

@@ -264,24 +264,30 @@ pub async fn serve(
             .max_connection_age
             .map(|age| jittered_age(age, &mut rand::rng()));
         let shutdown_rx = shutdown_rx.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let peer = stream.inner.peer_addr().ok();
-            match acceptor {
-                None => serve_connection(stream, routes, age, shutdown_rx).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
+        // One task per connection, sized for its own path: a plaintext connection's task
+        // does not carry room for a TLS session, and the handshake's state is boxed so it is
+        // freed once done (a connected proxy's task is most of what it costs the server).
+        match acceptor.clone() {
+            None => {
+                tokio::spawn(serve_connection(stream, routes, age, shutdown_rx));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let peer = stream.inner.peer_addr().ok();
+                    let handshake = Box::pin(tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(stream),
+                    ));
+                    match handshake.await {
                         Ok(Ok(tls)) => serve_connection(tls, routes, age, shutdown_rx).await,
                         Ok(Err(e)) => {
                             tracing::debug!(?peer, error = %e, "xDS TLS handshake failed")
                         }
                         Err(_) => tracing::debug!(?peer, "xDS TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
     // Stop accepting (the listener closes with `incoming`), drain every connection and wait
     // until they are closed: each holds a receiver of `shutdown_tx`.
@@ -320,6 +326,10 @@ async fn serve_connection<IO>(
         .timer(TokioTimer::new())
         // Dead peers (no FIN, e.g. a node lost) are found within a keepalive interval + timeout.
         .keep_alive_interval(Some(Duration::from_secs(10)))
+        // Frames queued for a stream's peer are held in a per-connection slab that never
+        // shrinks: queue at most 64 KiB per stream (a delta chunk is ~32 KiB) rather than
+        // hyper's 400 KiB.
+        .max_send_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let expired = async {

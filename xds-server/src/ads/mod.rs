@@ -20,7 +20,7 @@ mod subscription;
 
 use subscription::{NameSet, Subscription};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -30,8 +30,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind as prost_types_kind;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::metrics::Metrics;
@@ -222,10 +221,10 @@ struct TypeState {
     /// Something must be sent even if the version did not change (new stream, new names).
     must_send: bool,
     /// Nonce and version of the response waiting for its ACK or NACK.
-    in_flight: Option<(String, String)>,
-    sent_version: Option<String>,
-    acked_version: Option<String>,
-    nacked_version: Option<String>,
+    in_flight: Option<(String, Arc<str>)>,
+    sent_version: Option<Arc<str>>,
+    acked_version: Option<Arc<str>>,
+    nacked_version: Option<Arc<str>>,
     /// Delta: the set the proxy ACKed last; it has every resource of it that it wanted.
     acked_set: Option<ResourceSet>,
     /// Delta: the response in flight.
@@ -249,11 +248,36 @@ struct InFlight {
     chunk: Option<Vec<(Arc<str>, String)>>,
 }
 
+/// The per-type states of a stream, one slot per type of [`PUSH_ORDER`], filled when the
+/// proxy first asks for that type. (A map would allocate room for eleven types per stream.)
+#[derive(Debug, Default)]
+struct TypeStates([Option<Box<TypeState>>; PUSH_ORDER.len()]);
+
+impl TypeStates {
+    fn slot(type_url: &str) -> Option<usize> {
+        PUSH_ORDER.iter().position(|t| *t == type_url)
+    }
+
+    fn get(&self, type_url: &str) -> Option<&TypeState> {
+        self.0[Self::slot(type_url)?].as_deref()
+    }
+
+    fn get_mut(&mut self, type_url: &str) -> Option<&mut TypeState> {
+        self.0[Self::slot(type_url)?].as_deref_mut()
+    }
+
+    /// The state of a type of [`PUSH_ORDER`] (as [`known_type`] gives them), created if new.
+    fn get_or_default(&mut self, type_url: &'static str) -> &mut TypeState {
+        let slot = Self::slot(type_url).expect("a type of PUSH_ORDER");
+        self.0[slot].get_or_insert_with(Box::default)
+    }
+}
+
 /// The decisions shared by both protocol variants.
 pub(crate) struct StreamState {
     id: u64,
     node_id: String,
-    types: BTreeMap<&'static str, TypeState>,
+    types: TypeStates,
     nonce_counter: u64,
 }
 
@@ -267,7 +291,7 @@ impl StreamState {
         StreamState {
             id: NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed),
             node_id,
-            types: BTreeMap::new(),
+            types: TypeStates::default(),
             nonce_counter: 0,
         }
     }
@@ -326,7 +350,7 @@ impl StreamState {
         ctx: &AdsServer,
     ) -> bool {
         let stream_id = self.id;
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.get_or_default(type_url);
         let Some((sent_nonce, sent_version)) = state.in_flight.clone() else {
             return false;
         };
@@ -400,10 +424,10 @@ fn node_id_of(node: Option<&Node>) -> Option<String> {
 impl AdsServer {
     /// Reads the first request (it names the node), authorizes the stream and starts its
     /// task. An error is the gRPC status the call ends with.
-    async fn first_request<T>(
+    async fn first_request<T: prost::Message + Default>(
         &self,
         request: &Request<()>,
-        requests: &mut Streaming<T>,
+        requests: &mut grpc::Requests<T>,
         node: impl Fn(&T) -> Option<&Node>,
     ) -> Result<(T, String), Status> {
         let peer = peer_identity(request);
@@ -424,7 +448,7 @@ impl AdsServer {
     pub(crate) async fn open<S: ProtocolStream>(
         &self,
         request: Request<()>,
-        mut requests: Streaming<S::Request>,
+        mut requests: grpc::Requests<S::Request>,
         tx: grpc::ResponseSender,
         drain: Option<watch::Receiver<bool>>,
     ) -> Result<(), Status> {
@@ -468,7 +492,7 @@ impl Connection {
 
 /// What differs between the two variants of the protocol; [`run`] is the rest.
 pub(crate) trait ProtocolStream: Send + Sized + 'static {
-    type Request: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
     /// `sotw` or `delta`, for logs and status.
     const PROTOCOL: &'static str;
     fn new(state: StreamState, server: AdsServer, tx: grpc::ResponseSender) -> Self;
@@ -496,7 +520,7 @@ async fn drained(drain: &mut Option<watch::Receiver<bool>>) {
 async fn run<S: ProtocolStream>(
     mut stream: S,
     first: S::Request,
-    mut requests: Streaming<S::Request>,
+    mut requests: grpc::Requests<S::Request>,
     tx: grpc::ResponseSender,
     mut drain: Option<watch::Receiver<bool>>,
 ) {
@@ -504,14 +528,15 @@ async fn run<S: ProtocolStream>(
     let mut connection = Connection::open(server, state, S::PROTOCOL);
     stream.on_request(first, connection.current().as_deref());
     loop {
-        if stream.push(connection.current()).await.is_err() {
+        // Boxed: a push's state exists only while it runs, not for the life of the stream.
+        if Box::pin(stream.push(connection.current())).await.is_err() {
             break;
         }
         tokio::select! {
-            request = requests.next() => match request {
-                Some(Ok(request)) => stream.on_request(request, connection.current().as_deref()),
-                Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
-                None => break,
+            request = requests.message() => match request {
+                Ok(Some(request)) => stream.on_request(request, connection.current().as_deref()),
+                Err(e) => { debug!(error = %e, "stream error"); break; }
+                Ok(None) => break,
             },
             changed = connection.snapshots.changed() => {
                 if changed.is_err() { break; }
@@ -591,7 +616,7 @@ impl ProtocolStream for SotwStream {
                     .collect(),
             ))
         };
-        let state = self.state.types.entry(type_url).or_default();
+        let state = self.state.types.get_or_default(type_url);
         if !state.requested
             || request.response_nonce.is_empty()
             || state.subscription != subscription
@@ -619,8 +644,8 @@ impl ProtocolStream for SotwStream {
             }
             let empty = snapshot::ResourceSet::default();
             let set = snapshot.set(type_url).unwrap_or(&empty);
-            let changed = state.sent_version.as_deref() != Some(set.version.as_str());
-            let nacked = state.nacked_version.as_deref() == Some(set.version.as_str());
+            let changed = state.sent_version.as_deref() != Some(&*set.version);
+            let nacked = state.nacked_version.as_deref() == Some(&*set.version);
             // Send when the proxy needs an answer, or when there is a version it has not
             // seen and did not reject.
             let send = state.must_send || (changed && !nacked);
@@ -628,7 +653,7 @@ impl ProtocolStream for SotwStream {
                 continue;
             }
             let head = DiscoveryResponse {
-                version_info: set.version.clone(),
+                version_info: set.version.to_string(),
                 type_url: type_url.to_string(),
                 nonce: nonce.clone(),
                 ..Default::default()
@@ -716,7 +741,7 @@ impl ProtocolStream for DeltaStream {
             self.state
                 .settle(type_url, &request.response_nonce, error, &self.server);
         }
-        let state = self.state.types.entry(type_url).or_default();
+        let state = self.state.types.get_or_default(type_url);
         if !state.requested {
             state.requested = true;
             state.must_send = true;
@@ -773,10 +798,10 @@ impl ProtocolStream for DeltaStream {
             }
             let empty = ResourceSet::default();
             let set = snapshot.set(type_url).unwrap_or(&empty);
-            let nacked = state.nacked_version.as_deref() == Some(set.version.as_str());
+            let nacked = state.nacked_version.as_deref() == Some(&*set.version);
             if !state.must_send
                 && state.partial.is_empty()
-                && (nacked || state.acked_version.as_deref() == Some(set.version.as_str()))
+                && (nacked || state.acked_version.as_deref() == Some(&*set.version))
             {
                 continue;
             }
@@ -788,7 +813,7 @@ impl ProtocolStream for DeltaStream {
                 state.acked_set = Some(set.clone());
                 state.initial_versions.clear();
                 state.partial = HashMap::new();
-                if state.acked_version.as_deref() != Some(set.version.as_str()) {
+                if state.acked_version.as_deref() != Some(&*set.version) {
                     state.acked_version = Some(set.version.clone());
                     state.sent_version = Some(set.version.clone());
                     self.server
@@ -840,7 +865,7 @@ impl ProtocolStream for DeltaStream {
                 Vec::new()
             };
             let head = DeltaDiscoveryResponse {
-                system_version_info: set.version.clone(),
+                system_version_info: set.version.to_string(),
                 type_url: type_url.to_string(),
                 removed_resources: removed,
                 nonce: nonce.clone(),
