@@ -229,10 +229,12 @@ async fn simulated_proxy(
     // stream refused with UNAVAILABLE (the admission rate limit), is tried again after
     // Envoy's back-off, as Envoy does, until the first response arrives.
     let mut back_off = EnvoyBackOff::new();
+    // The codes of transport errors; the server's own refusals (permission, node) are final.
     let retryable = |status: &tonic::Status| {
+        use tonic::Code;
         matches!(
             status.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
         )
     };
     let (tx, mut responses, first) = loop {
@@ -637,7 +639,8 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         // never freed is what the connected proxies hold.
         // SAFETY: kill(2) on a pid we found among our own child's descendants.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        let _ = server.wait().await;
+        // The wrapper may take its time writing its profile; it is not waited for long.
+        let _ = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
     }
     let _ = server.kill().await;
 

@@ -326,10 +326,6 @@ async fn serve_connection<IO>(
         .timer(TokioTimer::new())
         // Dead peers (no FIN, e.g. a node lost) are found within a keepalive interval + timeout.
         .keep_alive_interval(Some(Duration::from_secs(10)))
-        // Frames queued for a stream's peer are held in a per-connection slab that never
-        // shrinks: queue at most 64 KiB per stream (a delta chunk is ~32 KiB) rather than
-        // hyper's 400 KiB.
-        .max_send_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let expired = async {
