@@ -157,41 +157,33 @@ fn a_pod_token_buys_its_sidecar_a_credential_and_the_webhook_injects() {
         ])
     );
 
+    // A refused token: the bootstrap fails with `words` and writes no credential.
+    let refused = |name: &str, token: &str, words: &str| {
+        let out = pod_bootstrap(&dir.join(name), token, &url, &root, &xds);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(words), "{stderr}");
+        assert!(!dir.join(name).join("credentials/key.pem").exists());
+    };
     // A token the API server does not vouch for gets nothing.
-    let refused = pod_bootstrap(&dir.join("stranger"), "stolen", &url, &root, &xds);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains("xds-server refused the token (403 Forbidden): invalid bearer token"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+    refused(
+        "stranger",
+        "stolen",
+        "xds-server refused the token (403 Forbidden): invalid bearer token",
     );
-    assert!(!dir.join("stranger/credentials/key.pem").exists());
     // Authenticated, but not a service account: no workload identity to give it.
-    let user = pod_bootstrap(&dir.join("user"), "token-of-alice", &url, &root, &xds);
-    assert!(!user.status.success());
-    let stderr = String::from_utf8_lossy(&user.stderr);
-    assert!(
-        stderr.contains("alice@example.com is not a service account"),
-        "{stderr}"
+    refused(
+        "user",
+        "token-of-alice",
+        "alice@example.com is not a service account",
     );
-    assert!(!dir.join("user/credentials/key.pem").exists());
     // The right service account, but a token minted for another audience (one stolen from
     // a pod's default API token, say): refused.
-    let audience = pod_bootstrap(
-        &dir.join("audience"),
+    refused(
+        "audience",
         "other-audience-token-of-exam-scheduler",
-        &url,
-        &root,
-        &xds,
+        "the token is not for audience ward-xds",
     );
-    assert!(!audience.status.success());
-    let stderr = String::from_utf8_lossy(&audience.stderr);
-    assert!(
-        stderr.contains("the token is not for audience ward-xds"),
-        "{stderr}"
-    );
-    assert!(!dir.join("audience/credentials/key.pem").exists());
 
     // The pod's own token: a credential for its service account, then a bootstrap.
     let pod = dir.join("pod");
