@@ -238,32 +238,24 @@ async fn simulated_proxy(
         )
     };
     let (tx, mut responses, first) = loop {
-        let channel = match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                tracing::debug!(node = %node.id, error = %e, "connecting; retrying");
-                counters.refused.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(back_off.next()).await;
-                continue;
-            }
-        };
-        let mut client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(16);
         tx.send(request(CLUSTER, Some(node.clone()), vec![], ""))
             .await?;
         tx.send(request(LISTENER, None, vec![], "")).await?;
-        let opened = match client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
-            Ok(responses) => {
-                let mut responses = responses.into_inner();
-                responses.message().await.map(|first| (responses, first))
-            }
-            Err(status) => Err(status),
+        let opened = async {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+            let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .delta_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let first = responses.message().await?;
+            Ok::<_, tonic::Status>((responses, first))
         };
-        match opened {
+        match opened.await {
             Ok((responses, first)) => break (tx, responses, first),
             Err(status) if retryable(&status) => {
                 tracing::debug!(node = %node.id, %status, "opening the stream; retrying");

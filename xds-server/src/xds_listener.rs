@@ -266,7 +266,7 @@ pub async fn serve(
         let shutdown_rx = shutdown_rx.clone();
         // One task per connection, sized for its own path: a plaintext connection's task
         // does not carry room for a TLS session, and the handshake's state is boxed so it is
-        // freed once done (a connected proxy's task is most of what it costs the server).
+        // freed once done (the task lives as long as the proxy stays connected).
         match acceptor.clone() {
             None => {
                 tokio::spawn(serve_connection(stream, routes, age, shutdown_rx));

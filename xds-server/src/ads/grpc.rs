@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use http_body::Frame;
 use prost::Message;
@@ -285,7 +285,7 @@ impl<T: Message + Default> Requests<T> {
         if self.buffer.len() == whole {
             self.buffer = BytesMut::new();
         } else {
-            let _ = self.buffer.split_to(whole);
+            self.buffer.advance(whole);
         }
         Ok(Some(message))
     }
