@@ -82,11 +82,10 @@ pub fn run_ok(command: &mut Command) -> Output {
     out
 }
 
+/// A loopback port for a server another process binds (below the ephemeral range, so no
+/// outgoing connection takes it in the meantime).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    ward::loopback_port::unused_loopback_port().expect("a free loopback port")
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {

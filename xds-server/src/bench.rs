@@ -459,8 +459,16 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let renewal_ttl = options
         .renew_after
         .map(|after| (after + Duration::from_secs(12)).div_f64(0.8));
-    let xds_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let xds_address: SocketAddr = format!(
+        "127.0.0.1:{}",
+        crate::loopback_port::unused_loopback_port()?
+    )
+    .parse()?;
+    let admin_address: SocketAddr = format!(
+        "127.0.0.1:{}",
+        crate::loopback_port::unused_loopback_port()?
+    )
+    .parse()?;
     let log = std::fs::File::create(options.work_dir.join("xds-server.log"))?;
     // WARD_BENCH_WRAP runs the server under a profiler (e.g. `heaptrack`).
     let mut server = match std::env::var_os("WARD_BENCH_WRAP") {
@@ -653,12 +661,6 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         streams_refused_initial,
         renewal,
     })
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl BenchReport {

@@ -5,7 +5,7 @@
 //! `jwks` fetches `jwksUri`s (and `key_refresh` lets sidecars ask for a fetch), `runner` is
 //! the local mesh behind `wardctl up`,
 //! `inject` adds the sidecar to Kubernetes manifests (`wardctl inject`),
-//! `apps` holds the built-in stand-ins for the seed labs' container images, and `check`
+//! `loopback_port` picks ports for servers another process binds, `apps` holds the built-in stand-ins for the seed labs' container images, and `check`
 //! predicts authorization decisions for `wardctl check`.
 
 pub mod ads;
@@ -21,6 +21,7 @@ pub mod inject;
 pub mod jwks;
 pub mod key_refresh;
 pub mod loadgen;
+pub mod loopback_port;
 pub mod metrics;
 pub mod model;
 pub mod proxy_status;

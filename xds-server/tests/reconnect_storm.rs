@@ -43,14 +43,6 @@ mod tempdir {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_mesh(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
@@ -68,8 +60,18 @@ async fn start(name: &str, flags: &[&str]) -> Server {
     let mesh = ward::config::load_path(&config).unwrap().mesh;
     let workload = &mesh.workloads[0];
     let node_id = ward::model::Mesh::node_id(workload, &workload.instances[0]);
-    let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let xds: SocketAddr = format!(
+        "127.0.0.1:{}",
+        ward::loopback_port::unused_loopback_port().unwrap()
+    )
+    .parse()
+    .unwrap();
+    let admin: SocketAddr = format!(
+        "127.0.0.1:{}",
+        ward::loopback_port::unused_loopback_port().unwrap()
+    )
+    .parse()
+    .unwrap();
     let log = std::fs::File::create(dir.join("xds-server.log")).unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xds-server"))
         .args(["serve", "--config"])
