@@ -2,7 +2,9 @@
 //! proxy costs the server. The real `xds-server` binary runs as a child process on a
 //! generated config (so its CPU and memory are its own), and N simulated delta-ADS clients
 //! subscribe as Envoy does (CDS and LDS wildcard, EDS by cluster name, RDS, SDS and ECDS by
-//! the names their listeners and clusters give) and ACK every response.
+//! the names their listeners and clusters give) and ACK every response. They connect as
+//! Envoy does in production, over mutual TLS with a bootstrap credential for their workload's
+//! identity (plaintext only when asked, as for xds-server itself).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use prost::Message;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::runner::admin_client;
 use crate::snapshot::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
@@ -37,6 +40,8 @@ pub struct BenchOptions {
     /// `--max-new-streams-per-second` of its own the server admits every stream at once, so
     /// the initial sync measures the server, not its admission rate.
     pub server_args: Vec<String>,
+    /// The proxies and the server speak plaintext gRPC instead of mutual TLS.
+    pub plaintext: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +55,8 @@ pub struct Percentiles {
 pub struct BenchReport {
     pub proxies: usize,
     pub services: usize,
+    /// "mutual TLS" or "plaintext".
+    pub xds_transport: &'static str,
     /// All proxies connected and SYNCED on every type they subscribe to, from the first connect.
     pub initial_sync_ms: f64,
     /// From the config file write until each proxy ACKed the changed endpoints.
@@ -214,13 +221,12 @@ fn request(
 
 /// One simulated Envoy: subscribes like Envoy does and ACKs everything.
 async fn simulated_proxy(
-    xds: SocketAddr,
+    endpoint: Endpoint,
     node_id: String,
     watched_cluster: String,
     counters: Arc<ClientCounters>,
     progress: watch::Sender<ClientProgress>,
 ) -> anyhow::Result<()> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?;
     let node = Node {
         id: node_id,
         ..Default::default()
@@ -484,8 +490,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         .arg(&config_dir)
         .args(["--xds-address", &xds_address.to_string()])
         .args(["--admin-address", &admin_address.to_string()])
-        // The simulated proxies speak plaintext gRPC: TLS handshakes are not measured here.
-        .arg("--plaintext-xds")
+        .args(options.plaintext.then_some("--plaintext-xds"))
         .args(renewal_ttl.iter().flat_map(|ttl| {
             [
                 "--workload-cert-ttl".to_string(),
@@ -532,6 +537,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     };
     let rss_before = proc_status_kib(pid, "VmRSS:")?;
     let cpu_before = cpu_seconds(pid)?;
+    let endpoints = proxy_endpoints(options, &mesh, xds_address)?;
 
     let watched_cluster = "outbound|80||svc-0.default.svc.cluster.local".to_string();
     let counters = Arc::new(ClientCounters {
@@ -540,7 +546,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     });
     let mut progress = Vec::new();
     let connect_start = Instant::now();
-    for node_id in &node_ids {
+    for (node_id, endpoint) in node_ids.iter().zip(endpoints) {
         let (sender, receiver) = watch::channel(ClientProgress::default());
         progress.push(receiver);
         let counters = counters.clone();
@@ -548,7 +554,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
         let watched = watched_cluster.clone();
         tokio::spawn(async move {
             if let Err(e) =
-                simulated_proxy(xds_address, node_id.clone(), watched, counters, sender).await
+                simulated_proxy(endpoint, node_id.clone(), watched, counters, sender).await
             {
                 tracing::debug!(%node_id, error = %e, "simulated proxy ended");
             }
@@ -648,6 +654,11 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     Ok(BenchReport {
         proxies: node_ids.len(),
         services: options.services,
+        xds_transport: if options.plaintext {
+            "plaintext"
+        } else {
+            "mutual TLS"
+        },
         initial_sync_ms,
         change_to_ack: percentiles(samples),
         server_cpu_seconds_initial_sync: cpu_synced - cpu_before,
@@ -663,6 +674,50 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     })
 }
 
+/// Each node's way to xds-server, in the order of the mesh's instances (as `node_ids`): over
+/// mutual TLS, a client certificate for its workload's identity signed by the CA the server
+/// created in its state directory (one per workload, as `wardctl up` writes them), checking
+/// the server's certificate against the trust bundle.
+fn proxy_endpoints(
+    options: &BenchOptions,
+    mesh: &crate::model::Mesh,
+    xds: SocketAddr,
+) -> anyhow::Result<Vec<Endpoint>> {
+    let instances = mesh.workloads.iter().map(|w| (w, w.instances.len()));
+    if options.plaintext {
+        let endpoint = Endpoint::from_shared(format!("http://{xds}"))?;
+        return Ok(instances
+            .flat_map(|(_, n)| vec![endpoint.clone(); n])
+            .collect());
+    }
+    let ca = crate::identity::CertificateAuthority::load_or_create(
+        &crate::identity::CaOptions::signing(
+            options.work_dir.join("xds-state"),
+            None,
+            &mesh.trust_domain,
+        ),
+    )
+    .context("loading the CA xds-server created, to sign the proxies' credentials")?;
+    let root = Certificate::from_pem(ca.trust_bundle_pem());
+    let mut endpoints = Vec::new();
+    for (workload, n) in instances {
+        let credential = ca.issue(
+            &mesh.identity(workload),
+            crate::identity::BOOTSTRAP_CREDENTIAL_LIFETIME,
+        )?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(root.clone())
+            .identity(Identity::from_pem(
+                &credential.cert_chain_pem,
+                &credential.private_key_pem,
+            ))
+            .domain_name("localhost");
+        let endpoint = Endpoint::from_shared(format!("https://{xds}"))?.tls_config(tls)?;
+        endpoints.extend(std::iter::repeat_n(endpoint, n));
+    }
+    Ok(endpoints)
+}
+
 impl BenchReport {
     pub fn render(&self) -> String {
         let renewal = self.renewal.as_ref().map_or(String::new(), |r| {
@@ -676,7 +731,7 @@ impl BenchReport {
             )
         });
         let base = format!(
-            "proxies {} services {}\n\
+            "proxies {} services {} (xDS over {})\n\
              initial sync (all proxies SYNCED on every type they subscribe to): {:.0} ms\n\
              config change -> ACK: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the 100 ms debounce)\n\
              server CPU: {:.2} s initial sync, {:.2} s for the change\n\
@@ -685,6 +740,7 @@ impl BenchReport {
              stream openings refused (rate limit) or failed, and retried, during the initial sync: {}\n",
             self.proxies,
             self.services,
+            self.xds_transport,
             self.initial_sync_ms,
             self.change_to_ack.p50_ms,
             self.change_to_ack.p99_ms,

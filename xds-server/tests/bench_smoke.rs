@@ -1,7 +1,9 @@
 //! `wardctl bench xds` is how the foundation targets are measured (docs/benchmarks.md); this
 //! runs it small, so a change that stops its simulated proxies from syncing (a new xDS type
 //! they do not subscribe to, a refused stream they do not retry) fails here instead of
-//! leaving the benchmark waiting forever. No timing is asserted.
+//! leaving the benchmark waiting forever. No timing is asserted. It runs over mutual TLS (each
+//! simulated proxy presenting its workload's credential, which xds-server checks against the
+//! node) and over plaintext.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -9,6 +11,19 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn bench_xds_runs_to_the_end_on_a_small_mesh() {
+    let report = small_bench(&[]);
+    assert_eq!(report["xds_transport"], "mutual TLS", "{report}");
+}
+
+#[test]
+fn bench_xds_runs_to_the_end_over_plaintext() {
+    let report = small_bench(&["--plaintext-xds"]);
+    assert_eq!(report["xds_transport"], "plaintext", "{report}");
+}
+
+/// `wardctl bench xds` on 10 proxies and 5 services, with `extra` flags: its JSON report,
+/// checked for a complete run.
+fn small_bench(extra: &[&str]) -> serde_json::Value {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wardctl"))
         .args([
             "bench",
@@ -19,6 +34,7 @@ fn bench_xds_runs_to_the_end_on_a_small_mesh() {
             "5",
             "--json",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -64,4 +80,5 @@ fn bench_xds_runs_to_the_end_on_a_small_mesh() {
         report["change_to_ack"]["max_ms"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+    report
 }

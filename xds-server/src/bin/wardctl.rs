@@ -264,6 +264,10 @@ enum BenchCommand {
         /// server admits every new stream at once).
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
+        /// The proxies and xds-server speak plaintext gRPC (by default mutual TLS, as in
+        /// production: each proxy presents a certificate for its workload's identity).
+        #[arg(long)]
+        plaintext_xds: bool,
     },
     /// Closed-loop HTTP load on the running local mesh (like Locust users): requests per
     /// second and latency percentiles, from a workload's sidecar or straight to the app.
@@ -610,6 +614,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             renew_after,
             server_args,
+            plaintext_xds,
         }) => {
             init_tracing();
             let work_dir = std::env::temp_dir().join(format!("ward-bench-{}", std::process::id()));
@@ -620,6 +625,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 work_dir: work_dir.clone(),
                 renew_after,
                 server_args,
+                plaintext: plaintext_xds,
             };
             let report = ward::bench::run_xds_bench(&options).await;
             let _ = std::fs::remove_dir_all(&work_dir);

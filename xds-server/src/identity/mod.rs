@@ -10,4 +10,5 @@ pub use ca::{CaError, CaOptions, CaSource, CertificateAuthority, IssuedCertifica
 pub use certs::{CertificatePolicy, WorkloadCertificates};
 pub use credentials::{
     write_bootstrap_credentials, write_certificate_files, BootstrapCredentials, CertificateFiles,
+    BOOTSTRAP_CREDENTIAL_LIFETIME,
 };
