@@ -331,6 +331,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         cluster_sources: Default::default(),
     });
     tokio::spawn(refresh_jwks(control.clone()));
+    #[cfg(not(feature = "jemalloc"))]
     tokio::spawn(release_freed_memory(metrics.clone()));
 
     let mut cluster = None;
@@ -597,6 +598,8 @@ pub fn raise_fd_limit() {
 /// Pushes build large responses briefly; glibc keeps freed memory mapped unless asked, which
 /// would make a burst of pushes look like a permanent cost in RSS. Trimming walks the whole
 /// heap under the allocator's locks, so it waits for a second with no push after a burst.
+/// (jemalloc, the default allocator, returns unused pages by itself.)
+#[cfg(not(feature = "jemalloc"))]
 async fn release_freed_memory(metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut seen = metrics.push_activity();
