@@ -1,6 +1,7 @@
 //! The real `xds-server` binary, through its flags: new ADS streams past the admission rate
 //! are refused with UNAVAILABLE (and counted) until tokens refill, and a connection past its
-//! maximum age is closed so the client reconnects on a new connection and resyncs.
+//! maximum age is closed so the client reconnects on a new connection and resyncs; and the
+//! process runs its allocator as configured.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -358,4 +359,23 @@ async fn on_sigterm_streams_end_with_unavailable_and_the_server_exits() {
         .expect("xds-server exits once its connections are drained")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// jemalloc's options are compiled into the binary (`_rjem_malloc_conf`). Were they ignored
+/// (say, the symbol renamed by a jemalloc upgrade), there would be no purge thread, and memory
+/// freed after a mass reconnect would stay in RSS (docs/benchmarks.md).
+#[cfg(all(feature = "jemalloc", target_os = "linux"))]
+#[tokio::test]
+async fn jemalloc_runs_its_background_purge_thread() {
+    let server = start("allocator", &[]).await;
+    let pid = server.child.id().expect("xds-server runs");
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().any(|name| name == "jemalloc_bg_thd"),
+        "{threads:?}"
+    );
 }

@@ -13,6 +13,9 @@ use ward::identity::{
     CertificatePolicy, KeyAlgorithm,
 };
 use ward::server::{self, ServerOptions};
+use ward::translate::TranslateOptions;
+use ward::watch::DebounceWindow;
+use ward::xds_listener::XdsLimits;
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -25,9 +28,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-use ward::translate::TranslateOptions;
-use ward::watch::DebounceWindow;
-use ward::xds_listener::XdsLimits;
 
 #[derive(Parser)]
 #[command(
