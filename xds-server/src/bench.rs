@@ -219,7 +219,11 @@ fn request(
     }
 }
 
-/// One simulated Envoy: subscribes like Envoy does and ACKs everything.
+/// One simulated Envoy: subscribes like Envoy does and ACKs everything. A connection that
+/// fails (refused, or reset by a server too busy to accept it), a stream refused with
+/// UNAVAILABLE (the admission rate limit), and a stream that ends (the connection's maximum
+/// age, a server restart) are tried again after Envoy's back-off, as Envoy does, on a new
+/// stream that subscribes afresh. Only the server's own refusals (permission, node) are final.
 async fn simulated_proxy(
     endpoint: Endpoint,
     node_id: String,
@@ -231,11 +235,6 @@ async fn simulated_proxy(
         id: node_id,
         ..Default::default()
     };
-    // A connection that fails (refused, or reset by a server too busy to accept it), or a
-    // stream refused with UNAVAILABLE (the admission rate limit), is tried again after
-    // Envoy's back-off, as Envoy does, until the first response arrives.
-    let mut back_off = EnvoyBackOff::new();
-    // The codes of transport errors; the server's own refusals (permission, node) are final.
     let retryable = |status: &tonic::Status| {
         use tonic::Code;
         matches!(
@@ -243,81 +242,132 @@ async fn simulated_proxy(
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
         )
     };
-    let (tx, mut responses, first) = loop {
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(request(CLUSTER, Some(node.clone()), vec![], ""))
-            .await?;
-        tx.send(request(LISTENER, None, vec![], "")).await?;
-        let opened = async {
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
-            let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .delta_aggregated_resources(ReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            let first = responses.message().await?;
-            Ok::<_, tonic::Status>((responses, first))
-        };
-        match opened.await {
-            Ok((responses, first)) => break (tx, responses, first),
-            Err(status) if retryable(&status) => {
-                tracing::debug!(node = %node.id, %status, "opening the stream; retrying");
-                counters.refused.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(back_off.next()).await;
+    let mut back_off = EnvoyBackOff::new();
+    let mut seen = FirstVersions::default();
+    loop {
+        let status = match open_stream(&endpoint, &node).await {
+            // A stream that got its first response resets the back-off, as in Envoy.
+            Ok(stream) => {
+                back_off = EnvoyBackOff::new();
+                follow_stream(stream, &watched_cluster, &counters, &progress, &mut seen).await
             }
-            Err(status) => return Err(status.into()),
+            Err(status) => status,
+        };
+        if !retryable(&status) {
+            return Err(status.into());
         }
-    };
+        tracing::debug!(node = %node.id, %status, "the stream failed or ended; retrying");
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(back_off.next()).await;
+    }
+}
+
+/// An open ADS stream: its requests, its responses and the first response.
+type OpenStream = (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    tonic::Streaming<DeltaDiscoveryResponse>,
+    DeltaDiscoveryResponse,
+);
+
+/// Connects, opens a delta ADS stream subscribing to CDS and LDS, and waits for the first
+/// response. A failed connection is UNAVAILABLE, as in gRPC.
+async fn open_stream(endpoint: &Endpoint, node: &Node) -> Result<OpenStream, tonic::Status> {
+    let (tx, rx) = mpsc::channel(16);
+    for first in [
+        request(CLUSTER, Some(node.clone()), vec![], ""),
+        request(LISTENER, None, vec![], ""),
+    ] {
+        tx.try_send(first).expect("room for the first two requests");
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match responses.message().await? {
+        Some(first) => Ok((tx, responses, first)),
+        None => Err(tonic::Status::unavailable(
+            "the stream ended before a response",
+        )),
+    }
+}
+
+/// The versions a proxy first received of what the bench watches; a later, other version
+/// is the change (kept across reconnections).
+#[derive(Default)]
+struct FirstVersions {
+    watched_endpoints: Option<String>,
+    certificate: Option<String>,
+}
+
+/// Whether `version` differs from the first one seen (which it becomes if there is none yet).
+fn is_change(first: &mut Option<String>, version: String) -> bool {
+    match first {
+        None => {
+            *first = Some(version);
+            false
+        }
+        Some(first) => *first != version,
+    }
+}
+
+/// ACKs every response of an open stream and subscribes to what they name, recording when
+/// the watched versions change. Returns how the stream ended.
+async fn follow_stream(
+    (tx, mut responses, first): OpenStream,
+    watched_cluster: &str,
+    counters: &ClientCounters,
+    progress: &watch::Sender<ClientProgress>,
+    seen: &mut FirstVersions,
+) -> tonic::Status {
+    // The request side closes only when the stream has ended.
+    let closed = || tonic::Status::unavailable("the stream ended");
     let mut rds_subscribed = false;
-    let mut first_watched_version: Option<String> = None;
-    let mut first_certificate_version: Option<String> = None;
     let mut next = first;
-    while let Some(response) = next {
+    loop {
+        let response = next;
         counters
             .bytes
             .fetch_add(response.encoded_len() as u64, Ordering::Relaxed);
         let type_url = response.type_url.clone();
+        let version_of = |name: &str| {
+            let resource = response.resources.iter().find(|r| r.name == name);
+            resource.map(|r| r.version.clone())
+        };
         if type_url == SECRET {
-            if let Some(r) = response
-                .resources
-                .iter()
-                .find(|r| r.name == crate::translate::CERTIFICATE_SECRET)
-            {
-                match &first_certificate_version {
-                    None => first_certificate_version = Some(r.version.clone()),
-                    Some(first) if *first != r.version => {
-                        progress.send_modify(|p| {
-                            p.renewed_at.get_or_insert_with(Instant::now);
-                        });
-                    }
-                    Some(_) => {}
+            if let Some(version) = version_of(crate::translate::CERTIFICATE_SECRET) {
+                if is_change(&mut seen.certificate, version) {
+                    progress.send_modify(|p| {
+                        p.renewed_at.get_or_insert_with(Instant::now);
+                    });
                 }
             }
         }
         if type_url == ENDPOINT {
-            if let Some(r) = response
-                .resources
-                .iter()
-                .find(|r| r.name == watched_cluster)
-            {
-                match &first_watched_version {
-                    None => first_watched_version = Some(r.version.clone()),
-                    Some(first) if *first != r.version => {
-                        progress.send_modify(|p| p.changed_at = Some(Instant::now()));
-                    }
-                    Some(_) => {}
+            if let Some(version) = version_of(watched_cluster) {
+                if is_change(&mut seen.watched_endpoints, version) {
+                    progress.send_modify(|p| p.changed_at = Some(Instant::now()));
                 }
             }
         }
-        tx.send(request(&type_url, None, vec![], &response.nonce))
-            .await?;
-        subscribe_children(&response, &tx, &mut rds_subscribed).await?;
-        next = responses.message().await?;
+        let ack = request(&type_url, None, vec![], &response.nonce);
+        if tx.send(ack).await.is_err()
+            || subscribe_children(&response, &tx, &mut rds_subscribed)
+                .await
+                .is_err()
+        {
+            return closed();
+        }
+        next = match responses.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return tonic::Status::unavailable("the server ended the stream"),
+            Err(status) => return status,
+        };
     }
-    Ok(())
 }
 
 /// Envoy asks for the endpoints of the EDS clusters it learns (from every CDS response: a

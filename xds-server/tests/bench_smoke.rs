@@ -21,6 +21,14 @@ fn bench_xds_runs_to_the_end_over_plaintext() {
     assert_eq!(report["xds_transport"], "plaintext", "{report}");
 }
 
+/// The server closes every connection after about a second (`--max-connection-age`), before
+/// and after the change: the simulated proxies reconnect, as Envoy does, and still see it.
+#[test]
+fn bench_xds_proxies_reconnect_when_the_server_closes_their_connections() {
+    let report = small_bench(&["--server-arg=--max-connection-age", "--server-arg=1s"]);
+    assert_eq!(report["proxies"], 10, "{report}");
+}
+
 /// `wardctl bench xds` on 10 proxies and 5 services, with `extra` flags: its JSON report,
 /// checked for a complete run.
 fn small_bench(extra: &[&str]) -> serde_json::Value {
