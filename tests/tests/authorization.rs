@@ -676,26 +676,7 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
         let modified = mesh
             .envoy_stat("exam-scheduler", "listener_manager.listener_modified")
             .expect("listener_modified stat");
-        let load = std::process::Command::new(ward_e2e::binary("wardctl"))
-            .arg("--state-dir")
-            .arg(&mesh.state_dir)
-            .args([
-                "bench",
-                "http",
-                "exam-scheduler",
-                "--from",
-                "professor-tools",
-                "--users",
-                "4",
-                "--warmup",
-                "0s",
-                "--duration",
-                "40s",
-                "--json",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let load = http_load(&mesh, "professor-tools", "exam-scheduler", 40);
         let started = std::time::Instant::now();
         // 100 changes to the policy that decides every request of the load: each adds a
         // rule for a path nobody calls, so every request stays allowed.
@@ -710,14 +691,7 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
             elapsed < Duration::from_secs(40),
             "{engine}: 100 updates took {elapsed:?}, longer than the load runs"
         );
-        let output = load.wait_with_output().unwrap();
-        let report: serde_json::Value =
-            serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-                panic!(
-                    "{engine}: no report: {}",
-                    String::from_utf8_lossy(&output.stdout)
-                )
-            });
+        let report = load_report(load);
         assert_eq!(report["errors"], 0, "{engine}: {report}");
         let statuses = report["statuses"].as_object().unwrap();
         assert_eq!(
@@ -736,6 +710,67 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
             "{engine}: a policy update replaced a listener"
         );
     }
+}
+
+/// `wardctl bench http TO --from FROM` for `seconds` with 4 users, started in the background.
+fn http_load(mesh: &LocalMesh, from: &str, to: &str, seconds: u32) -> std::process::Child {
+    std::process::Command::new(ward_e2e::binary("wardctl"))
+        .arg("--state-dir")
+        .arg(&mesh.state_dir)
+        .args(["bench", "http", to, "--from", from, "--users", "4"])
+        .args([
+            "--warmup",
+            "0s",
+            "--duration",
+            &format!("{seconds}s"),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The JSON report of an [`http_load`], once it has run.
+fn load_report(load: std::process::Child) -> serde_json::Value {
+    let output = load.wait_with_output().unwrap();
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Switching the authorization engine back and forth under load lets no denied request
+/// through: to wasm, the routes keep the RBAC rules until the sidecar has ACKed the filter's
+/// policies (both enforce for a moment); back to native, the rules return before the filter
+/// stops. Before xds-server held the routes back, a switch to wasm left the sidecar without
+/// either for the time between the two updates.
+#[test]
+fn switching_engines_under_load_lets_no_denied_request_through() {
+    let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
+    let policies = workspace_root().join("config/exam-lab/policies");
+    for file in [
+        "authz-scheduler.yaml",
+        "authz-professor.yaml",
+        "authz-student.yaml",
+    ] {
+        mesh.apply(file, &std::fs::read_to_string(policies.join(file)).unwrap());
+    }
+    // The lab's policies refuse student-portal's GET of exam-scheduler, in either engine.
+    let load = http_load(&mesh, "student-portal", "exam-scheduler", 30);
+    let started = std::time::Instant::now();
+    for engine in ["wasm", "native"].repeat(6) {
+        mesh.apply(
+            "mesh.yaml",
+            &format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n"),
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "12 switches took {elapsed:?}, longer than the load runs"
+    );
+    let report = load_report(load);
+    assert_eq!(report["errors"], 0, "{report}");
+    let statuses = report["statuses"].as_object().unwrap();
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), ["403"], "{report}");
 }
 
 /// Fail closed when the filter's VM fails at run time: a stand-in module (wasm-authz's

@@ -260,12 +260,19 @@ impl ResourceSet {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub sets: BTreeMap<&'static str, ResourceSet>,
+    /// Routes wait until the proxy has ACKed this snapshot's extension configs (true), or
+    /// the other way round (false). True where Ward's wasm filter (over ECDS) enforces
+    /// authorization, false where the RBAC rules in the routes do: on a switch of engine the
+    /// one that enforces must be in place before the other stops, or requests would pass
+    /// unchecked for a moment.
+    pub routes_after_extensions: bool,
 }
 
 /// Versions are content hashes: equal versions, equal snapshots.
 impl PartialEq for Snapshot {
     fn eq(&self, other: &Self) -> bool {
-        self.sets.len() == other.sets.len()
+        self.routes_after_extensions == other.routes_after_extensions
+            && self.sets.len() == other.sets.len()
             && self
                 .sets
                 .iter()

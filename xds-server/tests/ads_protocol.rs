@@ -661,14 +661,17 @@ async fn rounds_until_quiet(
     }
 }
 
-#[tokio::test]
-async fn every_type_is_pushed_in_order_and_listeners_and_routes_wait_for_acks() {
+/// A delta stream subscribed to everything at once (wildcard for CDS and LDS, by name for the
+/// others), as every type's resources of [`every_type`] are named.
+async fn subscribe_to_every_type(
+    address: SocketAddr,
+) -> (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    Streaming<DeltaDiscoveryResponse>,
+) {
     use ward::snapshot::{EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
-    let h = start().await;
-    h.cache.set(NODE, every_type("1"));
-    let mut c = client(h.address).await;
+    let mut c = client(address).await;
     let (tx, rx) = mpsc::channel(16);
-    // Subscribed to everything at once (wildcard for CDS and LDS, by name for the others).
     for (type_url, names) in [
         (CLUSTER, vec![]),
         (ENDPOINT, vec!["c"]),
@@ -686,25 +689,104 @@ async fn every_type_is_pushed_in_order_and_listeners_and_routes_wait_for_acks() 
         .await
         .unwrap();
     }
-    let mut responses = c
+    let responses = c
         .delta_aggregated_resources(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
+    (tx, responses)
+}
 
-    // Clusters first, then their endpoints; secrets and filter configs name nothing and go
-    // in the same round. Listeners only once clusters and endpoints are ACKed, routes only
-    // once listeners are: Envoy never sees a name it has not received.
-    let expected = vec![vec!["CDS", "EDS", "SDS", "ECDS"], vec!["LDS"], vec!["RDS"]];
-    assert_eq!(rounds_until_quiet(&tx, &mut responses).await, expected);
+/// The initial sync of [`subscribe_to_every_type`]: clusters first, then their endpoints;
+/// secrets name nothing and go in the same round. Listeners only once clusters and endpoints
+/// are ACKed, routes only once listeners are: Envoy never sees a name it has not received.
+/// Filter configs (ECDS) once the routes are: where the routes carry the RBAC rules, the
+/// wasm filter may stop enforcing only once they are in place.
+const EVERY_TYPE_ROUNDS: [&[&str]; 4] = [&["CDS", "EDS", "SDS"], &["LDS"], &["RDS"], &["ECDS"]];
+
+#[tokio::test]
+async fn every_type_is_pushed_in_order_and_listeners_and_routes_wait_for_acks() {
+    let h = start().await;
+    h.cache.set(NODE, every_type("1"));
+    let (tx, mut responses) = subscribe_to_every_type(h.address).await;
+    assert_eq!(
+        rounds_until_quiet(&tx, &mut responses).await,
+        EVERY_TYPE_ROUNDS
+    );
     for short in ["CDS", "EDS", "LDS", "RDS", "SDS", "ECDS"] {
         assert_eq!(state_of(&h, short), "SYNCED", "{short}");
     }
 
     // A change of every type is pushed in the same order.
     h.cache.set(NODE, every_type("2"));
-    assert_eq!(rounds_until_quiet(&tx, &mut responses).await, expected);
+    assert_eq!(
+        rounds_until_quiet(&tx, &mut responses).await,
+        EVERY_TYPE_ROUNDS
+    );
     for short in ["CDS", "EDS", "LDS", "RDS", "SDS", "ECDS"] {
         assert_eq!(state_of(&h, short), "SYNCED", "{short}");
     }
+}
+
+/// [`every_type`] `"1"` whose routes and extension configs are those of `tag`, as when the
+/// authorization engine switches: the RBAC rules move between the routes and the wasm
+/// filter's configuration (ECDS).
+fn engine_switch(tag: &str, wasm_enforces: bool) -> Snapshot {
+    use ward::snapshot::{EXTENSION_CONFIG, ROUTE};
+    let mut snap = every_type("1");
+    let changed = every_type(tag);
+    for type_url in [ROUTE, EXTENSION_CONFIG] {
+        snap.sets
+            .insert(type_url, changed.set(type_url).unwrap().clone());
+    }
+    snap.routes_after_extensions = wasm_enforces;
+    snap
+}
+
+/// To the wasm engine, the filter's policies (ECDS) must be in place before the routes drop
+/// the RBAC rules, or requests would pass unchecked for a moment: the routes wait for the
+/// ECDS ACK, and for as long as the proxy NACKs it. Back to the native engine, the routes
+/// (bringing the rules back) go first, and the filter stops once they are ACKed.
+#[tokio::test]
+async fn where_the_wasm_filter_enforces_routes_wait_for_its_configuration() {
+    use ward::snapshot::EXTENSION_CONFIG;
+    let h = start().await;
+    h.cache.set(NODE, every_type("1"));
+    let (tx, mut responses) = subscribe_to_every_type(h.address).await;
+    assert_eq!(
+        rounds_until_quiet(&tx, &mut responses).await,
+        EVERY_TYPE_ROUNDS
+    );
+
+    h.cache.set(NODE, engine_switch("2", true));
+    assert_eq!(
+        rounds_until_quiet(&tx, &mut responses).await,
+        [["ECDS"], ["RDS"]]
+    );
+
+    h.cache.set(NODE, engine_switch("3", false));
+    assert_eq!(
+        rounds_until_quiet(&tx, &mut responses).await,
+        [["RDS"], ["ECDS"]]
+    );
+
+    // The proxy rejects the filter's configuration: the routes keep the RBAC rules.
+    h.cache.set(NODE, engine_switch("4", true));
+    let ecds = next(&mut responses).await;
+    assert_eq!(ecds.type_url, EXTENSION_CONFIG);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: EXTENSION_CONFIG.into(),
+        response_nonce: ecds.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "the module failed to load".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    nothing_within(&mut responses, 300).await;
+    assert_eq!(state_of(&h, "ECDS"), "NACKED");
+    assert_eq!(state_of(&h, "RDS"), "STALE");
 }

@@ -4,7 +4,9 @@
 //! stream keeps what the proxy subscribed to, what was sent and whether it is still waiting
 //! for the ACK. Rules, as Envoy and go-control-plane expect them:
 //! - a change is pushed in [`PUSH_ORDER`] (CDS, EDS, LDS, RDS, SDS, ECDS); listeners and
-//!   routes also wait for the ACK of the clusters and endpoints they may name;
+//!   routes also wait for the ACK of the clusters and endpoints they may name; of routes
+//!   (RBAC rules) and extension configs (the wasm filter), the one that enforces
+//!   authorization goes first and the other waits for its ACK;
 //! - one response per type in flight: the next waits for the ACK or NACK of the previous;
 //! - a NACK is logged with Envoy's `error_detail`, counted, and that version is never sent
 //!   again to that proxy (Envoy keeps its last good config);
@@ -305,17 +307,37 @@ impl StreamState {
     /// for the clusters (and their endpoints) they name, so Envoy never routes to a cluster it
     /// does not know yet. Endpoints do not wait for clusters: Envoy ACKs a CDS update only
     /// once its new clusters are warm, which needs their endpoints first.
-    fn dependency_in_flight(&self, type_url: &str) -> bool {
+    ///
+    /// Authorization is enforced by RBAC rules in the routes (native engine) or by the wasm
+    /// filter's configuration (ECDS); of the two, the one that enforces in `snapshot` goes
+    /// first and the other waits until the proxy has ACKed it
+    /// ([`Snapshot::routes_after_extensions`]), so a switch of engine enforces both for a
+    /// moment rather than neither. A NACK holds the other back, keeping the old enforcement.
+    fn dependency_pending(&self, type_url: &str, snapshot: &Snapshot) -> bool {
         let depends_on: &[&str] = match type_url {
             snapshot::LISTENER => &[snapshot::CLUSTER, snapshot::ENDPOINT],
             snapshot::ROUTE => &[snapshot::CLUSTER, snapshot::ENDPOINT, snapshot::LISTENER],
             _ => &[],
         };
-        depends_on.iter().any(|t| {
+        let in_flight = depends_on.iter().any(|t| {
             self.types
                 .get(t)
                 .is_some_and(|s| s.in_flight.is_some() || !s.partial.is_empty())
-        })
+        });
+        let (enforcing, other) = if snapshot.routes_after_extensions {
+            (snapshot::EXTENSION_CONFIG, snapshot::ROUTE)
+        } else {
+            (snapshot::ROUTE, snapshot::EXTENSION_CONFIG)
+        };
+        in_flight || (type_url == other && self.not_acked(enforcing, snapshot))
+    }
+
+    /// The proxy follows `type_url` and has not ACKed `snapshot`'s version of it (yet).
+    fn not_acked(&self, type_url: &str, snapshot: &Snapshot) -> bool {
+        let (Some(state), Some(set)) = (self.types.get(type_url), snapshot.set(type_url)) else {
+            return false;
+        };
+        state.requested && state.acked_version.as_deref() != Some(&*set.version)
     }
 
     /// Envoy replaces an updated EDS cluster with a new one that warms only once it receives
@@ -632,7 +654,7 @@ impl ProtocolStream for SotwStream {
             return Ok(());
         };
         for type_url in PUSH_ORDER {
-            if self.state.dependency_in_flight(type_url) {
+            if self.state.dependency_pending(type_url, &snapshot) {
                 continue;
             }
             let nonce = self.state.next_nonce();
@@ -786,7 +808,7 @@ impl ProtocolStream for DeltaStream {
             return Ok(());
         };
         for type_url in PUSH_ORDER {
-            if self.state.dependency_in_flight(type_url) {
+            if self.state.dependency_pending(type_url, &snapshot) {
                 continue;
             }
             let nonce = self.state.next_nonce();

@@ -274,6 +274,7 @@ pub fn proxy_snapshot(
         snapshot::EXTENSION_CONFIG,
         vec![ResourceLayer::new(extensions)],
     );
+    snapshot.routes_after_extensions = !verifies;
     snapshot
 }
 
