@@ -164,6 +164,22 @@ async fn ack(tx: &mpsc::Sender<DeltaDiscoveryRequest>, type_url: &str, nonce: &s
     .unwrap();
 }
 
+/// A delta NACK of the response with `nonce`, with Envoy's `error_detail`.
+async fn nack(tx: &mpsc::Sender<DeltaDiscoveryRequest>, type_url: &str, nonce: &str, why: &str) {
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url.into(),
+        response_nonce: nonce.into(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: why.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 fn delta_names(response: &DeltaDiscoveryResponse) -> Vec<String> {
     response.resources.iter().map(|r| r.name.clone()).collect()
 }
@@ -320,18 +336,7 @@ async fn delta_sends_only_changes_and_removals() {
         .set(NODE, snapshot(&[("a", "3"), ("b", "1")], &["a"]));
     let third = next(&mut responses).await;
     assert_eq!(third.type_url, CLUSTER);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: CLUSTER.into(),
-        response_nonce: third.nonce.clone(),
-        error_detail: Some(RpcStatus {
-            code: 3,
-            message: "no".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    nack(&tx, CLUSTER, &third.nonce, "no").await;
     nothing_within(&mut responses, 300).await;
     assert_eq!(state_of(&h, "CDS"), "NACKED");
 }
@@ -774,18 +779,13 @@ async fn where_the_wasm_filter_enforces_routes_wait_for_its_configuration() {
     h.cache.set(NODE, engine_switch("4", true));
     let ecds = next(&mut responses).await;
     assert_eq!(ecds.type_url, EXTENSION_CONFIG);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: EXTENSION_CONFIG.into(),
-        response_nonce: ecds.nonce.clone(),
-        error_detail: Some(RpcStatus {
-            code: 3,
-            message: "the module failed to load".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    nack(
+        &tx,
+        EXTENSION_CONFIG,
+        &ecds.nonce,
+        "the module failed to load",
+    )
+    .await;
     nothing_within(&mut responses, 300).await;
     assert_eq!(state_of(&h, "ECDS"), "NACKED");
     assert_eq!(state_of(&h, "RDS"), "STALE");
