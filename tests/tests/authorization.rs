@@ -602,6 +602,16 @@ fn tcp_ports_drop_http_only_rules_closed() {
     assert_eq!(raw_http(&address, request), (None, String::new()));
 }
 
+/// MeshConfig `authorizationEngine: engine` (`native` or `wasm`).
+fn set_engine(mesh: &LocalMesh, engine: &str) {
+    mesh.apply(
+        "mesh.yaml",
+        &format!(
+            "apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n"
+        ),
+    );
+}
+
 /// The exam lab's three AuthorizationPolicies (seed 000, section 4.2.2).
 fn apply_lab_authorization_policies(mesh: &LocalMesh) {
     let policies = workspace_root().join("config/exam-lab/policies");
@@ -617,10 +627,7 @@ fn apply_lab_authorization_policies(mesh: &LocalMesh) {
 #[test]
 fn the_wasm_engine_enforces_the_same_policies_and_changes_reach_open_connections() {
     let mesh = LocalMesh::up("config/exam-lab").expect("mesh up");
-    mesh.apply(
-        "mesh.yaml",
-        "apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: wasm\n",
-    );
+    set_engine(&mesh, "wasm");
     apply_lab_authorization_policies(&mesh);
     let (status, body) = curl(&mesh, Some("student-portal"), POST_EXAM);
     assert_eq!(status, 200, "{body}");
@@ -675,10 +682,7 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
     let policies = workspace_root().join("config/exam-lab/policies");
     let scheduler = std::fs::read_to_string(policies.join("authz-scheduler.yaml")).unwrap();
     for (round, engine) in ["native", "wasm"].into_iter().enumerate() {
-        mesh.apply(
-            "mesh.yaml",
-            &format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n"),
-        );
+        set_engine(&mesh, engine);
         mesh.apply("authz-scheduler.yaml", &scheduler);
         let modified = mesh
             .envoy_stat("exam-scheduler", "listener_manager.listener_modified")
@@ -699,13 +703,7 @@ fn a_hundred_policy_updates_under_load_fail_no_request_and_drain_no_listener() {
             "{engine}: 100 updates took {elapsed:?}, longer than the load runs"
         );
         let report = load_report(load);
-        assert_eq!(report["errors"], 0, "{engine}: {report}");
-        let statuses = report["statuses"].as_object().unwrap();
-        assert_eq!(
-            statuses.keys().collect::<Vec<_>>(),
-            ["200"],
-            "{engine}: {report}"
-        );
+        assert_only_status(&report, "200", engine);
         assert!(
             report["requests"].as_u64().unwrap() > 100,
             "{engine}: {report} in {elapsed:?}"
@@ -744,6 +742,17 @@ fn load_report(load: std::process::Child) -> serde_json::Value {
         .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stdout)))
 }
 
+/// Every request of an [`http_load`] report got an answer, and each answer was `status`.
+fn assert_only_status(report: &serde_json::Value, status: &str, context: &str) {
+    assert_eq!(report["errors"], 0, "{context}: {report}");
+    let statuses = report["statuses"].as_object().unwrap();
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        [status],
+        "{context}: {report}"
+    );
+}
+
 /// Switching the authorization engine back and forth under load lets no denied request
 /// through: to wasm, the routes keep the RBAC rules until the sidecar has ACKed the filter's
 /// policies (both enforce for a moment); back to native, the rules return before the filter
@@ -758,10 +767,7 @@ fn switching_engines_under_load_lets_no_denied_request_through() {
     let load = http_load(&mesh, "student-portal", "exam-scheduler", 30);
     let started = std::time::Instant::now();
     for engine in ["wasm", "native"].repeat(6) {
-        mesh.apply(
-            "mesh.yaml",
-            &format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {engine}\n"),
-        );
+        set_engine(&mesh, engine);
     }
     let elapsed = started.elapsed();
     assert!(
@@ -769,9 +775,7 @@ fn switching_engines_under_load_lets_no_denied_request_through() {
         "12 switches took {elapsed:?}, longer than the load runs"
     );
     let report = load_report(load);
-    assert_eq!(report["errors"], 0, "{report}");
-    let statuses = report["statuses"].as_object().unwrap();
-    assert_eq!(statuses.keys().collect::<Vec<_>>(), ["403"], "{report}");
+    assert_only_status(&report, "403", "engine switches");
 }
 
 /// Fail closed when the filter's VM fails at run time: a stand-in module (wasm-authz's

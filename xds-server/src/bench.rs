@@ -515,16 +515,8 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     let renewal_ttl = options
         .renew_after
         .map(|after| (after + Duration::from_secs(12)).div_f64(0.8));
-    let xds_address: SocketAddr = format!(
-        "127.0.0.1:{}",
-        crate::loopback_port::unused_loopback_port()?
-    )
-    .parse()?;
-    let admin_address: SocketAddr = format!(
-        "127.0.0.1:{}",
-        crate::loopback_port::unused_loopback_port()?
-    )
-    .parse()?;
+    let xds_address = crate::loopback_port::unused_loopback_address()?;
+    let admin_address = crate::loopback_port::unused_loopback_address()?;
     let log = std::fs::File::create(options.work_dir.join("xds-server.log"))?;
     // WARD_BENCH_WRAP runs the server under a profiler (e.g. `heaptrack`).
     let mut server = match std::env::var_os("WARD_BENCH_WRAP") {
@@ -736,9 +728,7 @@ fn proxy_endpoints(
     let instances = mesh.workloads.iter().map(|w| (w, w.instances.len()));
     if options.plaintext {
         let endpoint = Endpoint::from_shared(format!("http://{xds}"))?;
-        return Ok(instances
-            .flat_map(|(_, n)| vec![endpoint.clone(); n])
-            .collect());
+        return Ok(vec![endpoint; instances.map(|(_, n)| n).sum()]);
     }
     let ca = crate::identity::CertificateAuthority::load_or_create(
         &crate::identity::CaOptions::signing(

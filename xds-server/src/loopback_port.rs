@@ -6,7 +6,7 @@
 //! on the machine (an Envoy, a curl) may take it as its source port, and the bind fails with
 //! "Address already in use". Ports below that range are never handed out as source ports.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Lowest port handed out; below it are the well-known and commonly configured ports.
@@ -30,6 +30,14 @@ pub fn unused_loopback_port() -> std::io::Result<u16> {
             format!("no free loopback port in {FIRST}..{end}"),
         )
     })
+}
+
+/// [`unused_loopback_port`] as an address on 127.0.0.1.
+pub fn unused_loopback_address() -> std::io::Result<SocketAddr> {
+    Ok(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        unused_loopback_port()?,
+    )))
 }
 
 fn first_unused(mut candidates: impl Iterator<Item = u16>) -> Option<u16> {

@@ -709,15 +709,26 @@ async fn subscribe_to_every_type(
 /// wasm filter may stop enforcing only once they are in place.
 const EVERY_TYPE_ROUNDS: [&[&str]; 4] = [&["CDS", "EDS", "SDS"], &["LDS"], &["RDS"], &["ECDS"]];
 
-#[tokio::test]
-async fn every_type_is_pushed_in_order_and_listeners_and_routes_wait_for_acks() {
-    let h = start().await;
+/// A proxy subscribed to every type of [`every_type`] `"1"`, synced in [`EVERY_TYPE_ROUNDS`].
+async fn synced_on_every_type(
+    h: &Harness,
+) -> (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    Streaming<DeltaDiscoveryResponse>,
+) {
     h.cache.set(NODE, every_type("1"));
     let (tx, mut responses) = subscribe_to_every_type(h.address).await;
     assert_eq!(
         rounds_until_quiet(&tx, &mut responses).await,
         EVERY_TYPE_ROUNDS
     );
+    (tx, responses)
+}
+
+#[tokio::test]
+async fn every_type_is_pushed_in_order_and_listeners_and_routes_wait_for_acks() {
+    let h = start().await;
+    let (tx, mut responses) = synced_on_every_type(&h).await;
     for short in ["CDS", "EDS", "LDS", "RDS", "SDS", "ECDS"] {
         assert_eq!(state_of(&h, short), "SYNCED", "{short}");
     }
@@ -756,12 +767,7 @@ fn engine_switch(tag: &str, wasm_enforces: bool) -> Snapshot {
 async fn where_the_wasm_filter_enforces_routes_wait_for_its_configuration() {
     use ward::snapshot::EXTENSION_CONFIG;
     let h = start().await;
-    h.cache.set(NODE, every_type("1"));
-    let (tx, mut responses) = subscribe_to_every_type(h.address).await;
-    assert_eq!(
-        rounds_until_quiet(&tx, &mut responses).await,
-        EVERY_TYPE_ROUNDS
-    );
+    let (tx, mut responses) = synced_on_every_type(&h).await;
 
     h.cache.set(NODE, engine_switch("2", true));
     assert_eq!(

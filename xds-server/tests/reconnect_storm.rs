@@ -61,18 +61,8 @@ async fn start(name: &str, flags: &[&str]) -> Server {
     let mesh = ward::config::load_path(&config).unwrap().mesh;
     let workload = &mesh.workloads[0];
     let node_id = ward::model::Mesh::node_id(workload, &workload.instances[0]);
-    let xds: SocketAddr = format!(
-        "127.0.0.1:{}",
-        ward::loopback_port::unused_loopback_port().unwrap()
-    )
-    .parse()
-    .unwrap();
-    let admin: SocketAddr = format!(
-        "127.0.0.1:{}",
-        ward::loopback_port::unused_loopback_port().unwrap()
-    )
-    .parse()
-    .unwrap();
+    let xds = ward::loopback_port::unused_loopback_address().unwrap();
+    let admin = ward::loopback_port::unused_loopback_address().unwrap();
     let log = std::fs::File::create(dir.join("xds-server.log")).unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xds-server"))
         .args(["serve", "--config"])
