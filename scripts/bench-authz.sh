@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-20}"
 scripts/setup.sh
-cargo build --quiet --release -p xds-server
+cargo build --quiet --release -p xds-server -p wardctl --bins
 work="$(mktemp -d)"
 state="$work/state"
 W=(target/release/wardctl --state-dir "$state")

@@ -20,7 +20,7 @@ ENVOY=.ward-tools/envoy/envoy/_bin/envoy
 WASM=target/wasm32-wasip1/release/wasm_authz.wasm
 [ -x "$ENVOY" ] && [ -f "$WASM" ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
 if [ "$PROFILE" = release ] && [ "${WARD_BUILD:-1}" != 0 ]; then
-  cargo build --quiet --release -p xds-server --bins
+  cargo build --quiet --release -p xds-server -p wardctl --bins
 fi
 WARDCTL="$PWD/target/$PROFILE/wardctl"
 

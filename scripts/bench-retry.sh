@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-20}"
 . scripts/lib/bench-envoy.sh
 scripts/setup.sh
-cargo build --quiet --release -p xds-server
+cargo build --quiet --release -p xds-server -p wardctl --bins
 work="$(mktemp -d)"
 trap 'kill "$envoy_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 

@@ -4,7 +4,7 @@
 #   - the wasm32-wasip1 Rust target, and the wasm-authz module built for it
 #   - kubernetes-validate (PyPI, with the Kubernetes schemas offline) into
 #     .ward-tools/kubernetes-validate, for the deploy/ manifests' test
-#   - iptables (apt), for the pod capture test (tests/tests/capture.rs)
+#   - iptables (apt), for the pod capture test (tests/e2e/capture.rs)
 #   - the xds-server and wardctl binaries (debug profile, as the tests use them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +37,4 @@ cargo build --quiet -p wasm-authz --target wasm32-wasip1 --release
 # The stand-in module that panics on demand, for the fail-closed end-to-end test.
 cargo build --quiet -p wasm-authz --target wasm32-wasip1 --release --example fault_module
 echo "==> building xds-server and wardctl" >&2
-cargo build --quiet -p xds-server --bins
+cargo build --quiet -p xds-server -p wardctl --bins

@@ -3,7 +3,7 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY . .
-RUN cargo build -p xds-server --release --bins
+RUN cargo build -p xds-server -p wardctl --release --bins
 
 FROM debian:bookworm-slim
 # iptables: the image is also the injected pods' `ward-init` (traffic capture) and

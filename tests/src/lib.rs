@@ -85,7 +85,7 @@ pub fn run_ok(command: &mut Command) -> Output {
 /// A loopback port for a server another process binds (below the ephemeral range, so no
 /// outgoing connection takes it in the meantime).
 pub fn free_port() -> u16 {
-    ward::loopback_port::unused_loopback_port().expect("a free loopback port")
+    wardctl::loopback_port::unused_loopback_port().expect("a free loopback port")
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {

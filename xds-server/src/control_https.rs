@@ -1,7 +1,7 @@
 //! xds-server's HTTPS port beside xDS (`--https-address`), serving with a certificate from
 //! its CA (no client certificate asked: its callers have none yet):
 //! - `POST /inject`: the mutating admission webhook. An `AdmissionReview` for a Pod gets the
-//!   JSON Patch of [`crate::inject::pod_patch`], the same sidecar `wardctl inject` writes.
+//!   JSON Patch of [`ward_inject::pod_patch`], the same sidecar `wardctl inject` writes.
 //! - `POST /v1/credential`: the bootstrap-credential exchange. A pod's init container sends
 //!   its projected service-account token (audience [`TOKEN_AUDIENCE`]); xds-server checks it
 //!   with a TokenReview and answers the certificate of that service account's SPIFFE
@@ -20,17 +20,32 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::identity::CertificateAuthority;
-use crate::inject::InjectOptions;
+use ward_config::SpiffeId;
+use ward_identity::CertificateAuthority;
+use ward_inject::InjectOptions;
 
 /// The audience the pods' projected tokens are minted for.
 pub const TOKEN_AUDIENCE: &str = "ward-xds";
 /// Largest request body read (an AdmissionReview of a big Pod is tens of KB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// Why a service-account token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    #[error("TokenReview failed: {0}")]
+    ReviewFailed(String),
+    /// The API server's own reason.
+    #[error("{0}")]
+    NotAuthenticated(String),
+    #[error("the token is not for audience {TOKEN_AUDIENCE}")]
+    WrongAudience,
+    #[error("{0} is not a service account")]
+    NotServiceAccount(String),
+}
+
 /// Who a token belongs to: Ok((namespace, service account)), or why it is refused.
 pub type TokenReviewer = Arc<
-    dyn Fn(String) -> futures::future::BoxFuture<'static, Result<(String, String), String>>
+    dyn Fn(String) -> futures::future::BoxFuture<'static, Result<(String, String), TokenRefused>>
         + Send
         + Sync,
 >;
@@ -60,12 +75,14 @@ pub fn kubernetes_reviewer(client: kube::Client) -> TokenReviewer {
             let reviewed = api
                 .create(&kube::api::PostParams::default(), &review)
                 .await
-                .map_err(|e| format!("TokenReview failed: {e}"))?;
+                .map_err(|e| TokenRefused::ReviewFailed(e.to_string()))?;
             let status = reviewed.status.unwrap_or_default();
             if status.authenticated != Some(true) {
-                return Err(status
-                    .error
-                    .unwrap_or_else(|| "the token is not valid".to_string()));
+                return Err(TokenRefused::NotAuthenticated(
+                    status
+                        .error
+                        .unwrap_or_else(|| "the token is not valid".to_string()),
+                ));
             }
             if !status
                 .audiences
@@ -73,11 +90,11 @@ pub fn kubernetes_reviewer(client: kube::Client) -> TokenReviewer {
                 .iter()
                 .any(|a| a == TOKEN_AUDIENCE)
             {
-                return Err(format!("the token is not for audience {TOKEN_AUDIENCE}"));
+                return Err(TokenRefused::WrongAudience);
             }
             let username = status.user.and_then(|u| u.username).unwrap_or_default();
             service_account_of(&username)
-                .ok_or_else(|| format!("{username} is not a service account"))
+                .ok_or_else(|| TokenRefused::NotServiceAccount(username.clone()))
         })
     })
 }
@@ -97,7 +114,7 @@ pub fn admission_response(review: &Value, options: &InjectOptions) -> Value {
     let response = if review["request"]["kind"]["kind"] != json!("Pod") {
         json!({"uid": uid, "allowed": true})
     } else {
-        match crate::inject::pod_patch(object, options) {
+        match ward_inject::pod_patch(object, options) {
             Ok(Some(patch)) => {
                 let patch = serde_json::to_vec(&patch).unwrap_or_default();
                 json!({"uid": uid, "allowed": true, "patchType": "JSONPatch",
@@ -130,21 +147,21 @@ impl Handlers {
             Ok(who) => who,
             Err(why) => {
                 warn!(%why, "refused a bootstrap credential");
-                return (403, json!({ "error": why }));
+                return (403, json!({ "error": why.to_string() }));
             }
         };
-        let identity = format!("spiffe://{}/ns/{namespace}/sa/{account}", self.trust_domain);
+        let identity = SpiffeId::new(&self.trust_domain, &namespace, &account);
         let ca = (self.ca)();
         match ca.issue(
             &identity,
-            crate::identity::credentials::BOOTSTRAP_CREDENTIAL_LIFETIME,
+            ward_identity::credentials::BOOTSTRAP_CREDENTIAL_LIFETIME,
         ) {
             Ok(cert) => {
                 info!(%identity, serial = %cert.serial_hex, "bootstrap credential issued for a service-account token");
                 (
                     200,
                     json!({
-                        "identity": identity,
+                        "identity": identity.to_string(),
                         "cert_chain": cert.cert_chain_pem,
                         "private_key": cert.private_key_pem,
                         "root": ca.trust_bundle_pem(),
@@ -251,16 +268,16 @@ pub async fn fetch_credential(
             .map(str::to_string)
             .with_context(|| format!("no `{name}` in the answer"))
     };
-    crate::identity::ca::write_private(&dir.join("cert.pem"), &field("cert_chain")?, 0o644)?;
-    crate::identity::ca::write_private(&dir.join("key.pem"), &field("private_key")?, 0o600)?;
-    crate::identity::ca::write_private(&dir.join("root.pem"), &field("root")?, 0o644)?;
+    ward_identity::ca::write_private(&dir.join("cert.pem"), &field("cert_chain")?, 0o644)?;
+    ward_identity::ca::write_private(&dir.join("key.pem"), &field("private_key")?, 0o600)?;
+    ward_identity::ca::write_private(&dir.join("root.pem"), &field("root")?, 0o644)?;
     field("identity")
 }
 
 /// TLS for the HTTPS port: a serving certificate from the CA for `names`, no client auth.
 pub fn tls_config(
     ca: &CertificateAuthority,
-    identity: &str,
+    identity: &SpiffeId,
     names: &[&str],
     ips: &[std::net::IpAddr],
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
@@ -270,7 +287,7 @@ pub fn tls_config(
         identity,
         names,
         ips,
-        crate::xds_listener::SERVING_CERT_LIFETIME,
+        ward_ads::listener::SERVING_CERT_LIFETIME,
     )?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.cert_chain_pem.as_bytes()).collect::<Result<_, _>>()?;

@@ -39,8 +39,8 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::config::{self, ConfigError, Diagnostic, LoadedConfig};
-use crate::metrics::{KindLabel, Metrics};
+use ward_config::{self, ConfigError, Diagnostic, LoadedConfig};
+use ward_metrics::{KindLabel, Metrics};
 
 /// The policy kinds Ward reads, as their CRDs serve them.
 pub const POLICY_KINDS: [(&str, &str, &str); 6] = [
@@ -418,7 +418,7 @@ pub fn load(
             .chain(cluster.iter().copied())
             .cloned()
             .collect();
-        let errors = match config::load_sources(&sources) {
+        let errors = match ward_config::load_sources(&sources) {
             Ok(loaded) => return Ok((loaded, left_out)),
             Err(ConfigError::Invalid(errors)) => errors,
             Err(e) => return Err(e),

@@ -22,7 +22,7 @@ use kube::Client;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::inject::ROOT_CERT_CONFIG_MAP;
+use ward_config::wellknown::ROOT_CERT_CONFIG_MAP;
 
 /// The sidecar injector's webhook configuration (deploy/kubernetes/webhook.yaml).
 pub const WEBHOOK_CONFIGURATION: &str = "ward-sidecar-injector";

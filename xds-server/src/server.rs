@@ -17,16 +17,16 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::ads::AdsServer;
-use crate::config;
-use crate::identity::{CaOptions, CertificateAuthority, CertificatePolicy, WorkloadCertificates};
-use crate::metrics::Metrics;
-use crate::model::Mesh;
-use crate::proxy_status::ProxyStatusRegistry;
-use crate::snapshot::SnapshotCache;
-use crate::translate::{mesh_snapshots, secret_layer, TranslateOptions};
-use crate::watch::{watch_debounced, DebounceWindow};
-use crate::xds_listener::{self, XdsLimits};
+use ward_ads::AdsServer;
+
+use ward_ads::listener::{self, XdsLimits};
+use ward_ads::proxy_status::ProxyStatusRegistry;
+use ward_config::model::Mesh;
+use ward_identity::{CaOptions, CertificateAuthority, CertificatePolicy, WorkloadCertificates};
+use ward_metrics::Metrics;
+use ward_snapshot::SnapshotCache;
+use ward_sources::watch::{watch_debounced, DebounceWindow};
+use ward_xds::{mesh_snapshots, secret_layer, TranslateOptions};
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -49,7 +49,7 @@ pub struct ServerOptions {
     /// DNS names of the HTTPS port's certificate (the Service's names).
     pub https_names: Vec<String>,
     /// What the admission webhook injects.
-    pub inject: crate::inject::InjectOptions,
+    pub inject: ward_inject::InjectOptions,
 }
 
 /// What `/status` reports about the configuration.
@@ -72,7 +72,7 @@ struct ControlPlane {
     metrics: Arc<Metrics>,
     config_status: RwLock<ConfigStatus>,
     /// Layers of the last translation, reused where unchanged.
-    shared_layers: std::sync::Mutex<Option<crate::translate::SharedLayers>>,
+    shared_layers: std::sync::Mutex<Option<ward_xds::SharedLayers>>,
     certificates: Arc<WorkloadCertificates>,
     /// The mesh now serving, re-translated when certificates are renewed. Its lock is held
     /// while a mesh is applied.
@@ -80,7 +80,7 @@ struct ControlPlane {
     /// Wakes the renewal task when the set of certificates changed.
     renewals: tokio::sync::Notify,
     /// Keys fetched from RequestAuthentications' `jwksUri`s.
-    jwks: crate::jwks::JwksCache,
+    jwks: ward_sources::jwks::JwksCache,
     /// Wakes the JWKS task when a new config may name new URIs.
     jwks_wanted: tokio::sync::Notify,
     /// Wakes the JWKS task when a sidecar saw a token signed with a key it lacks.
@@ -111,7 +111,7 @@ impl ControlPlane {
         };
         let mut shared = self.shared_layers.lock().expect("shared layers lock");
         let bundle = self.certificates.ca().trust_bundle_pem().to_string();
-        let secrets = |w: &crate::model::Workload, i: &crate::model::Instance| {
+        let secrets = |w: &ward_config::model::Workload, i: &ward_config::model::Instance| {
             let node_id = Mesh::node_id(w, i);
             match self.certificates.get_or_issue(&node_id, &mesh.identity(w)) {
                 Ok(cert) => Some(secret_layer(&cert, &bundle)),
@@ -164,8 +164,8 @@ impl ControlPlane {
         }
     }
 
-    fn reload(&self) -> Result<(), config::ConfigError> {
-        let files = config::read_sources(&self.options.config_path)?;
+    fn reload(&self) -> Result<(), ward_config::ConfigError> {
+        let files = ward_config::read_sources(&self.options.config_path)?;
         let cluster = self
             .cluster_sources
             .lock()
@@ -178,11 +178,11 @@ impl ControlPlane {
         let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
         warnings.extend(crate::discovery::report_left_out(&self.metrics, &left_out));
         if self.options.translate.wasm_module.is_none() {
-            let budgets = crate::translate::resilience::outbound_filter_config(&loaded.mesh);
+            let budgets = ward_xds::resilience::outbound_filter_config(&loaded.mesh);
             for destination in budgets.budgets.keys() {
                 let warning = format!(
                     "ServiceProfile {destination}: retries are not budgeted (retryBudget ignored): xds-server runs without --wasm-module, and the budget is kept by the wasm filter; each retryable request is retried up to {} times",
-                    crate::translate::resilience::PROFILE_MAX_RETRIES
+                    ward_xds::resilience::PROFILE_MAX_RETRIES
                 );
                 warn!(%warning, "config");
                 warnings.push(warning);
@@ -226,7 +226,7 @@ impl ControlPlane {
         let result = if known { "known" } else { "fetch" };
         self.metrics
             .jwks_unknown_keys
-            .get_or_create(&crate::metrics::ResultLabel {
+            .get_or_create(&ward_metrics::ResultLabel {
                 result: result.to_string(),
             })
             .inc();
@@ -302,7 +302,7 @@ async fn renew_certificates(control: Arc<ControlPlane>) {
 }
 
 pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
-    raise_fd_limit();
+    ward_ads::listener::raise_fd_limit();
     let cache = Arc::new(SnapshotCache::new());
     let metrics = Arc::new(Metrics::new());
     let ca = CertificateAuthority::load_or_create(&options.ca).context("starting the CA")?;
@@ -368,7 +368,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         cluster = Some(rx);
     }
     // The first load must succeed: there is no last good config to fall back to.
-    control.reload().map_err(|e| anyhow::anyhow!("{e}"))?;
+    control.reload()?;
     metrics.record_reload(true);
     tokio::spawn(renew_certificates(control.clone()));
 
@@ -409,7 +409,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
             (mesh.trust_domain.clone(), mesh.root_namespace.clone())
         };
-        let identity = xds_listener::server_identity(&trust_domain, &root_namespace);
+        let identity = ward_config::SpiffeId::xds_server(&trust_domain, &root_namespace);
         let mut names: Vec<&str> = options.https_names.iter().map(String::as_str).collect();
         names.extend(["xds-server", "localhost"]);
         let tls = crate::control_https::tls_config(
@@ -450,9 +450,9 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
             (mesh.trust_domain.clone(), mesh.root_namespace.clone())
         };
-        let identity = xds_listener::server_identity(&trust_domain, &root_namespace);
+        let identity = ward_config::SpiffeId::xds_server(&trust_domain, &root_namespace);
         tls = Some(
-            xds_listener::tls_config(&control.certificates.ca(), &identity, options.xds_address)
+            listener::tls_config(&control.certificates.ca(), &identity, options.xds_address)
                 .context("issuing xds-server's serving certificate")?,
         );
         let lookup = control.clone();
@@ -481,8 +481,8 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             move |issuer: &str, kid: &str| key_control.on_unknown_key(issuer, kid),
         )))
         .prepare();
-    xds_listener::serve(
-        xds_listener::incoming(listener, options.xds_limits, metrics),
+    listener::serve(
+        listener::incoming(listener, options.xds_limits, metrics),
         tls,
         options.xds_limits,
         routes,
@@ -566,35 +566,6 @@ fn admin_response(
         .expect("valid response")
 }
 
-/// Node ids that `/status` reports as SYNCED on every type.
-pub fn synced_node_ids(status: &serde_json::Value) -> Vec<String> {
-    status["proxies"]
-        .as_array()
-        .map(|proxies| {
-            proxies
-                .iter()
-                .filter(|p| p["synced"].as_bool() == Some(true))
-                .filter_map(|p| p["node_id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// One socket per connected proxy: lift the soft file limit to the hard one.
-pub fn raise_fd_limit() {
-    // SAFETY: plain getrlimit/setrlimit on this process.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// Pushes build large responses briefly; glibc keeps freed memory mapped unless asked, which
 /// would make a burst of pushes look like a permanent cost in RSS. Trimming walks the whole
 /// heap under the allocator's locks, so it waits for a second with no push after a burst.
@@ -618,6 +589,7 @@ async fn release_freed_memory(metrics: Arc<Metrics>) {
         trimmed = true;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only returns free memory to the OS.
+        #[allow(unsafe_code)]
         unsafe {
             libc::malloc_trim(0);
         }

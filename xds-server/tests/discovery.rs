@@ -29,9 +29,9 @@ use hyper::body::Frame;
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
-use ward::discovery::Sources;
-use ward::snapshot::{Snapshot, SnapshotCache, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use ward::translate::{mesh_snapshots, TranslateOptions};
+use xds_server::discovery::Sources;
+use ward_snapshot::{Snapshot, SnapshotCache, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use ward_xds::{mesh_snapshots, TranslateOptions};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -298,7 +298,7 @@ struct Translated {
     workloads: Vec<String>,
     snapshots: BTreeMap<String, Snapshot>,
     /// Cluster objects the loader refused and left out.
-    left_out: Vec<ward::discovery::LeftOut>,
+    left_out: Vec<xds_server::discovery::LeftOut>,
 }
 
 /// The names of a listener's filter chains, in order.
@@ -324,7 +324,7 @@ fn socket(address: &Option<Address>) -> Option<String> {
 
 fn translate(sources: &Sources, cache: &SnapshotCache) -> Translated {
     let (loaded, left_out) =
-        ward::discovery::load(&Vec::new(), sources).expect("the cluster's objects load");
+        xds_server::discovery::load(&Vec::new(), sources).expect("the cluster's objects load");
     let mesh = loaded.mesh;
     let (snapshots, _) = mesh_snapshots(&mesh, &TranslateOptions::default(), None, |_, _| None);
     let mut endpoints = BTreeMap::new();
@@ -418,7 +418,11 @@ async fn discover(cluster: &Arc<Cluster>) -> watch::Receiver<Option<Sources>> {
     let config = kube::Config::new(url.parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(ward::discovery::run(client, Duration::from_millis(50), tx));
+    tokio::spawn(xds_server::discovery::run(
+        client,
+        Duration::from_millis(50),
+        tx,
+    ));
     rx
 }
 
@@ -558,7 +562,7 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
     )
     .await;
     assert!(
-        ward::config::load_sources(&sources).is_err(),
+        ward_config::load_sources(&sources).is_err(),
         "the cluster as a whole does not load"
     );
     let step = translate(&sources, &cache);
@@ -627,8 +631,8 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
     assert_eq!(inbound.filter_chains.len(), 1);
 
     // The refusal is counted by kind, and the count goes when the object is fixed.
-    let metrics = ward::metrics::Metrics::new();
-    ward::discovery::report_left_out(&metrics, &step.left_out);
+    let metrics = ward_metrics::Metrics::new();
+    xds_server::discovery::report_left_out(&metrics, &step.left_out);
     assert!(
         metrics
             .encode()
@@ -636,7 +640,7 @@ async fn unmeshed_pods_are_plaintext_cluster_policies_apply_and_a_bad_object_is_
         "{}",
         metrics.encode()
     );
-    ward::discovery::report_left_out(&metrics, &[]);
+    xds_server::discovery::report_left_out(&metrics, &[]);
     assert!(!metrics.encode().contains("kind=\"VirtualService\"} 1"));
 }
 

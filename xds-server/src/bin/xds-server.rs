@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ward::bootstrap::{self, AdsProtocol, BootstrapParams};
-use ward::identity::ca::write_private;
-use ward::identity::{
+use ward_ads::listener::XdsLimits;
+use ward_identity::ca::write_private;
+use ward_identity::{
     write_bootstrap_credentials, write_certificate_files, CaOptions, CertificateAuthority,
     CertificatePolicy, KeyAlgorithm,
 };
-use ward::server::{self, ServerOptions};
-use ward::translate::TranslateOptions;
-use ward::watch::DebounceWindow;
-use ward::xds_listener::XdsLimits;
+use ward_sources::watch::DebounceWindow;
+use ward_xds::bootstrap::{self, AdsProtocol, BootstrapParams};
+use ward_xds::TranslateOptions;
+use xds_server::server::{self, ServerOptions};
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -24,8 +24,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read when it starts: a background thread returns pages unused for about
 /// a second to the system (`MADV_DONTNEED`, so RSS shows it at once), instead of waiting for
 /// the next allocation in their arena, which may never come to an idle server.
+// SAFETY: jemalloc reads this NUL-terminated string once, at start; nothing writes it.
 #[cfg(feature = "jemalloc")]
-#[allow(non_upper_case_globals)]
+#[allow(non_upper_case_globals, unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
@@ -308,9 +309,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--renew-fraction {renew_fraction}: expected 0.1 to 0.95");
             }
             // The trust domain comes from the config; a bad config is reported by the server.
-            let trust_domain = ward::config::load_path(&config)
+            let trust_domain = ward_config::load_path(&config)
                 .map(|c| c.mesh.trust_domain)
-                .unwrap_or_else(|_| ward::config::DEFAULT_TRUST_DOMAIN.to_string());
+                .unwrap_or_else(|_| ward_config::DEFAULT_TRUST_DOMAIN.to_string());
             let wasm_module_sha256 = match (wasm_module_sha256, &wasm_module) {
                 (Some(pin), _) => {
                     let pin = pin.to_ascii_lowercase();
@@ -332,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kubernetes,
                 https_address,
                 https_names,
-                inject: ward::inject::InjectOptions {
+                inject: ward_inject::InjectOptions {
                     trust_domain: trust_domain.clone(),
                     ..Default::default()
                 },
@@ -401,9 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_dir,
             trust_domain,
         } => {
-            identity
-                .parse::<ward::identity::spiffe::SpiffeId>()
-                .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
+            let identity: ward_config::SpiffeId = identity.parse().context("--identity")?;
             let ca = CertificateAuthority::load_or_create(&CaOptions::signing(
                 state_dir,
                 ca_dir,
@@ -446,9 +445,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", root_cert.display()))?;
                     let dir = credentials_dir.context("--credentials-dir is required")?;
                     let url = credential_url.context("--credential-url is required")?;
-                    let identity =
-                        ward::control_https::fetch_credential(&url, &root, token.trim(), &dir)
-                            .await?;
+                    let identity = xds_server::control_https::fetch_credential(
+                        &url,
+                        &root,
+                        token.trim(),
+                        &dir,
+                    )
+                    .await?;
                     eprintln!(
                         "bootstrap credential for {identity} written to {}",
                         dir.display()
@@ -462,13 +465,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--xds-address {xds_address}: expected host:port"))?;
             let credentials = match (credentials_from, plaintext_xds) {
-                (Some(dir), false) => Some(ward::identity::BootstrapCredentials {
-                    files: ward::identity::CertificateFiles {
+                (Some(dir), false) => Some(ward_identity::BootstrapCredentials {
+                    files: ward_identity::CertificateFiles {
                         cert_chain: dir.join("cert.pem"),
                         private_key: dir.join("key.pem"),
                         trust_bundle: dir.join("root.pem"),
                     },
-                    server_identity: ward::xds_listener::server_identity(
+                    server_identity: ward_config::SpiffeId::xds_server(
                         &trust_domain,
                         &root_namespace,
                     ),
@@ -516,7 +519,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             plaintext_xds,
             wasm_module,
         } => {
-            let loaded = ward::config::load_path(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded = ward_config::load_path(&config)?;
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -531,11 +534,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &mesh.trust_domain,
                 ))
                 .context("loading the CA to sign the proxy's bootstrap credential")?;
-                let node_id = ward::model::Mesh::node_id(w, i);
+                let node_id = ward_config::model::Mesh::node_id(w, i);
                 let dir = credentials_dir
                     .unwrap_or_else(|| PathBuf::from(format!("{node_id}.credentials")));
                 let server =
-                    ward::xds_listener::server_identity(&mesh.trust_domain, &mesh.root_namespace);
+                    ward_config::SpiffeId::xds_server(&mesh.trust_domain, &mesh.root_namespace);
                 let written = write_bootstrap_credentials(&ca, &mesh.identity(w), &server, &dir)?;
                 eprintln!(
                     "bootstrap credential for {} written to {}",
