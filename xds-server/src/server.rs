@@ -147,6 +147,13 @@ impl ControlPlane {
     }
 
     /// Reloads, and records the outcome (an invalid config keeps the last good one serving).
+    /// xds-server's own identity in the loaded mesh's trust domain and root namespace.
+    fn server_identity(&self) -> ward_config::SpiffeId {
+        let mesh = self.current_mesh.lock().expect("mesh lock");
+        let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
+        ward_config::SpiffeId::xds_server(&mesh.trust_domain, &mesh.root_namespace)
+    }
+
     fn reload_reporting(&self, cause: &str) {
         match self.reload() {
             Ok(()) => {
@@ -303,7 +310,34 @@ async fn renew_certificates(control: Arc<ControlPlane>) {
 
 pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     ward_ads::listener::raise_fd_limit();
-    let cache = Arc::new(SnapshotCache::new());
+    let status = ProxyStatusRegistry::new();
+    let control = control_plane(&options)?;
+    tokio::spawn(refresh_jwks(control.clone()));
+    #[cfg(not(feature = "jemalloc"))]
+    tokio::spawn(release_freed_memory(control.metrics.clone()));
+
+    let kubernetes = match options.kubernetes {
+        true => Some(follow_kubernetes(&control).await?),
+        false => None,
+    };
+    // The first load must succeed: there is no last good config to fall back to.
+    control.reload()?;
+    control.metrics.record_reload(true);
+    tokio::spawn(renew_certificates(control.clone()));
+    let _watcher = reload_on_changes(&control, kubernetes.as_ref().map(|k| k.sources.clone()))?;
+
+    let admin = tokio::net::TcpListener::bind(options.admin_address)
+        .await
+        .with_context(|| format!("binding the admin endpoint on {}", options.admin_address))?;
+    tokio::spawn(serve_admin(admin, control.clone(), status.clone()));
+    if let Some(address) = options.https_address {
+        serve_https(&control, address, kubernetes.map(|k| k.client)).await?;
+    }
+    serve_xds(control, status).await
+}
+
+/// The CA, the workload certificates and the (empty) control plane state.
+fn control_plane(options: &ServerOptions) -> anyhow::Result<Arc<ControlPlane>> {
     let metrics = Arc::new(Metrics::new());
     let ca = CertificateAuthority::load_or_create(&options.ca).context("starting the CA")?;
     info!(source = ?ca.source, "CA ready");
@@ -312,11 +346,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         options.certificates,
         metrics.clone(),
     ));
-    let status = ProxyStatusRegistry::new();
-    let control = Arc::new(ControlPlane {
+    Ok(Arc::new(ControlPlane {
         options: options.clone(),
-        cache: cache.clone(),
-        metrics: metrics.clone(),
+        cache: Arc::new(SnapshotCache::new()),
+        metrics,
         config_status: RwLock::new(ConfigStatus {
             path: options.config_path.display().to_string(),
             ..Default::default()
@@ -329,51 +362,66 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         jwks_wanted: tokio::sync::Notify::new(),
         keys_unknown: tokio::sync::Notify::new(),
         cluster_sources: Default::default(),
-    });
-    tokio::spawn(refresh_jwks(control.clone()));
-    #[cfg(not(feature = "jemalloc"))]
-    tokio::spawn(release_freed_memory(metrics.clone()));
+    }))
+}
 
-    let mut cluster = None;
-    let mut kube_client = None;
-    if options.kubernetes {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API server (in-cluster, or KUBECONFIG)")?;
-        kube_client = Some(client.clone());
-        let root_control = control.clone();
-        tokio::spawn(crate::root_cert::run(
-            client.clone(),
-            Arc::new(move || {
-                root_control
-                    .certificates
-                    .ca()
-                    .trust_bundle_pem()
-                    .to_string()
-            }),
-        ));
-        let (tx, mut rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(crate::discovery::run(client, options.debounce.quiet, tx));
-        // The first load includes the cluster.
-        let first = rx
-            .wait_for(Option::is_some)
-            .await
-            .context("Kubernetes discovery stopped before listing the cluster")?
-            .clone()
-            .unwrap_or_default();
-        *control
-            .cluster_sources
-            .lock()
-            .expect("cluster sources lock") = first;
-        cluster = Some(rx);
-    }
-    // The first load must succeed: there is no last good config to fall back to.
-    control.reload()?;
-    metrics.record_reload(true);
-    tokio::spawn(renew_certificates(control.clone()));
+/// What `--kubernetes` adds: the API client, and the cluster's objects as discovery sees them.
+struct Kubernetes {
+    client: kube::Client,
+    sources: tokio::sync::watch::Receiver<Option<crate::discovery::Sources>>,
+}
 
+/// Publishes the trust bundle, starts discovery and waits for its first listing, which the
+/// first load includes.
+async fn follow_kubernetes(control: &Arc<ControlPlane>) -> anyhow::Result<Kubernetes> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server (in-cluster, or KUBECONFIG)")?;
+    let root_control = control.clone();
+    tokio::spawn(crate::root_cert::run(
+        client.clone(),
+        Arc::new(move || {
+            root_control
+                .certificates
+                .ca()
+                .trust_bundle_pem()
+                .to_string()
+        }),
+    ));
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(crate::discovery::run(
+        client.clone(),
+        control.options.debounce.quiet,
+        tx,
+    ));
+    let first = rx
+        .wait_for(Option::is_some)
+        .await
+        .context("Kubernetes discovery stopped before listing the cluster")?
+        .clone()
+        .unwrap_or_default();
+    *control
+        .cluster_sources
+        .lock()
+        .expect("cluster sources lock") = first;
+    Ok(Kubernetes {
+        client,
+        sources: rx,
+    })
+}
+
+/// Reloads on every debounced change of the config directory and of the cluster; the
+/// returned watcher stops watching the directory when dropped.
+fn reload_on_changes(
+    control: &Arc<ControlPlane>,
+    cluster: Option<tokio::sync::watch::Receiver<Option<crate::discovery::Sources>>>,
+) -> anyhow::Result<ward_sources::watch::DirectoryWatcher> {
     let (changes_tx, mut changes) = mpsc::channel(4);
-    let _watcher = watch_debounced(&options.config_path, options.debounce, changes_tx)?;
+    let watcher = watch_debounced(
+        &control.options.config_path,
+        control.options.debounce,
+        changes_tx,
+    )?;
     let reloader = control.clone();
     tokio::spawn(async move {
         while changes.recv().await.is_some() {
@@ -393,47 +441,46 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             }
         });
     }
+    Ok(watcher)
+}
 
-    let admin = tokio::net::TcpListener::bind(options.admin_address)
+/// The admission webhook and the credential exchange, on their own TLS port.
+async fn serve_https(
+    control: &Arc<ControlPlane>,
+    address: SocketAddr,
+    kube_client: Option<kube::Client>,
+) -> anyhow::Result<()> {
+    let options = &control.options;
+    let identity = control.server_identity();
+    let mut names: Vec<&str> = options.https_names.iter().map(String::as_str).collect();
+    names.extend(["xds-server", "localhost"]);
+    let tls = crate::control_https::tls_config(
+        &control.certificates.ca(),
+        &identity,
+        &names,
+        &[address.ip()],
+    )
+    .context("issuing the HTTPS port's serving certificate")?;
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .with_context(|| format!("binding the admin endpoint on {}", options.admin_address))?;
-    let admin_control = control.clone();
-    let admin_status = status.clone();
-    tokio::spawn(async move {
-        serve_admin(admin, admin_control, admin_status).await;
+        .with_context(|| format!("binding the HTTPS port on {address}"))?;
+    let ca_control = control.clone();
+    let handlers = Arc::new(crate::control_https::Handlers {
+        inject: options.inject.clone(),
+        ca: Arc::new(move || ca_control.certificates.ca()),
+        trust_domain: identity.trust_domain,
+        reviewer: kube_client.map(crate::control_https::kubernetes_reviewer),
     });
+    info!(https = %address, "admission webhook (/inject) and credential exchange (/v1/credential) serving");
+    tokio::spawn(crate::control_https::serve(listener, tls, handlers));
+    Ok(())
+}
 
-    if let Some(address) = options.https_address {
-        let (trust_domain, root_namespace) = {
-            let mesh = control.current_mesh.lock().expect("mesh lock");
-            let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
-            (mesh.trust_domain.clone(), mesh.root_namespace.clone())
-        };
-        let identity = ward_config::SpiffeId::xds_server(&trust_domain, &root_namespace);
-        let mut names: Vec<&str> = options.https_names.iter().map(String::as_str).collect();
-        names.extend(["xds-server", "localhost"]);
-        let tls = crate::control_https::tls_config(
-            &control.certificates.ca(),
-            &identity,
-            &names,
-            &[address.ip()],
-        )
-        .context("issuing the HTTPS port's serving certificate")?;
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("binding the HTTPS port on {address}"))?;
-        let ca_control = control.clone();
-        let handlers = Arc::new(crate::control_https::Handlers {
-            inject: options.inject.clone(),
-            ca: Arc::new(move || ca_control.certificates.ca()),
-            trust_domain,
-            reviewer: kube_client.map(crate::control_https::kubernetes_reviewer),
-        });
-        info!(https = %address, "admission webhook (/inject) and credential exchange (/v1/credential) serving");
-        tokio::spawn(crate::control_https::serve(listener, tls, handlers));
-    }
-
-    let mut ads = AdsServer::new(cache, status, metrics.clone());
+/// The xDS port (ADS and the key refresh service) until shutdown.
+async fn serve_xds(control: Arc<ControlPlane>, status: ProxyStatusRegistry) -> anyhow::Result<()> {
+    let options = &control.options;
+    let metrics = control.metrics.clone();
+    let mut ads = AdsServer::new(control.cache.clone(), status, metrics.clone());
     if let Some(pin) = &options.wasm_module_sha256 {
         info!(sha256 = %pin, "serving only sidecars whose wasm module has this sha256");
         ads = ads.pinning_module(pin.clone());
@@ -445,12 +492,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     if options.plaintext_xds {
         warn!("xDS is served in plaintext and proxies are not authenticated (--plaintext-xds): for local debugging only");
     } else {
-        let (trust_domain, root_namespace) = {
-            let mesh = control.current_mesh.lock().expect("mesh lock");
-            let mesh = mesh.as_ref().expect("a mesh is loaded before serving");
-            (mesh.trust_domain.clone(), mesh.root_namespace.clone())
-        };
-        let identity = ward_config::SpiffeId::xds_server(&trust_domain, &root_namespace);
+        let identity = control.server_identity();
         tls = Some(
             listener::tls_config(&control.certificates.ca(), &identity, options.xds_address)
                 .context("issuing xds-server's serving certificate")?,

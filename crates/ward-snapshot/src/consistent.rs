@@ -288,7 +288,10 @@ mod tests {
         let no_endpoints = snapshot(vec![(CLUSTER, vec![eds_cluster("a")])]);
         assert!(matches!(
             no_endpoints.consistent(),
-            Err(Inconsistency::Missing { kind: "endpoints", .. })
+            Err(Inconsistency::Missing {
+                kind: "endpoints",
+                ..
+            })
         ));
         let orphan = snapshot(vec![
             (CLUSTER, vec![eds_cluster("a")]),

@@ -6,6 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+/// Watches a directory until dropped.
+pub type DirectoryWatcher = RecommendedWatcher;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
