@@ -13,8 +13,11 @@
 //! - requests carrying a stale nonce are ignored, as the xDS protocol specifies.
 //!
 //! Use: `AdsServer::new(cache, status, metrics).into_service()` and add it to a tonic server.
-//! The wire format (gRPC framing, responses made of shared pre-encoded resources) is in
-//! [`grpc`].
+//! The rooms: `stream` (a stream's life, the same for both variants), `sotw` and `delta`
+//! (what differs), `state` (per-type state and the decisions both share), `subscription`;
+//! the wire format (gRPC framing, responses made of shared pre-encoded resources) is in
+//! [`grpc`]; the xDS port itself (TLS, limits, connection age) in [`listener`], admission of
+//! new streams in [`admission`], `/status` in [`proxy_status`].
 
 pub mod admission;
 pub mod drain;
