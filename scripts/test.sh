@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 # for `cargo check`), with warnings denied: the same lints as
 # `cargo clippy --workspace --all-targets -- -D warnings` (and on wasm32-wasip1 for the
 # filter), without a second pass over every dependency (~2.5 min on 2 cores).
+if ! rustup which clippy-driver >/dev/null 2>&1 || ! rustup which rustfmt >/dev/null 2>&1; then
+  echo "==> adding the clippy and rustfmt components" >&2
+  rustup component add clippy rustfmt
+fi
 RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver)"
 export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
