@@ -18,12 +18,12 @@ use crate::{grpc, AdsServer};
 /// Delta responses carry at most about this many bytes of resources (at least one resource);
 /// the rest follows once the proxy ACKs, so one proxy's initial sync does not hold the
 /// stream's share of the connection for long.
-pub(crate) const DELTA_CHUNK_BYTES: usize = 32 * 1024;
+const DELTA_CHUNK_BYTES: usize = 32 * 1024;
 
 pub(crate) struct DeltaStream {
-    pub(crate) state: StreamState,
-    pub(crate) server: AdsServer,
-    pub(crate) tx: grpc::ResponseSender,
+    state: StreamState,
+    server: AdsServer,
+    tx: grpc::ResponseSender,
 }
 
 impl ProtocolStream for DeltaStream {
@@ -213,10 +213,7 @@ impl ProtocolStream for DeltaStream {
 
 /// What a delta proxy lacks of `set` (new or changed resources it wants) and what it has that
 /// `set` no longer holds. Layers shared with the last ACKed set are skipped whole.
-pub(crate) fn delta<'s>(
-    state: &TypeState,
-    set: &'s ResourceSet,
-) -> (Vec<&'s Arc<Resource>>, Vec<String>) {
+fn delta<'s>(state: &TypeState, set: &'s ResourceSet) -> (Vec<&'s Arc<Resource>>, Vec<String>) {
     let mut changed = Vec::new();
     let mut removed = Vec::new();
     // ACKed layers whose replacement was handled through its precomputed diff.

@@ -12,9 +12,9 @@ use crate::stream::{record_push, ProtocolStream};
 use crate::{grpc, AdsServer};
 
 pub(crate) struct SotwStream {
-    pub(crate) state: StreamState,
-    pub(crate) server: AdsServer,
-    pub(crate) tx: grpc::ResponseSender,
+    state: StreamState,
+    server: AdsServer,
+    tx: grpc::ResponseSender,
 }
 
 impl ProtocolStream for SotwStream {

@@ -49,7 +49,7 @@ pub(crate) fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
 
 /// The SPIFFE identities of the workloads behind a service: the only peers a client accepts
 /// for it (Istio's secure naming). Pods without Ward's sidecar have no identity.
-pub(crate) fn service_identities(mesh: &Mesh, service: &Service) -> Vec<String> {
+fn service_identities(mesh: &Mesh, service: &Service) -> Vec<String> {
     let mut ids: Vec<String> = service
         .backends
         .iter()
@@ -94,9 +94,7 @@ pub(crate) fn outbound_cluster(
     cluster
 }
 
-pub(crate) fn locality_endpoints(
-    addresses: Vec<(Address, Option<Metadata>)>,
-) -> LocalityLbEndpoints {
+fn locality_endpoints(addresses: Vec<(Address, Option<Metadata>)>) -> LocalityLbEndpoints {
     LocalityLbEndpoints {
         lb_endpoints: addresses
             .into_iter()

@@ -144,7 +144,7 @@ pub fn wasm_http_filter(module_path: &str, configuration: String) -> HttpFilter 
 /// `FAIL_CLOSED` one request that makes the module panic would refuse all traffic until
 /// the next config change. Envoy counts each reload (`wasm.<plugin>.vm_reload`), which
 /// `wardctl status` shows.
-pub(crate) fn wasm_config(module_path: &str, configuration: String) -> Wasm {
+fn wasm_config(module_path: &str, configuration: String) -> Wasm {
     Wasm {
         config: Some(PluginConfig {
             name: "ward-authz".to_string(),

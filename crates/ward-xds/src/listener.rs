@@ -30,7 +30,7 @@ use crate::{ads_config_source, any, duration_ms, socket_address, TranslateOption
 
 /// Access log on the proxy's stdout: one line per request or connection, with the direction,
 /// so `wardctl logs` shows who talked to whom and why a request failed.
-pub(crate) fn router_filter() -> HttpFilter {
+fn router_filter() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.router".to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -171,7 +171,7 @@ pub(crate) fn inbound_listener(
 /// What serves the kubelet's HTTP probes of `port` in plaintext when STRICT refuses all other
 /// plaintext (Linkerd likewise authorizes probes without identity): their exact paths go to
 /// the app; anything else is refused with 403. None when no probe targets the port.
-pub(crate) fn probe_filters(workload: &Workload, port: u16) -> Option<Vec<Filter>> {
+fn probe_filters(workload: &Workload, port: u16) -> Option<Vec<Filter>> {
     let mut paths: Vec<&str> = workload
         .containers
         .iter()

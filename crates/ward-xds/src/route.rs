@@ -65,7 +65,7 @@ pub fn service_domains(service: &Service, port: u16, client_namespace: &str) -> 
 /// A service port's routes: a VirtualService's (nothing else: Istio answers 404 to what
 /// they do not match), else the ServiceProfile's, in order (first match wins, as in
 /// Linkerd), then `default` for everything else.
-pub(crate) fn outbound_virtual_host(
+fn outbound_virtual_host(
     mesh: &Mesh,
     service: &Service,
     port: &ServicePort,
@@ -125,7 +125,7 @@ pub(crate) fn outbound_virtual_host(
 
 /// Retry only what never reached the app, so a reload or a restarting endpoint does not fail
 /// requests, and nothing is processed twice.
-pub(crate) fn safe_retry_policy() -> RetryPolicy {
+fn safe_retry_policy() -> RetryPolicy {
     RetryPolicy {
         retry_on: "connect-failure,refused-stream,reset-before-request".to_string(),
         num_retries: Some(UInt32Value { value: 2 }),
