@@ -10,9 +10,7 @@ use std::fmt;
 use serde::Serialize;
 use wasm_authz::policy::{self, HttpRequest, Reason, Request};
 
-use ward_config::model::{
-    is_tcp_port, service_fqdn, Mesh, MtlsMode, Service, ServicePort, Workload,
-};
+use ward_config::model::{is_tcp_port, Mesh, MtlsMode, Service, ServicePort, Workload};
 use ward_xds::tls::{cluster_tls, ClusterTls};
 
 /// One request to predict.
@@ -133,10 +131,9 @@ pub fn check(mesh: &Mesh, query: &CheckQuery) -> Result<CheckReport, CheckError>
         .transpose()?;
     let (service, port) = service_port(mesh, destination, query.port)?;
     let server_mode = mesh.effective_mtls(destination, port.target_port).mode;
-    let fqdn = service_fqdn(service);
     // What the client's sidecar sends: Istio's auto mTLS unless a DestinationRule says.
     let client_mtls = source.is_some()
-        && match cluster_tls(mesh, service, &fqdn, port.port) {
+        && match cluster_tls(mesh.traffic_policy(service, port.port, None).tls.as_ref()) {
             ClusterTls::Auto => server_mode != MtlsMode::Disable,
             ClusterTls::IstioMutual => true,
             ClusterTls::Plaintext | ClusterTls::Origination(_) => false,

@@ -109,10 +109,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogKind::All)]
         only: LogKind,
     },
-    /// Validate a YAML file and write it into the running mesh's config directory.
+    /// Apply a YAML file to the running mesh, like `kubectl apply -f`: each object (kind,
+    /// namespace, name) replaces the one of the same identity wherever it is defined.
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+    },
+    /// List the running mesh's objects of a kind, and the file each is defined in, like
+    /// `kubectl get` (`wardctl get vs`, `wardctl get destinationrule reviews -o yaml`).
+    Get {
+        /// A kind, as kubectl names it: `virtualservices`, `vs`, `dr`, `deploy`, `svc`…
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Every namespace (the default when no -n is given).
+        #[arg(short = 'A', long = "all-namespaces")]
+        all_namespaces: bool,
+        /// `yaml`: the objects as written.
+        #[arg(short = 'o', long = "output")]
+        output: Option<GetOutput>,
     },
     /// Add Ward's sidecar to the pods of Kubernetes manifests and print them
     /// (`wardctl inject -f app.yaml | kubectl apply -f -`).
@@ -140,7 +156,7 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
-    /// Remove what `apply -f FILE` wrote (like `kubectl delete -f`).
+    /// Remove the objects a YAML file names from the running mesh (like `kubectl delete -f`).
     Delete {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
@@ -160,6 +176,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+/// `wardctl get -o`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GetOutput {
+    Yaml,
 }
 
 /// `wardctl routes -o`: Linkerd's table, its wide table, or JSON.
@@ -449,6 +471,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs { workload, only } => commands::logs(&state_dir, &workload, only),
         Command::Apply { file } => commands::apply(&state_dir, &file).await,
         Command::Delete { file } => commands::delete(&state_dir, &file).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => commands::get(
+            &state_dir,
+            &kind,
+            name.as_deref(),
+            namespace.as_deref().filter(|_| !all_namespaces),
+            output == Some(GetOutput::Yaml),
+        ),
         Command::Inject {
             file,
             xds_address,

@@ -73,6 +73,11 @@ impl<'n> Object<'n> {
         }
     }
 
+    /// Marks `key` as not understood after all, so that `finish` reports it.
+    pub fn forget(&self, key: &str) {
+        self.taken.borrow_mut().remove(key);
+    }
+
     /// The mapping's keys in document order. Does not mark them as read.
     pub fn keys(&self) -> Vec<String> {
         self.entries.iter().map(|(k, _, _)| k.clone()).collect()

@@ -8,8 +8,8 @@ use crate::decode::{integer, number, Object, IGNORED};
 use crate::diagnostic::Report;
 use crate::kinds::{decode_meta, Meta};
 use crate::model::{
-    ClientTls, ClientTlsMode, ConcurrencyRetryBudget, ConnectionPool, MtlsMode,
-    OutlierDetectionPolicy,
+    ClientTls, ClientTlsMode, ConcurrencyRetryBudget, ConnectionPool, HashKey, LoadBalancer,
+    MtlsMode, OutlierDetectionPolicy, Subset, TrafficPolicy,
 };
 use crate::names::Rule;
 use crate::yaml::{Node, Position};
@@ -37,11 +37,10 @@ pub struct DestinationRuleSpec {
     /// As written.
     pub host: String,
     pub host_position: Position,
-    pub tls: Option<ClientTls>,
-    pub port_tls: BTreeMap<u16, ClientTls>,
-    pub outlier_detection: Option<OutlierDetectionPolicy>,
-    pub connection_pool: Option<ConnectionPool>,
-    pub retry_budget: Option<ConcurrencyRetryBudget>,
+    pub policy: TrafficPolicy,
+    pub policy_position: Position,
+    /// With where each is written.
+    pub subsets: Vec<(Subset, Position)>,
 }
 
 /// `selector.matchLabels` (Istio's WorkloadSelector); None when absent. An empty selector
@@ -238,59 +237,151 @@ fn connection_pool(pool: Object, report: &mut Report) -> ConnectionPool {
     settings
 }
 
-pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<DestinationRuleSpec> {
-    let meta = decode_meta(doc, true, Rule::Subdomain, report)?;
-    let spec = doc.object("spec", report);
-    let mut rule = DestinationRuleSpec {
-        host_position: meta.position,
-        meta,
-        host: String::new(),
-        tls: None,
-        port_tls: BTreeMap::new(),
-        outlier_detection: None,
-        connection_pool: None,
-        retry_budget: None,
-    };
-    let Some(spec) = spec else {
-        doc.missing("spec", report);
-        return None;
-    };
-    rule.host_position = spec.position_of("host");
-    rule.host = spec.required_string("host", report)?;
-    if let Some(policy) = spec.object("trafficPolicy", report) {
-        if let Some(node) = policy.get("tls") {
-            rule.tls = client_tls(node, &policy.field_path("tls"), report);
+/// `loadBalancer`: `simple` or `consistentHash` (one of them, as Istio's oneof).
+fn load_balancer(lb: Object, report: &mut Report) -> Option<LoadBalancer> {
+    let mut result = None;
+    if let Some(node) = lb.get("simple") {
+        let path = lb.field_path("simple");
+        result = match node.text() {
+            Some("ROUND_ROBIN") | Some("UNSPECIFIED") => Some(LoadBalancer::RoundRobin),
+            Some("LEAST_REQUEST") | Some("LEAST_CONN") => Some(LoadBalancer::LeastRequest),
+            Some("RANDOM") => Some(LoadBalancer::Random),
+            Some("PASSTHROUGH") => {
+                report.warn(
+                    node.position,
+                    &path,
+                    "PASSTHROUGH sends to the address the client dialled, which behind Ward's sidecars is the endpoint list itself: endpoints are balanced round robin",
+                );
+                Some(LoadBalancer::RoundRobin)
+            }
+            other => {
+                report.error(
+                    node.position,
+                    &path,
+                    format!(
+                        "unknown load balancer `{}`: expected ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH",
+                        other.unwrap_or_default()
+                    ),
+                );
+                None
+            }
+        };
+    }
+    if let Some(hash) = lb.object("consistentHash", report) {
+        if lb.has("simple") {
+            report.error(
+                lb.position_of("consistentHash"),
+                &lb.field_path("consistentHash"),
+                "give `simple` or `consistentHash`, not both",
+            );
         }
-        if let Some(outlier) = policy.object("outlierDetection", report) {
-            rule.outlier_detection = Some(outlier_detection(outlier, report));
+        let mut keys = Vec::new();
+        if let Some(header) = hash.string("httpHeaderName", report) {
+            keys.push(HashKey::Header(header.to_ascii_lowercase()));
         }
-        if let Some(pool) = policy.object("connectionPool", report) {
-            rule.connection_pool = Some(connection_pool(pool, report));
+        if let Some(cookie) = hash.object("httpCookie", report) {
+            if let Some(name) = cookie.required_string("name", report) {
+                keys.push(HashKey::Cookie {
+                    name,
+                    path: cookie.string("path", report),
+                    ttl_ms: cookie.duration("ttl", report),
+                });
+            }
+            cookie.finish(report);
         }
-        if let Some(budget) = policy.object("retryBudget", report) {
-            let percent = budget
-                .get("percent")
-                .and_then(|n| number(n, &budget.field_path("percent"), 0.0, 100.0, report))
-                .unwrap_or(20.0);
-            let min = budget
-                .get("minRetryConcurrency")
-                .and_then(|n| {
-                    integer(
-                        n,
-                        &budget.field_path("minRetryConcurrency"),
-                        0,
-                        u32::MAX as i64,
-                        report,
-                    )
-                })
-                .unwrap_or(3);
-            rule.retry_budget = Some(ConcurrencyRetryBudget {
-                percent_millis: (percent * 1000.0).round() as u32,
-                min_retry_concurrency: min as u32,
-                budget_interval_ms: budget.duration("budgetInterval", report),
+        if let Some(node) = hash.get("useSourceIp") {
+            if crate::decode::boolean(node, &hash.field_path("useSourceIp"), report) == Some(true) {
+                keys.push(HashKey::SourceIp);
+            }
+        }
+        if let Some(name) = hash.string("httpQueryParameterName", report) {
+            keys.push(HashKey::QueryParameter(name));
+        }
+        let mut minimum_ring_size = count(&hash, "minimumRingSize", report).map(u64::from);
+        if let Some(ring) = hash.object("ringHash", report) {
+            minimum_ring_size = count(&ring, "minimumRingSize", report).map(u64::from);
+            ring.finish(report);
+        }
+        if let Some(maglev) = hash.object("maglev", report) {
+            // Both keep a key on its endpoint; Envoy's ring hash stands in for Maglev.
+            report.warn(
+                maglev.position,
+                &hash.field_path("maglev"),
+                "Ward uses Envoy's ring hash for consistent hashing; the Maglev table size is ignored",
+            );
+            maglev.skip(&["tableSize"]);
+            maglev.finish(report);
+        }
+        if keys.len() != 1 {
+            report.error(
+                hash.position,
+                &lb.field_path("consistentHash"),
+                "needs exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+            );
+        }
+        hash.finish(report);
+        if keys.len() == 1 {
+            result = Some(LoadBalancer::ConsistentHash {
+                key: keys.remove(0),
+                minimum_ring_size: minimum_ring_size.unwrap_or(1024),
             });
-            budget.finish(report);
         }
+    }
+    lb.ignore(
+        &[
+            (
+                "localityLbSetting",
+                "Ward's endpoints carry no locality yet, so every endpoint is equally near",
+            ),
+            ("warmupDurationSecs", "endpoints take full traffic at once"),
+            ("warmup", "endpoints take full traffic at once"),
+        ],
+        report,
+    );
+    lb.finish(report);
+    result
+}
+
+/// A `trafficPolicy` (or, without port-level settings, one of its `portLevelSettings`).
+fn traffic_policy(policy: Object, port_level: bool, report: &mut Report) -> TrafficPolicy {
+    let mut result = TrafficPolicy::default();
+    if let Some(node) = policy.get("tls") {
+        result.tls = client_tls(node, &policy.field_path("tls"), report);
+    }
+    if let Some(lb) = policy.object("loadBalancer", report) {
+        result.load_balancer = load_balancer(lb, report);
+    }
+    if let Some(outlier) = policy.object("outlierDetection", report) {
+        result.outlier_detection = Some(outlier_detection(outlier, report));
+    }
+    if let Some(pool) = policy.object("connectionPool", report) {
+        result.connection_pool = Some(connection_pool(pool, report));
+    }
+    if let Some(budget) = policy.object("retryBudget", report) {
+        let percent = budget
+            .get("percent")
+            .and_then(|n| number(n, &budget.field_path("percent"), 0.0, 100.0, report))
+            .unwrap_or(20.0);
+        let min = budget
+            .get("minRetryConcurrency")
+            .and_then(|n| {
+                integer(
+                    n,
+                    &budget.field_path("minRetryConcurrency"),
+                    0,
+                    u32::MAX as i64,
+                    report,
+                )
+            })
+            .unwrap_or(3);
+        result.retry_budget = Some(ConcurrencyRetryBudget {
+            percent_millis: (percent * 1000.0).round() as u32,
+            min_retry_concurrency: min as u32,
+            budget_interval_ms: budget.duration("budgetInterval", report),
+        });
+        budget.finish(report);
+    }
+    if port_level {
         for (path, node) in policy.list("portLevelSettings", report) {
             let Some(settings) = Object::of(node, &path, report) else {
                 continue;
@@ -302,25 +393,92 @@ pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<Dest
                 p.finish(report);
                 number
             });
-            if let (Some(port), Some(node)) = (port, settings.get("tls")) {
-                if let Some(tls) = client_tls(node, &settings.field_path("tls"), report) {
-                    rule.port_tls.insert(port as u16, tls);
-                }
+            if !settings.has("port") {
+                settings.missing("port", report);
             }
-            settings.finish(report);
+            let port_policy = traffic_policy(settings, false, report);
+            if let Some(port) = port {
+                result.port_level.insert(port as u16, port_policy);
+            }
         }
-        policy.finish(report);
     }
-    if spec.has("subsets") {
-        spec.get("subsets");
-        report.warn(
-            spec.position_of("subsets"),
-            "spec.subsets",
-            format!("{IGNORED} yet: subsets only matter to VirtualService routes that name one, which Ward refuses; traffic goes to every endpoint"),
-        );
+    policy.ignore(
+        &[
+            ("tunnel", "Ward does not tunnel to destinations"),
+            ("proxyProtocol", "Ward does not send PROXY protocol headers"),
+        ],
+        report,
+    );
+    policy.finish(report);
+    result
+}
+
+pub fn decode_destination_rule(doc: &Object, report: &mut Report) -> Option<DestinationRuleSpec> {
+    let meta = decode_meta(doc, true, Rule::Subdomain, report)?;
+    let spec = doc.object("spec", report);
+    let mut rule = DestinationRuleSpec {
+        host_position: meta.position,
+        meta,
+        host: String::new(),
+        policy: TrafficPolicy::default(),
+        policy_position: Position::default(),
+        subsets: Vec::new(),
+    };
+    let Some(spec) = spec else {
+        doc.missing("spec", report);
+        return None;
+    };
+    rule.host_position = spec.position_of("host");
+    rule.host = spec.required_string("host", report)?;
+    rule.policy_position = spec.position_of("trafficPolicy");
+    if let Some(policy) = spec.object("trafficPolicy", report) {
+        rule.policy = traffic_policy(policy, true, report);
+    }
+    for (path, node) in spec.list("subsets", report) {
+        let Some(subset) = Object::of(node, &path, report) else {
+            continue;
+        };
+        let Some(name) = subset.required_string("name", report) else {
+            subset.finish(report);
+            continue;
+        };
+        if let Some(rule) = crate::names::check(Rule::Label, &name) {
+            report.error(
+                subset.position_of("name"),
+                &subset.field_path("name"),
+                format!("`{name}` is not a valid subset name: {rule}"),
+            );
+        }
+        if rule.subsets.iter().any(|(s, _)| s.name == name) {
+            report.error(
+                subset.position_of("name"),
+                &subset.field_path("name"),
+                format!("subset `{name}` is defined twice"),
+            );
+        }
+        let labels = subset.string_map("labels", report);
+        let policy = subset
+            .object("trafficPolicy", report)
+            .map(|p| traffic_policy(p, true, report))
+            .unwrap_or_default();
+        rule.subsets.push((
+            Subset {
+                name,
+                labels,
+                policy,
+            },
+            node.position,
+        ));
+        subset.finish(report);
     }
     spec.ignore(
-        &[("exportTo", "the rule applies to every client in the mesh")],
+        &[
+            ("exportTo", "the rule applies to every client in the mesh"),
+            (
+                "workloadSelector",
+                "the rule applies to every client in the mesh",
+            ),
+        ],
         report,
     );
     spec.finish(report);

@@ -655,11 +655,29 @@ fn decode_pod_spec(node: &Node, path: &str, deployment: &mut DeploymentSpec, rep
             }
         }
     }
+    // Scratch space only (`emptyDir`, as Bookinfo's reviews mounts on /tmp): every app
+    // already has its own, so such volumes and their mounts need nothing. Any other volume
+    // is reported where it is written.
+    let scratch_only = match pod.get("volumes").map(|n| &n.value) {
+        Some(Value::Sequence(volumes)) => volumes.iter().all(|v| match &v.value {
+            Value::Mapping(fields) => fields
+                .iter()
+                .all(|(k, _, _)| k == "name" || k == "emptyDir"),
+            _ => false,
+        }),
+        _ => !pod.has("volumes"),
+    };
+    if !scratch_only {
+        // Not understood after all: leave it for `finish` to report.
+        pod.forget("volumes");
+    }
     let items = pod.required_list("containers", report);
     let mut names = BTreeSet::new();
     for (path, node) in items {
         // Only a Pod has a kubelet probing it (the local runner has none).
-        if let Some(container) = decode_container(node, &path, deployment.is_pod, report) {
+        if let Some(container) =
+            decode_container(node, &path, deployment.is_pod, scratch_only, report)
+        {
             if !names.insert(container.name.clone()) {
                 report.error(
                     node.position,
@@ -765,9 +783,15 @@ fn decode_container(
     node: &Node,
     path: &str,
     read_probes: bool,
+    scratch_volumes: bool,
     report: &mut Report,
 ) -> Option<Container> {
     let c = Object::of(node, path, report)?;
+    // Images are never pulled: each runs as its built-in stand-in.
+    c.skip(&["imagePullPolicy"]);
+    if scratch_volumes {
+        c.skip(&["volumeMounts"]);
+    }
     let name = c.required_string("name", report);
     if let Some(name) = &name {
         let at = c.get("name").map_or(c.position, |n| n.position);

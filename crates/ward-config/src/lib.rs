@@ -150,3 +150,5 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<LoadedConfig, Config
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod traffic_tests;

@@ -15,7 +15,7 @@ use crate::linkerd::ServiceProfileSpec;
 use crate::model::{
     policy_applies, AuthorizationEngine, DestinationRule, Instance, Mesh, PeerAuthentication,
     RequestAuthentication, ScopedAuthorizationPolicy, Service, ServiceAccount, ServicePort,
-    ServiceProfile, SourceRef, VirtualService, Workload,
+    ServiceProfile, SourceRef, VirtualService, Workload, MESH_GATEWAY,
 };
 use crate::placement;
 use crate::virtual_service::VirtualServiceSpec;
@@ -213,8 +213,13 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
 
     let peer_authentications =
         resolve_peer_authentications(peer_authentications, &workloads, &root_namespace, findings);
-    let destination_rules =
-        resolve_destination_rules(destination_rules, &resolved, &root_namespace, findings);
+    let destination_rules = resolve_destination_rules(
+        destination_rules,
+        &resolved,
+        &workloads,
+        &root_namespace,
+        findings,
+    );
     let authorization_policies = resolve_authorization_policies(
         authorization_policies,
         &workloads,
@@ -266,8 +271,14 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     );
 
     let service_profiles = resolve_service_profiles(service_profiles, &resolved, findings);
-    let virtual_services =
-        resolve_virtual_services(virtual_services, &resolved, &service_profiles, findings);
+    let virtual_services = resolve_virtual_services(
+        virtual_services,
+        &resolved,
+        &service_profiles,
+        &destination_rules,
+        &root_namespace,
+        findings,
+    );
 
     Mesh {
         virtual_services,
@@ -556,58 +567,133 @@ pub fn qualify_host(host: &str, namespace: &str) -> String {
     }
 }
 
+/// DestinationRules with their hosts qualified. Several rules of one namespace for one host
+/// are merged as Istio merges them: in order (file, then position), subsets add up (a
+/// subset name already taken is ignored, with a warning), the first rule's traffic policy
+/// wins (a later one's is ignored, with a warning). A subset whose labels select no pod of
+/// the host is warned: routes to it get 503s.
 fn resolve_destination_rules(
     specs: Vec<(String, DestinationRuleSpec)>,
     services: &[Service],
+    workloads: &[Workload],
     root_namespace: &str,
     findings: &mut Findings,
 ) -> Vec<DestinationRule> {
     let mut rules: Vec<DestinationRule> = Vec::new();
     for (file, r) in specs {
-        let rule = DestinationRule {
-            host: qualify_host(&r.host, &r.meta.namespace),
-            name: r.meta.name,
-            namespace: r.meta.namespace,
-            tls: r.tls,
-            port_tls: r.port_tls,
-            outlier_detection: r.outlier_detection,
-            connection_pool: r.connection_pool,
-            retry_budget: r.retry_budget,
-            source: SourceRef {
-                file: file.clone(),
-                line: r.meta.position.line,
-            },
+        let host = qualify_host(&r.host, &r.meta.namespace);
+        let source = SourceRef {
+            file: file.clone(),
+            line: r.meta.position.line,
         };
         let matched: Vec<&Service> = services
             .iter()
-            .filter(|s| rule.host_match(&crate::model::service_fqdn(s)).is_some())
+            .filter(|s| crate::model::host_match(&host, &crate::model::service_fqdn(s)).is_some())
             .collect();
-        if matched.is_empty() && !rule.host.starts_with('*') {
+        if matched.is_empty() && !host.starts_with('*') {
             findings.push(
                 false,
                 &file,
                 r.host_position,
                 "spec.host",
-                format!(
-                    "host {} matches no Service in the mesh: the rule has no effect",
-                    rule.host
-                ),
+                format!("host {host} matches no Service in the mesh: the rule has no effect"),
             );
-        } else if rule.namespace != root_namespace
-            && matched.iter().any(|s| s.namespace != rule.namespace)
+        } else if r.meta.namespace != root_namespace
+            && matched.iter().any(|s| s.namespace != r.meta.namespace)
         {
             findings.push(
                 false,
                 &file,
                 r.host_position,
                 "spec.host",
-                format!("ignored for hosts outside namespace {}: Ward applies a DestinationRule from the host's own namespace or the root namespace ({root_namespace}) to every client", rule.namespace),
+                format!("ignored for hosts outside namespace {}: Ward applies a DestinationRule from the host's own namespace or the root namespace ({root_namespace}) to every client", r.meta.namespace),
             );
         }
-        rules.push(rule);
+        for (i, (subset, at)) in r.subsets.iter().enumerate() {
+            let selects_a_pod = matched.iter().any(|service| {
+                service.backends.iter().any(|(ns, name)| {
+                    workloads.iter().any(|w| {
+                        &w.namespace == ns
+                            && &w.name == name
+                            && crate::model::selects(&subset.labels, &w.labels)
+                    })
+                })
+            });
+            if !matched.is_empty() && !selects_a_pod {
+                findings.push(
+                    false,
+                    &file,
+                    *at,
+                    &format!("spec.subsets[{i}]"),
+                    format!(
+                        "subset `{}` ({}) selects no pod of {host}: requests routed to it get 503 (no healthy upstream)",
+                        subset.name,
+                        labels_text(&subset.labels)
+                    ),
+                );
+            }
+        }
+        let earlier = rules
+            .iter_mut()
+            .find(|e| e.namespace == r.meta.namespace && e.host == host);
+        match earlier {
+            Some(first) => {
+                let first_at = format!(
+                    "DestinationRule {}/{} ({}:{})",
+                    first.namespace, first.name, first.source.file, first.source.line
+                );
+                if r.policy != Default::default() {
+                    findings.push(
+                        false,
+                        &file,
+                        r.policy_position,
+                        "spec.trafficPolicy",
+                        format!("ignored: {first_at} also sets {host}'s traffic policy, and Istio keeps the first rule's when it merges rules for one host"),
+                    );
+                }
+                for (i, (subset, at)) in r.subsets.into_iter().enumerate() {
+                    if first.subset(&subset.name).is_some() {
+                        findings.push(
+                            false,
+                            &file,
+                            at,
+                            &format!("spec.subsets[{i}]"),
+                            format!(
+                                "ignored: {first_at} already defines subset `{}` of {host}",
+                                subset.name
+                            ),
+                        );
+                    } else {
+                        first.subsets.push(subset);
+                    }
+                }
+                first.merged.push(source);
+            }
+            None => rules.push(DestinationRule {
+                host,
+                name: r.meta.name,
+                namespace: r.meta.namespace,
+                policy: r.policy,
+                subsets: r.subsets.into_iter().map(|(s, _)| s).collect(),
+                merged: Vec::new(),
+                source,
+            }),
+        }
     }
     rules.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     rules
+}
+
+/// `app=reviews, version=v1`.
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "no labels".to_string();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// ServiceProfiles that name a Service of their own namespace (the only ones Ward applies),
@@ -682,20 +768,39 @@ fn resolve_service_profiles(
     profiles
 }
 
-/// VirtualServices with their hosts and destinations qualified. A destination that is not a
-/// mesh service (or not one of its ports) is an error: the route would send traffic nowhere.
-/// Hosts that are not mesh services are warned and dropped; the first VirtualService (by
-/// namespace and name) for a host is the one applied, as Istio does not merge them.
+/// VirtualServices with their hosts and destinations qualified. A destination or mirror
+/// that is not a mesh service (or not one of its ports, or names a subset its
+/// DestinationRule does not define) is an error: the route would send traffic nowhere.
+/// Hosts that are not mesh services are warned and dropped; among the VirtualServices bound
+/// to the mesh, the first (by namespace and name) for a host is the one applied, as Istio
+/// merges none for sidecars.
 fn resolve_virtual_services(
     specs: Vec<(String, VirtualServiceSpec)>,
     services: &[Service],
     profiles: &[ServiceProfile],
+    destination_rules: &[DestinationRule],
+    root_namespace: &str,
     findings: &mut Findings,
 ) -> Vec<VirtualService> {
     let by_fqdn = |fqdn: &str| {
         services
             .iter()
             .find(|s| crate::model::service_fqdn(s) == fqdn)
+    };
+    // The subsets a host's routes can name: its DestinationRule's, as the mesh picks it.
+    let subsets_of = |service: &Service| -> Vec<&str> {
+        let fqdn = crate::model::service_fqdn(service);
+        [&service.namespace, root_namespace]
+            .into_iter()
+            .find_map(|ns| {
+                destination_rules
+                    .iter()
+                    .filter(|r| r.namespace == *ns)
+                    .filter_map(|r| r.host_match(&fqdn).map(|score| (score, r)))
+                    .max_by_key(|(score, _)| *score)
+                    .map(|(_, r)| r.subsets.iter().map(|s| s.name.as_str()).collect())
+            })
+            .unwrap_or_default()
     };
     let mut sorted = specs;
     sorted.sort_by(|(_, a), (_, b)| {
@@ -705,6 +810,19 @@ fn resolve_virtual_services(
     let mut resolved = Vec::new();
     for (file, v) in sorted {
         let qualified_name = format!("{}/{}", v.meta.namespace, v.meta.name);
+        let binds_mesh = v.gateways.iter().any(|g| g == MESH_GATEWAY);
+        if !binds_mesh {
+            findings.push(
+                false,
+                &file,
+                v.meta.position,
+                "spec.gateways",
+                format!(
+                    "bound only to {}: Ward does not run gateways yet, so these routes apply nowhere (add `mesh` to route the sidecars' traffic)",
+                    v.gateways.join(", ")
+                ),
+            );
+        }
         let mut hosts = Vec::new();
         for (i, (host, at)) in v.hosts.iter().enumerate() {
             let fqdn = qualify_host(host, &v.meta.namespace);
@@ -719,55 +837,62 @@ fn resolve_virtual_services(
                 );
                 continue;
             }
-            if let Some(first) = claimed.get(&fqdn) {
-                findings.push(
-                    false,
-                    &file,
-                    *at,
-                    &field,
-                    format!("ignored: VirtualService {first} already routes {fqdn}; Istio does not merge VirtualServices for one host either"),
-                );
-                continue;
+            if binds_mesh {
+                if let Some(first) = claimed.get(&fqdn) {
+                    findings.push(
+                        false,
+                        &file,
+                        *at,
+                        &field,
+                        format!("ignored: VirtualService {first} already routes {fqdn}; Istio does not merge VirtualServices for one host either"),
+                    );
+                    continue;
+                }
+                if let Some(profile) = profiles.iter().find(|p| p.name == fqdn) {
+                    findings.push(
+                        false,
+                        &file,
+                        *at,
+                        &field,
+                        format!(
+                            "routes {fqdn} instead of ServiceProfile {} ({}:{}), whose routes are ignored",
+                            profile.name, profile.source.file, profile.source.line
+                        ),
+                    );
+                }
+                claimed.insert(fqdn.clone(), qualified_name.clone());
             }
-            if let Some(profile) = profiles.iter().find(|p| p.name == fqdn) {
-                findings.push(
-                    false,
-                    &file,
-                    *at,
-                    &field,
-                    format!(
-                        "routes {fqdn} instead of ServiceProfile {} ({}:{}), whose routes are ignored",
-                        profile.name, profile.source.file, profile.source.line
-                    ),
-                );
-            }
-            claimed.insert(fqdn.clone(), qualified_name.clone());
             hosts.push(fqdn);
         }
         let mut http = v.http;
         let mut ok = true;
         for (route, positions) in http.iter_mut().zip(&v.destination_positions) {
-            for (destination, (at, field)) in route.destinations.iter_mut().zip(positions) {
-                destination.host = qualify_host(&destination.host, &v.meta.namespace);
-                let Some(service) = by_fqdn(&destination.host) else {
+            let targets = route
+                .destinations
+                .iter_mut()
+                .map(|d| (&mut d.host, d.port, d.subset.as_deref()))
+                .chain(
+                    route
+                        .mirrors
+                        .iter_mut()
+                        .map(|m| (&mut m.host, m.port, m.subset.as_deref())),
+                );
+            for ((host, port, subset), (at, field)) in targets.zip(positions) {
+                *host = qualify_host(host, &v.meta.namespace);
+                let Some(service) = by_fqdn(host) else {
                     findings.push(
                         true,
                         &file,
                         *at,
                         field,
                         format!(
-                            "{} is not a service of the mesh: the route would send traffic nowhere",
-                            destination.host
+                            "{host} is not a service of the mesh: the route would send traffic nowhere"
                         ),
                     );
                     ok = false;
                     continue;
                 };
-                let port_ok = match destination.port {
-                    Some(port) => service.ports.iter().any(|p| p.port == port),
-                    None => true,
-                };
-                if !port_ok {
+                if let Some(port) = port.filter(|p| !service.ports.iter().any(|sp| sp.port == *p)) {
                     let ports: Vec<String> =
                         service.ports.iter().map(|p| p.port.to_string()).collect();
                     findings.push(
@@ -776,13 +901,30 @@ fn resolve_virtual_services(
                         *at,
                         field,
                         format!(
-                            "{} has no port {}: its ports are {}",
-                            destination.host,
-                            destination.port.unwrap_or_default(),
+                            "{host} has no port {port}: its ports are {}",
                             ports.join(", ")
                         ),
                     );
                     ok = false;
+                }
+                if let Some(subset) = subset {
+                    let known = subsets_of(service);
+                    if !known.contains(&subset) {
+                        let field = field.replace(".host", ".subset");
+                        let defined = if known.is_empty() {
+                            "no DestinationRule for it defines subsets".to_string()
+                        } else {
+                            format!("its DestinationRule defines {}", known.join(", "))
+                        };
+                        findings.push(
+                            true,
+                            &file,
+                            *at,
+                            &field,
+                            format!("{host} has no subset `{subset}`: {defined}"),
+                        );
+                        ok = false;
+                    }
                 }
             }
         }
@@ -791,6 +933,7 @@ fn resolve_virtual_services(
                 name: v.meta.name,
                 namespace: v.meta.namespace,
                 hosts,
+                gateways: v.gateways,
                 http,
                 source: SourceRef {
                     file,

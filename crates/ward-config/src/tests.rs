@@ -494,6 +494,7 @@ fn target_ports_resolve_by_name_and_are_checked() {
 
 #[test]
 fn unsupported_fields_are_warned_about_one_by_one() {
+    // imagePullPolicy means nothing without images to pull: read past without a word.
     let text = DEPLOYMENT.replace(
         "        image: hashicorp/http-echo\n",
         "        image: hashicorp/http-echo
@@ -512,7 +513,6 @@ fn unsupported_fields_are_warned_about_one_by_one() {
     assert_eq!(
         warnings,
         vec![
-            "d.yaml:15:9: spec.template.spec.containers[0].imagePullPolicy: ignored: not supported by Ward",
             "d.yaml:16:9: spec.template.spec.containers[0].livenessProbe: ignored: not supported by Ward",
             "d.yaml:18:9: spec.template.spec.containers[0].resources: ignored: not supported by Ward",
             "d.yaml:22:11: spec.template.spec.containers[0].env[0].valueFrom: ignored: not supported by Ward: Ward cannot read Secrets, ConfigMaps or pod fields, so the variable is not set",
@@ -922,15 +922,16 @@ spec:
     let found = mesh.destination_rule_for(service, fqdn).unwrap();
     assert_eq!(found.host, fqdn);
     assert_eq!(
-        found.tls_for_port(80).unwrap().mode,
+        mesh.traffic_policy(service, 80, None).tls.unwrap().mode,
         ClientTlsMode::IstioMutual
     );
-    // Subsets need VirtualService routes: said, not dropped.
+    assert_eq!(found.subsets[0].name, "v1");
+    // The lab's pods carry no version label: routes to the subset would get 503s.
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert!(
-        warnings
-            .iter()
-            .any(|w| w.starts_with("dr.yaml:10:3: spec.subsets: ignored")),
+        warnings.iter().any(|w| w.starts_with(
+            "dr.yaml:11:5: spec.subsets[0]: subset `v1` (version=v1) selects no pod of exam-scheduler.default.svc.cluster.local"
+        )),
         "{warnings:?}"
     );
     assert_eq!(
@@ -1473,15 +1474,15 @@ fn virtual_service_routes_load_with_qualified_hosts() {
 }
 
 #[test]
-fn virtual_service_features_ward_cannot_honour_are_refused_at_their_line() {
+fn virtual_service_mistakes_are_refused_at_their_line() {
     let vs = AURA_VIRTUAL_SERVICE
         .replace(
             "    timeout: 1s\n",
-            "    timeout: 1s\n    fault:\n      abort:\n        httpStatus: 500\n",
+            "    timeout: 1s\n    delegate:\n      name: other\n",
         )
         .replace(
             "      method:\n        exact: GET\n",
-            "      queryParams:\n        v:\n          exact: \"1\"\n",
+            "      queryParams:\n        v:\n          regex: \"(\"\n",
         )
         .replace(
             "        port:\n          number: 80\n",
@@ -1490,8 +1491,8 @@ fn virtual_service_features_ward_cannot_honour_are_refused_at_their_line() {
     let errors = errors_of(&[("aura-api.yaml", AURA_API), ("vs.yaml", &vs)]);
     let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
     for expected in [
-        "vs.yaml:14:5: spec.http[0].fault: Ward does not support fault injection",
-        "vs.yaml:23:7: spec.http[1].match[0].queryParams: Ward cannot match on `queryParams`",
+        "vs.yaml:14:5: spec.http[0].delegate: Ward does not support delegation yet",
+        "vs.yaml:24:18: spec.http[1].match[0].queryParams.v.regex: `(` is not a valid regular expression",
     ] {
         assert!(
             messages.iter().any(|m| m.starts_with(expected)),
@@ -1511,6 +1512,17 @@ fn virtual_service_features_ward_cannot_honour_are_refused_at_their_line() {
     assert!(
         errors[0].to_string().starts_with(
             "vs.yaml:16:9: spec.http[0].route[0].destination.host: nowhere.default.svc.cluster.local is not a service of the mesh"
+        ),
+        "{errors:#?}"
+    );
+    let vs = AURA_VIRTUAL_SERVICE.replace(
+        "        host: aura-api\n",
+        "        host: aura-api\n        subset: v9\n",
+    );
+    let errors = errors_of(&[("aura-api.yaml", AURA_API), ("vs.yaml", &vs)]);
+    assert!(
+        errors[0].to_string().starts_with(
+            "vs.yaml:16:9: spec.http[0].route[0].destination.subset: aura-api.default.svc.cluster.local has no subset `v9`: no DestinationRule for it defines subsets"
         ),
         "{errors:#?}"
     );
@@ -1543,7 +1555,7 @@ spec:
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let dr = &loaded.mesh.destination_rules[0];
     assert_eq!(
-        dr.outlier_detection,
+        dr.policy.outlier_detection,
         Some(crate::model::OutlierDetectionPolicy {
             consecutive_5xx_errors: 3,
             consecutive_gateway_errors: 0,
@@ -1553,13 +1565,13 @@ spec:
             min_health_percent: 0,
         })
     );
-    let pool = dr.connection_pool.unwrap();
+    let pool = dr.policy.connection_pool.unwrap();
     assert_eq!(pool.max_connections, Some(100));
     assert_eq!(pool.connect_timeout_ms, Some(250));
     assert_eq!(pool.http1_max_pending_requests, Some(10));
     assert_eq!(pool.max_retries, Some(7));
     assert_eq!(
-        dr.retry_budget,
+        dr.policy.retry_budget,
         Some(crate::model::ConcurrencyRetryBudget {
             percent_millis: 25_000,
             min_retry_concurrency: 5,

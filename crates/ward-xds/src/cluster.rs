@@ -7,16 +7,20 @@ use envoy_types::pb::envoy::config::core::v3::{Address, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use ward_config::model::{service_fqdn, Instance, Mesh, Service, ServicePort};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use ward_config::model::{
+    selects, service_fqdn, Instance, LoadBalancer, Mesh, Service, ServicePort, Subset, Workload,
+};
 use ward_snapshot::Resource;
 
+use crate::mesh_sni;
 use crate::resilience;
 use crate::tls;
 use crate::{ads_config_source, duration_ms, socket_address};
-use crate::{cluster_tls, mesh_sni};
 
+/// `outbound|<port>||<fqdn>`: a service port's cluster, every endpoint.
 pub fn outbound_cluster_name(service: &Service, port: &ServicePort) -> String {
-    format!("outbound|{}||{}", port.port, service_fqdn(service))
+    crate::routing::cluster_name(service, port, None)
 }
 
 pub fn inbound_cluster_name(port: u16) -> String {
@@ -49,11 +53,8 @@ pub(crate) fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
 
 /// The SPIFFE identities of the workloads behind a service: the only peers a client accepts
 /// for it (Istio's secure naming). Pods without Ward's sidecar have no identity.
-fn service_identities(mesh: &Mesh, service: &Service) -> Vec<String> {
-    let mut ids: Vec<String> = service
-        .backends
-        .iter()
-        .filter_map(|(ns, name)| mesh.workload(ns, name))
+fn service_identities(mesh: &Mesh, service: &Service, subset: Option<&Subset>) -> Vec<String> {
+    let mut ids: Vec<String> = backends(mesh, service, subset)
         .filter(|w| w.sidecar)
         .map(|w| mesh.identity(w).to_string())
         .collect();
@@ -62,17 +63,21 @@ fn service_identities(mesh: &Mesh, service: &Service) -> Vec<String> {
     ids
 }
 
+/// A service port's cluster, or one subset's (`subset`: its endpoints only, its traffic
+/// policy over the rule's).
 pub(crate) fn outbound_cluster(
     mesh: &Mesh,
     service: &Service,
     port: &ServicePort,
+    subset: Option<&Subset>,
     name: &str,
 ) -> Cluster {
     let fqdn = service_fqdn(service);
-    let tls = cluster_tls(mesh, service, &fqdn, port.port);
+    let policy = mesh.traffic_policy(service, port.port, subset.map(|s| s.name.as_str()));
+    let tls = tls::cluster_tls(policy.tls.as_ref());
     let (transport_socket, transport_socket_matches) = tls::cluster_transport(
         &tls,
-        &service_identities(mesh, service),
+        &service_identities(mesh, service, subset),
         mesh_sni(port.port, &fqdn),
     );
     let mut cluster = Cluster {
@@ -90,7 +95,27 @@ pub(crate) fn outbound_cluster(
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         ..Default::default()
     };
-    resilience::apply_to_cluster(mesh, service, &mut cluster);
+    match &policy.load_balancer {
+        None | Some(LoadBalancer::RoundRobin) => {}
+        Some(LoadBalancer::LeastRequest) => {
+            cluster.lb_policy = cluster::LbPolicy::LeastRequest as i32;
+        }
+        Some(LoadBalancer::Random) => cluster.lb_policy = cluster::LbPolicy::Random as i32,
+        Some(LoadBalancer::ConsistentHash {
+            minimum_ring_size, ..
+        }) => {
+            cluster.lb_policy = cluster::LbPolicy::RingHash as i32;
+            cluster.lb_config = Some(cluster::LbConfig::RingHashLbConfig(
+                cluster::RingHashLbConfig {
+                    minimum_ring_size: Some(UInt64Value {
+                        value: *minimum_ring_size,
+                    }),
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    resilience::apply_to_cluster(mesh, service, &policy, &mut cluster);
     cluster
 }
 
@@ -111,16 +136,27 @@ fn locality_endpoints(addresses: Vec<(Address, Option<Metadata>)>) -> LocalityLb
     }
 }
 
+/// The workloads behind a service, or behind one subset of it.
+fn backends<'m>(
+    mesh: &'m Mesh,
+    service: &'m Service,
+    subset: Option<&'m Subset>,
+) -> impl Iterator<Item = &'m Workload> {
+    service
+        .backends
+        .iter()
+        .filter_map(|(ns, name)| mesh.workload(ns, name))
+        .filter(move |w| subset.is_none_or(|s| selects(&s.labels, &w.labels)))
+}
+
 pub(crate) fn load_assignment(
     mesh: &Mesh,
     service: &Service,
     port: &ServicePort,
+    subset: Option<&Subset>,
     cluster_name: &str,
 ) -> ClusterLoadAssignment {
-    let addresses = service
-        .backends
-        .iter()
-        .filter_map(|(ns, name)| mesh.workload(ns, name))
+    let addresses = backends(mesh, service, subset)
         .flat_map(|w| {
             let metadata = tls::endpoint_metadata(mesh, w, port.target_port);
             // Not ready (starting, failing its readiness probe): no traffic, as Kubernetes.

@@ -55,6 +55,7 @@ use cluster::{inbound_cluster, outbound_cluster};
 use extension::{retry_budget_extension_config, wasm_enforces, wasm_extension_config};
 use listener::{inbound_capture_listener, inbound_listener, outbound_listener};
 use route::outbound_route_config;
+use routing::RouteClient;
 use ward_config::model::{is_tcp_port, Instance, Mesh, Workload};
 use ward_snapshot::{Resource, ResourceLayer, Snapshot};
 
@@ -104,8 +105,11 @@ pub(crate) fn ads_config_source() -> ConfigSource {
 pub struct SharedLayers {
     clusters: Arc<ResourceLayer>,
     endpoints: Arc<ResourceLayer>,
-    /// Short service names resolve within the client's namespace: one route table each.
-    routes_by_namespace: BTreeMap<String, Arc<ResourceLayer>>,
+    /// Short service names resolve within the client's namespace, and routes may match on
+    /// the client: one route table per kind of client.
+    routes_by_client: BTreeMap<RouteClient, Arc<ResourceLayer>>,
+    /// The `sourceLabels` selectors of the mesh's routes (usually none).
+    source_label_selectors: Vec<BTreeMap<String, String>>,
     /// The retry budget filter's routes and budgets, the same for every sidecar.
     outbound_filter: serde_json::Value,
 }
@@ -115,41 +119,49 @@ impl SharedLayers {
         let mut clusters = Vec::new();
         let mut endpoints = Vec::new();
         for service in &mesh.services {
+            let subsets = mesh.subsets_of(service);
             for port in &service.ports {
-                let name = outbound_cluster_name(service, port);
-                clusters.push(Resource::new(
-                    ward_snapshot::CLUSTER,
-                    &name,
-                    &outbound_cluster(mesh, service, port, &name),
-                ));
-                endpoints.push(Resource::new(
-                    ward_snapshot::ENDPOINT,
-                    &name,
-                    &load_assignment(mesh, service, port, &name),
-                ));
+                let whole = std::iter::once(None);
+                for subset in whole.chain(subsets.iter().map(Some)) {
+                    let name =
+                        routing::cluster_name(service, port, subset.map(|s| s.name.as_str()));
+                    clusters.push(Resource::new(
+                        ward_snapshot::CLUSTER,
+                        &name,
+                        &outbound_cluster(mesh, service, port, subset, &name),
+                    ));
+                    endpoints.push(Resource::new(
+                        ward_snapshot::ENDPOINT,
+                        &name,
+                        &load_assignment(mesh, service, port, subset, &name),
+                    ));
+                }
             }
         }
-        let routes_by_namespace = mesh
+        let source_label_selectors = routing::source_label_selectors(mesh);
+        let routes_by_client = mesh
             .workloads
             .iter()
-            .map(|w| w.namespace.clone())
+            .filter(|w| w.sidecar)
+            .map(|w| RouteClient::of(w, &source_label_selectors))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .map(|ns| {
+            .map(|client| {
                 let routes = Resource::new(
                     ward_snapshot::ROUTE,
                     OUTBOUND_ROUTE,
-                    &outbound_route_config(mesh, &ns),
+                    &outbound_route_config(mesh, &client),
                 );
-                let old = previous.and_then(|p| p.routes_by_namespace.get(&ns));
+                let old = previous.and_then(|p| p.routes_by_client.get(&client));
                 let layer = ResourceLayer::replacing([routes], old);
-                (ns, layer)
+                (client, layer)
             })
             .collect();
         SharedLayers {
             clusters: ResourceLayer::replacing(clusters, previous.map(|p| &p.clusters)),
             endpoints: ResourceLayer::replacing(endpoints, previous.map(|p| &p.endpoints)),
-            routes_by_namespace,
+            routes_by_client,
+            source_label_selectors,
             outbound_filter: serde_json::to_value(resilience::outbound_filter_config(mesh))
                 .unwrap_or_default(),
         }
@@ -198,7 +210,8 @@ pub fn proxy_snapshot(
     );
     snapshot.insert(ward_snapshot::ENDPOINT, vec![shared.endpoints.clone()]);
     snapshot.insert(ward_snapshot::LISTENER, vec![ResourceLayer::new(listeners)]);
-    let outbound_routes = shared.routes_by_namespace.get(&workload.namespace).cloned();
+    let client = RouteClient::of(workload, &shared.source_label_selectors);
+    let outbound_routes = shared.routes_by_client.get(&client).cloned();
     let mut routes: Vec<_> = outbound_routes.into_iter().collect();
     routes.push(ResourceLayer::new(inbound_routes));
     snapshot.insert(ward_snapshot::ROUTE, routes);

@@ -8,12 +8,14 @@ use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use prost::{Message, Name};
 use ward_config::model::{Instance, Mesh, Workload};
 use ward_config::wellknown::{INBOUND_CAPTURE_PORT, OUTBOUND_PORT};
@@ -25,11 +27,26 @@ use crate::extension::{wasm_discovered_filter, wasm_enforces, RETRY_BUDGET_FILTE
 use crate::jwt;
 use crate::rbac;
 use crate::route::{direct_response, inbound_route_name, prefix_match, OUTBOUND_ROUTE};
+use crate::routing;
 use crate::tls;
 use crate::{ads_config_source, any, duration_ms, socket_address, TranslateOptions};
 
 /// Access log on the proxy's stdout: one line per request or connection, with the direction,
 /// so `wardctl logs` shows who talked to whom and why a request failed.
+/// The outbound chain's CORS and fault filters: idle unless a route configures them
+/// (VirtualService `corsPolicy`, `fault`), as in Istio's sidecars.
+fn route_configured_filters() -> Vec<HttpFilter> {
+    let filter = |name: &str, config: Any| HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    };
+    vec![
+        filter(routing::CORS_FILTER, any(&Cors::default())),
+        filter(routing::FAULT_FILTER, any(&HttpFault::default())),
+    ]
+}
+
 fn router_filter() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.router".to_string(),
@@ -278,7 +295,7 @@ pub(crate) fn outbound_listener(
     instance: &Instance,
     options: &TranslateOptions,
 ) -> Resource {
-    let mut http_filters = Vec::new();
+    let mut http_filters = route_configured_filters();
     if options.wasm_module.is_some() {
         http_filters.push(wasm_discovered_filter(RETRY_BUDGET_FILTER));
     }

@@ -23,7 +23,9 @@ use wasm_authz::{OutboundConfig, RetryableRoute};
 use crate::routing::{header, previous_hosts, regex_matcher};
 use crate::{duration_ms, outbound_cluster_name};
 use ward_config::model::condition::Atom;
-use ward_config::model::{FailureAccrual, Mesh, OutlierDetectionPolicy, Service, StringMatch};
+use ward_config::model::{
+    FailureAccrual, Mesh, OutlierDetectionPolicy, Service, StringMatch, TrafficPolicy,
+};
 
 /// Envoy needs a number where Linkerd's ServiceProfile has none (its budget alone limits
 /// retries): a retryable request is tried at most this many more times, fewer when the
@@ -175,11 +177,16 @@ pub fn istio_outlier_detection(policy: &OutlierDetectionPolicy) -> OutlierDetect
     }
 }
 
-/// Applies a service's client-side resilience to its outbound cluster: its DestinationRule's
+/// Applies a service's client-side resilience to its outbound cluster: its traffic policy's
 /// `outlierDetection`, `connectionPool` and `retryBudget` (Istio), else failure accrual
 /// (Linkerd).
-pub fn apply_to_cluster(mesh: &Mesh, service: &Service, cluster: &mut Cluster) {
-    let rule = mesh.destination_rule_for(service, &ward_config::model::service_fqdn(service));
+pub fn apply_to_cluster(
+    mesh: &Mesh,
+    service: &Service,
+    policy: &TrafficPolicy,
+    cluster: &mut Cluster,
+) {
+    let rule = Some(policy);
     let retries_configured = mesh.virtual_service(service).is_some()
         || mesh
             .service_profile(service)

@@ -13,7 +13,7 @@ use ward_config::model::{is_tcp_port, service_fqdn, Mesh, Service, ServicePort};
 use crate::cluster::outbound_cluster_name;
 use crate::duration_ms;
 use crate::resilience;
-use crate::routing;
+use crate::routing::{self, RouteClient};
 
 /// Name of the outbound route configuration, fetched over RDS.
 pub const OUTBOUND_ROUTE: &str = "outbound";
@@ -69,22 +69,25 @@ fn outbound_virtual_host(
     mesh: &Mesh,
     service: &Service,
     port: &ServicePort,
-    client_namespace: &str,
+    client: &RouteClient,
 ) -> VirtualHost {
     let cluster = outbound_cluster_name(service, port);
+    let hash_policy = routing::hash_policy(mesh, service, port.port, None);
     let action = |timeout_ms: u64, retry_policy: RetryPolicy| {
         Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
             timeout: Some(duration_ms(timeout_ms)),
             retry_policy: Some(retry_policy),
+            hash_policy: hash_policy.clone(),
             ..Default::default()
         }))
     };
+    let client_namespace = client.namespace.as_str();
     if let Some(virtual_service) = mesh.virtual_service(service) {
         return VirtualHost {
             name: format!("{}:{}", service_fqdn(service), port.port),
             domains: service_domains(service, port.port, client_namespace),
-            routes: routing::virtual_service_routes(mesh, virtual_service, port),
+            routes: routing::virtual_service_routes(mesh, virtual_service, port, client),
             ..Default::default()
         };
     }
@@ -133,7 +136,7 @@ fn safe_retry_policy() -> RetryPolicy {
     }
 }
 
-pub(crate) fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> RouteConfiguration {
+pub(crate) fn outbound_route_config(mesh: &Mesh, client: &RouteClient) -> RouteConfiguration {
     let mut virtual_hosts: Vec<VirtualHost> = mesh
         .services
         .iter()
@@ -144,7 +147,7 @@ pub(crate) fn outbound_route_config(mesh: &Mesh, client_namespace: &str) -> Rout
                 .filter(|p| !is_tcp_port(p))
                 .map(move |port| (service, port))
         })
-        .map(|(service, port)| outbound_virtual_host(mesh, service, port, client_namespace))
+        .map(|(service, port)| outbound_virtual_host(mesh, service, port, client))
         .collect();
     // Anything else: a clear answer rather than a hang, like a DNS failure would be in a pod.
     virtual_hosts.push(VirtualHost {

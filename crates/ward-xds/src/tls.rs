@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher}
 use envoy_types::pb::google::protobuf::{value, BoolValue, Struct, Value};
 
 use crate::{ads_config_source, any};
-use ward_config::model::{ClientTls, ClientTlsMode, Mesh, MtlsMode, Service, Workload};
+use ward_config::model::{ClientTls, ClientTlsMode, Mesh, MtlsMode, Workload};
 use ward_identity::IssuedCertificate;
 use ward_snapshot::{Resource, ResourceLayer};
 
@@ -208,11 +208,9 @@ pub enum ClusterTls {
     Origination(ClientTls),
 }
 
-pub fn cluster_tls(mesh: &Mesh, service: &Service, fqdn: &str, port: u16) -> ClusterTls {
-    match mesh
-        .destination_rule_for(service, fqdn)
-        .and_then(|r| r.tls_for_port(port))
-    {
+/// How a cluster talks to its endpoints, from its traffic policy's `tls`.
+pub fn cluster_tls(tls: Option<&ClientTls>) -> ClusterTls {
+    match tls {
         None => ClusterTls::Auto,
         Some(tls) => match tls.mode {
             ClientTlsMode::IstioMutual => ClusterTls::IstioMutual,

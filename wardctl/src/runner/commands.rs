@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::runner::admin_client;
+use crate::runner::objects;
 use crate::runner::state::{self, RunnerState};
 use crate::runner::supervisor::{self, proxy_env, SupervisorOptions};
 
@@ -359,8 +360,10 @@ pub enum LogKind {
     App,
 }
 
-/// Validates `file` together with the running config and writes it into the config directory,
-/// where the watchers pick it up. An invalid file is refused and nothing changes.
+/// `kubectl apply -f`: validates `file` together with the running config and writes it into
+/// the config directory, where the watchers pick it up. An object it names (kind, namespace,
+/// name) that another file defines is taken out of that file: the applied one replaces it.
+/// An invalid result is refused and nothing changes.
 pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let state = state::read_state(state_dir)?;
     let before = config_generation(state.xds_admin_address).await;
@@ -369,68 +372,167 @@ pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a file", file.display()))?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let applied_name = file.display().to_string();
+    let applied = objects::split(&applied_name, &text)?;
     let target = state.config_dir.join(name);
-    let mut sources = config_sources_except(&state.config_dir, &target)?;
-    sources.push((file.display().to_string(), text.clone()));
-    sources.sort();
+    let existing = objects::read_dir(&state.config_dir)?;
+    let changes = objects::apply_changes(&existing, &target, &applied);
+    // Validate with the applied file under its own name, so messages point at it.
+    let target_name = target.display().to_string();
+    let mut sources: Vec<(String, String)> = objects::sources_after(&existing, &changes)
+        .into_iter()
+        .filter(|(f, _)| *f != target_name)
+        .collect();
+    sources.push((applied_name.clone(), text.clone()));
     let loaded = match ward_config::load_sources(&sources) {
         Ok(loaded) => loaded,
         Err(e) => bail!("{} not applied:\n{e}", file.display()),
     };
     // Like `kubectl apply`: warnings about the applied file go to the user, not only the log.
-    let applied = file.display().to_string();
-    for warning in loaded.warnings.iter().filter(|w| w.file == applied) {
+    for warning in loaded.warnings.iter().filter(|w| w.file == applied_name) {
         eprintln!("warning: {warning}");
     }
-    let tmp = state
-        .config_dir
-        .join(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &target)?;
+    write_changes(&changes)?;
+    for document in &applied {
+        if let Some(key) = &document.key {
+            let replaced = existing.iter().any(|(path, documents)| {
+                path != &target && documents.iter().any(|d| d.key.as_ref() == Some(key))
+            });
+            println!("{key} {}", if replaced { "configured" } else { "applied" });
+        }
+    }
     println!("{} applied to {}", file.display(), target.display());
     wait_for_generation_after(state.xds_admin_address, before).await
 }
 
-/// Like `kubectl delete -f`: removes what `wardctl apply -f FILE` wrote (the config
-/// directory's file of the same name), once the config without it is valid.
+/// Writes each file through a temporary one, so the watcher never reads half a file.
+fn write_changes(changes: &[objects::FileChange]) -> anyhow::Result<()> {
+    for change in changes {
+        match change {
+            objects::FileChange::Write(path, text) => {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let tmp = path.with_file_name(format!(".{name}.tmp"));
+                std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            objects::FileChange::Remove(path) => std::fs::remove_file(path)
+                .with_context(|| format!("removing {}", path.display()))?,
+        }
+    }
+    Ok(())
+}
+
+/// `kubectl delete -f`: removes every object `file` names from the config directory,
+/// wherever it is defined, once the config without them is valid. Objects found nowhere are
+/// reported (and make the command fail) after the others are deleted.
 pub async fn delete(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let state = state::read_state(state_dir)?;
     let before = config_generation(state.xds_admin_address).await;
-    let name = file
-        .file_name()
-        .with_context(|| format!("{} is not a file", file.display()))?;
-    let target = state.config_dir.join(name);
-    if !target.is_file() {
-        bail!(
-            "nothing to delete: the running config ({}) has no {}",
-            state.config_dir.display(),
-            name.to_string_lossy()
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let deleted = objects::split(&file.display().to_string(), &text)?;
+    let existing = objects::read_dir(&state.config_dir)?;
+    let (changes, missing) = objects::delete_changes(&existing, &deleted);
+    if !changes.is_empty() {
+        let sources = objects::sources_after(&existing, &changes);
+        if let Err(e) = ward_config::load_sources(&sources) {
+            bail!(
+                "{} not deleted: the config without it is invalid:\n{e}",
+                file.display()
+            );
+        }
+        write_changes(&changes)?;
+        for key in deleted.iter().filter_map(|d| d.key.as_ref()) {
+            if !missing.contains(key) {
+                println!("{key} deleted");
+            }
+        }
+    }
+    for key in &missing {
+        eprintln!(
+            "Error: {key} not found in the running config ({})",
+            state.config_dir.display()
         );
     }
-    let sources = config_sources_except(&state.config_dir, &target)?;
-    if let Err(e) = ward_config::load_sources(&sources) {
-        bail!(
-            "{} not deleted: the config without it is invalid:\n{e}",
-            target.display()
-        );
+    if changes.is_empty() {
+        bail!("nothing deleted");
     }
-    std::fs::remove_file(&target).with_context(|| format!("removing {}", target.display()))?;
-    println!("{} deleted", target.display());
-    wait_for_generation_after(state.xds_admin_address, before).await
+    wait_for_generation_after(state.xds_admin_address, before).await?;
+    if !missing.is_empty() {
+        bail!("{} object(s) not found", missing.len());
+    }
+    Ok(())
 }
 
-/// The (file, text) pairs `wardctl up` would load from `dir`, without `except`.
-fn config_sources_except(dir: &Path, except: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    ward_config::yaml_files(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .into_iter()
-        .filter(|path| path != except)
-        .map(|path| {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Ok((path.display().to_string(), text))
+/// `kubectl get KIND [NAME] [-n NS | -A] [-o yaml]`: the objects of the running config, with
+/// the file and line each is defined at.
+pub fn get(
+    state_dir: &Path,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    yaml: bool,
+) -> anyhow::Result<()> {
+    let state = state::read_state(state_dir)?;
+    let kind = objects::kind_named(kind)
+        .with_context(|| format!("the server doesn't have a resource type \"{kind}\""))?;
+    let existing = objects::read_dir(&state.config_dir)?;
+    let mut found = Vec::new();
+    for (path, documents) in &existing {
+        for document in documents {
+            let Some(key) = &document.key else { continue };
+            let namespace_ok =
+                namespace.is_none_or(|ns| key.namespace.as_deref().is_none_or(|k| k == ns));
+            if key.kind == kind && name.is_none_or(|n| n == key.name) && namespace_ok {
+                found.push((key, path, document));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(b.0));
+    if found.is_empty() {
+        match name {
+            Some(name) => bail!("{} \"{name}\" not found", kind.to_ascii_lowercase()),
+            None => {
+                eprintln!("No resources found.");
+                return Ok(());
+            }
+        }
+    }
+    if yaml {
+        let documents: Vec<objects::Document> =
+            found.iter().map(|(_, _, d)| (*d).clone()).collect();
+        print!("{}", objects::join(&documents));
+        return Ok(());
+    }
+    let rows: Vec<[String; 3]> = found
+        .iter()
+        .map(|(key, path, document)| {
+            let file = path
+                .strip_prefix(&state.config_dir)
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            [
+                key.namespace.clone().unwrap_or_default(),
+                key.name.clone(),
+                format!("{file}:{}", document.line),
+            ]
         })
-        .collect()
+        .collect();
+    let width = |i: usize, title: &str| {
+        rows.iter()
+            .map(|r| r[i].len())
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (ns_width, name_width) = (width(0, "NAMESPACE"), width(1, "NAME"));
+    println!("{:ns_width$}   {:name_width$}   FILE", "NAMESPACE", "NAME");
+    for [ns, name, file] in rows {
+        println!("{ns:ns_width$}   {name:name_width$}   {file}");
+    }
+    Ok(())
 }
 
 async fn config_generation(admin: SocketAddr) -> Option<u64> {

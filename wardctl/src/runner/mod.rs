@@ -5,6 +5,7 @@ pub mod admin_client;
 pub mod commands;
 pub mod inspect;
 pub mod no_mesh_proxy;
+pub mod objects;
 pub mod state;
 pub mod supervisor;
 pub mod tools;

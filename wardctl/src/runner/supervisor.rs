@@ -870,6 +870,11 @@ pub fn app_env(workload: &Workload, instance: &Instance) -> Vec<(String, String)
         .first()
         .map(|c| c.env.clone())
         .unwrap_or_default();
+    // Kubernetes sets the pod name as the hostname; apps report it (Bookinfo's reviews
+    // `podname`, helloworld's `instance`).
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push(("HOSTNAME".to_string(), instance.name.clone()));
+    }
     env.extend(proxy_env(instance.address));
     env
 }

@@ -327,16 +327,93 @@ pub struct DestinationRule {
     /// The host as the rule resolves it: a FQDN (`reviews.default.svc.cluster.local`) or a
     /// wildcard (`*.default.svc.cluster.local`, `*`).
     pub host: String,
+    /// `trafficPolicy`, its `portLevelSettings` by service port.
+    pub policy: TrafficPolicy,
+    /// Named groups of the host's endpoints, by pod labels; routes send to them by name.
+    pub subsets: Vec<Subset>,
+    /// The other DestinationRules for the same host merged into this one (Istio merges
+    /// rules of one namespace for one host: subsets add up, the first policy wins).
+    pub merged: Vec<SourceRef>,
+    pub source: SourceRef,
+}
+
+/// A DestinationRule subset: the endpoints whose pods carry all of `labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the rule's policy field by field.
+    pub policy: TrafficPolicy,
+}
+
+/// DestinationRule `trafficPolicy` (and each `portLevelSettings` entry, whose `port_level`
+/// is empty): every field optional, so that a narrower level overrides a wider one field by
+/// field, as Istio merges them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrafficPolicy {
     pub tls: Option<ClientTls>,
-    /// `trafficPolicy.portLevelSettings[].tls`, by service port.
-    pub port_tls: BTreeMap<u16, ClientTls>,
+    pub load_balancer: Option<LoadBalancer>,
     /// `trafficPolicy.outlierDetection`.
     pub outlier_detection: Option<OutlierDetectionPolicy>,
     /// `trafficPolicy.connectionPool`.
     pub connection_pool: Option<ConnectionPool>,
     /// `trafficPolicy.retryBudget` (Envoy's concurrency-based budget).
     pub retry_budget: Option<ConcurrencyRetryBudget>,
-    pub source: SourceRef,
+    /// `portLevelSettings`, by service port.
+    pub port_level: BTreeMap<u16, TrafficPolicy>,
+}
+
+impl TrafficPolicy {
+    /// `self` with every field `narrower` sets replaced (port-level settings excepted).
+    pub fn overridden_by(&self, narrower: &TrafficPolicy) -> TrafficPolicy {
+        TrafficPolicy {
+            tls: narrower.tls.clone().or_else(|| self.tls.clone()),
+            load_balancer: narrower
+                .load_balancer
+                .clone()
+                .or_else(|| self.load_balancer.clone()),
+            outlier_detection: narrower.outlier_detection.or(self.outlier_detection),
+            connection_pool: narrower.connection_pool.or(self.connection_pool),
+            retry_budget: narrower.retry_budget.or(self.retry_budget),
+            port_level: BTreeMap::new(),
+        }
+    }
+
+    /// The policy for `port`: its port-level settings over the rest.
+    pub fn for_port(&self, port: u16) -> TrafficPolicy {
+        match self.port_level.get(&port) {
+            Some(port_policy) => self.overridden_by(port_policy),
+            None => self.overridden_by(&TrafficPolicy::default()),
+        }
+    }
+}
+
+/// DestinationRule `loadBalancer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadBalancer {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    /// Sticky sessions: requests with the same key go to the same endpoint while it lives.
+    ConsistentHash {
+        key: HashKey,
+        /// Envoy's ring hash size (Istio's default 1024).
+        minimum_ring_size: u64,
+    },
+}
+
+/// What a consistent-hash load balancer hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    /// With a `ttl`, Envoy sets the cookie when the request has none.
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl_ms: Option<u64>,
+    },
+    SourceIp,
+    QueryParameter(String),
 }
 
 /// DestinationRule `outlierDetection`, with Istio's defaults filled in.
@@ -376,6 +453,9 @@ pub struct ConcurrencyRetryBudget {
     pub budget_interval_ms: Option<u64>,
 }
 
+/// The gateway name that binds a VirtualService's routes to the mesh's sidecars.
+pub const MESH_GATEWAY: &str = "mesh";
+
 /// An Istio VirtualService's HTTP routes for mesh services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualService {
@@ -383,9 +463,19 @@ pub struct VirtualService {
     pub namespace: String,
     /// The services' FQDNs (short names qualified in the VirtualService's namespace).
     pub hosts: Vec<String>,
+    /// Where the routes apply: [`MESH_GATEWAY`] (the sidecars, the default) and gateways as
+    /// `<namespace>/<name>`.
+    pub gateways: Vec<String>,
     /// In order: the first route that matches a request takes it.
     pub http: Vec<HttpRoute>,
     pub source: SourceRef,
+}
+
+impl VirtualService {
+    /// The routes apply to the mesh's sidecars (`gateways` absent or naming `mesh`).
+    pub fn binds_mesh(&self) -> bool {
+        self.gateways.iter().any(|g| g == MESH_GATEWAY)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,20 +483,60 @@ pub struct HttpRoute {
     pub name: Option<String>,
     /// Any of them (none: every request).
     pub matches: Vec<HttpMatch>,
+    /// Where requests go; empty when the route redirects or answers itself.
     pub destinations: Vec<RouteDestination>,
+    pub redirect: Option<HttpRedirect>,
+    pub direct_response: Option<DirectResponse>,
+    pub rewrite: Option<HttpRewrite>,
     /// The whole request, retries included.
     pub timeout_ms: Option<u64>,
     pub retries: Option<HttpRetry>,
+    pub fault: Option<HttpFault>,
+    /// Copies of the requests, sent without waiting for their answers.
+    pub mirrors: Vec<HttpMirror>,
+    pub headers: HeaderOperations,
+    pub cors: Option<CorsPolicy>,
+}
+
+impl HttpRoute {
+    /// A route to `destinations` with nothing else set.
+    pub fn to(destinations: Vec<RouteDestination>) -> HttpRoute {
+        HttpRoute {
+            name: None,
+            matches: Vec::new(),
+            destinations,
+            redirect: None,
+            direct_response: None,
+            rewrite: None,
+            timeout_ms: None,
+            retries: None,
+            fault: None,
+            mirrors: Vec::new(),
+            headers: HeaderOperations::default(),
+            cors: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpMatch {
     pub uri: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
     pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
     pub headers: Vec<(String, StringMatch)>,
+    /// Requests carrying any of these do not match.
+    pub without_headers: Vec<(String, StringMatch)>,
+    pub query_params: Vec<(String, StringMatch)>,
     pub ignore_uri_case: bool,
     /// The service port the request was sent to.
     pub port: Option<u16>,
+    /// Only requests from workloads with all these labels.
+    pub source_labels: BTreeMap<String, String>,
+    /// Only requests from workloads in this namespace.
+    pub source_namespace: Option<String>,
+    /// Narrows the VirtualService's `gateways` for this match (empty: all of them).
+    pub gateways: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,6 +545,8 @@ pub enum StringMatch {
     Prefix(String),
     /// RE2, the whole value.
     Regex(String),
+    /// Istio's empty match `{}`: the header or parameter is present, with any value.
+    Present,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,7 +555,122 @@ pub struct RouteDestination {
     pub host: String,
     /// None: the service's only port, or the port the request came in on.
     pub port: Option<u16>,
+    /// A subset of the host's DestinationRule.
+    pub subset: Option<String>,
     pub weight: u32,
+    pub headers: HeaderOperations,
+}
+
+/// VirtualService `headers`: changes to the request before it is forwarded and to the
+/// response before it is returned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderOperations {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderOps {
+    /// Replaces the header's values.
+    pub set: Vec<(String, String)>,
+    /// Appends a value.
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// VirtualService `redirect`: the sidecar answers with a redirect, the request goes nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRedirect {
+    /// Replaces the path (the query is kept unless the new one has its own).
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<RedirectPort>,
+    pub scheme: Option<String>,
+    /// 301 unless set.
+    pub code: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectPort {
+    Number(u16),
+    /// 80 for http, 443 for https.
+    FromProtocolDefault,
+    FromRequestPort,
+}
+
+/// VirtualService `directResponse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u32,
+    pub body: Option<String>,
+}
+
+/// VirtualService `rewrite`: applied before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpRewrite {
+    /// Replaces the matched prefix (or the whole path for exact and regex matches).
+    pub uri: Option<String>,
+    /// `uriRegexRewrite`: (RE2 pattern, substitution with `\1` groups).
+    pub uri_regex: Option<(String, String)>,
+    pub authority: Option<String>,
+}
+
+/// Shares of requests, in millionths (Istio's percentages are doubles of 0–100).
+pub const PER_MILLION: u32 = 1_000_000;
+
+/// VirtualService `fault`: delays and aborts injected by the client's sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpFault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultDelay {
+    pub fixed_ms: u64,
+    /// Of requests, in millionths.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultAbort {
+    pub status: FaultStatus,
+    /// Of requests, in millionths.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultStatus {
+    Http(u32),
+    /// A gRPC status code number.
+    Grpc(u32),
+}
+
+/// VirtualService `mirror`/`mirrors`: a copy of each request (of a share) goes here too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMirror {
+    pub host: String,
+    pub port: Option<u16>,
+    pub subset: Option<String>,
+    /// Of requests, in millionths.
+    pub per_million: u32,
+}
+
+/// VirtualService `corsPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_seconds: Option<u64>,
+    pub allow_credentials: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,19 +685,11 @@ pub struct HttpRetry {
 impl DestinationRule {
     /// How specific the rule's host is for `fqdn`: None if it does not match, higher wins.
     pub fn host_match(&self, fqdn: &str) -> Option<usize> {
-        if self.host == fqdn {
-            Some(usize::MAX)
-        } else if self.host == "*" {
-            Some(0)
-        } else if let Some(suffix) = self.host.strip_prefix('*') {
-            fqdn.ends_with(suffix).then_some(suffix.len())
-        } else {
-            None
-        }
+        host_match(&self.host, fqdn)
     }
 
-    pub fn tls_for_port(&self, port: u16) -> Option<&ClientTls> {
-        self.port_tls.get(&port).or(self.tls.as_ref())
+    pub fn subset(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().find(|s| s.name == name)
     }
 }
 
@@ -474,7 +713,7 @@ pub fn policy_applies(
         && selector.is_none_or(|s| selects(s, &workload.labels))
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -487,13 +726,14 @@ impl Mesh {
             .find(|p| p.namespace == service.namespace && p.name == fqdn)
     }
 
-    /// The VirtualService routing `service`'s host, if any: the first by (namespace, name),
-    /// as Istio merges none (the loader warns about the others).
+    /// The VirtualService routing `service`'s host in the sidecars, if any: the first bound
+    /// to the mesh by (namespace, name), as Istio merges none for sidecars (the loader warns
+    /// about the others). Routes bound only to gateways never touch sidecars.
     pub fn virtual_service(&self, service: &Service) -> Option<&VirtualService> {
         let fqdn = service_fqdn(service);
         self.virtual_services
             .iter()
-            .find(|v| v.hosts.contains(&fqdn))
+            .find(|v| v.binds_mesh() && v.hosts.contains(&fqdn))
     }
 
     /// Failure accrual for `service`: Linkerd turns it off when a ServiceProfile exists.
@@ -567,6 +807,31 @@ impl Mesh {
                     .max_by_key(|(score, _)| *score)
                     .map(|(_, r)| r)
             })
+    }
+
+    /// The traffic policy a client applies to `service`'s `port` (and `subset`), Istio's
+    /// precedence from the narrowest: subset port-level, subset, rule port-level, rule.
+    pub fn traffic_policy(
+        &self,
+        service: &Service,
+        port: u16,
+        subset: Option<&str>,
+    ) -> TrafficPolicy {
+        let Some(rule) = self.destination_rule_for(service, &service_fqdn(service)) else {
+            return TrafficPolicy::default();
+        };
+        let policy = rule.policy.for_port(port);
+        match subset.and_then(|name| rule.subset(name)) {
+            Some(subset) => policy.overridden_by(&subset.policy.for_port(port)),
+            None => policy,
+        }
+    }
+
+    /// The subsets of `service` routes can name (its DestinationRule's).
+    pub fn subsets_of(&self, service: &Service) -> &[Subset] {
+        self.destination_rule_for(service, &service_fqdn(service))
+            .map(|r| &r.subsets[..])
+            .unwrap_or_default()
     }
 
     /// The AuthorizationPolicies that apply to `workload`, sorted by namespace and name: the
@@ -720,6 +985,20 @@ impl Mesh {
         ports.sort_unstable();
         ports.dedup();
         ports
+    }
+}
+
+/// How specifically an Istio host (a FQDN, `*.suffix` or `*`) covers `fqdn`: None if it does
+/// not, higher for a closer match.
+pub fn host_match(host: &str, fqdn: &str) -> Option<usize> {
+    if host == fqdn {
+        Some(usize::MAX)
+    } else if host == "*" {
+        Some(0)
+    } else if let Some(suffix) = host.strip_prefix('*') {
+        fqdn.ends_with(suffix).then_some(suffix.len())
+    } else {
+        None
     }
 }
 
