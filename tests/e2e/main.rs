@@ -18,3 +18,4 @@ mod mutual_tls;
 mod reconnect_storm;
 mod request_authentication;
 mod resilience;
+mod traffic_management;

@@ -114,7 +114,7 @@ pub enum Document {
     Deployment(DeploymentSpec),
     MeshConfig(MeshConfigSpec),
     PeerAuthentication(PeerAuthenticationSpec),
-    DestinationRule(DestinationRuleSpec),
+    DestinationRule(Box<DestinationRuleSpec>),
     AuthorizationPolicy(AuthorizationPolicySpec),
     RequestAuthentication(RequestAuthenticationSpec),
     ServiceProfile(ServiceProfileSpec),
@@ -203,7 +203,8 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
             authz::decode_request_authentication(&doc, report).map(Document::RequestAuthentication)
         }
         (v, "DestinationRule") if istio::NETWORKING_VERSIONS.contains(&v) => {
-            istio::decode_destination_rule(&doc, report).map(Document::DestinationRule)
+            istio::decode_destination_rule(&doc, report)
+                .map(|r| Document::DestinationRule(Box::new(r)))
         }
         (v, "VirtualService") if istio::NETWORKING_VERSIONS.contains(&v) => {
             virtual_service::decode_virtual_service(&doc, report).map(Document::VirtualService)

@@ -143,7 +143,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
                 services.push((file, s));
             }
             Document::PeerAuthentication(p) => peer_authentications.push((file, p)),
-            Document::DestinationRule(r) => destination_rules.push((file, r)),
+            Document::DestinationRule(r) => destination_rules.push((file, *r)),
             Document::AuthorizationPolicy(p) => authorization_policies.push((file, p)),
             Document::RequestAuthentication(r) => request_authentications.push((file, r)),
             Document::ServiceProfile(p) => service_profiles.push((file, p)),
@@ -877,14 +877,15 @@ fn resolve_virtual_services(
                         .iter_mut()
                         .map(|m| (&mut m.host, m.port, m.subset.as_deref())),
                 );
-            for ((host, port, subset), (at, field)) in targets.zip(positions) {
+            for ((host, port, subset), at) in targets.zip(positions) {
                 *host = qualify_host(host, &v.meta.namespace);
+                let host_field = format!("{}.host", at.path);
                 let Some(service) = by_fqdn(host) else {
                     findings.push(
                         true,
                         &file,
-                        *at,
-                        field,
+                        at.host,
+                        &host_field,
                         format!(
                             "{host} is not a service of the mesh: the route would send traffic nowhere"
                         ),
@@ -898,8 +899,8 @@ fn resolve_virtual_services(
                     findings.push(
                         true,
                         &file,
-                        *at,
-                        field,
+                        at.host,
+                        &host_field,
                         format!(
                             "{host} has no port {port}: its ports are {}",
                             ports.join(", ")
@@ -910,7 +911,6 @@ fn resolve_virtual_services(
                 if let Some(subset) = subset {
                     let known = subsets_of(service);
                     if !known.contains(&subset) {
-                        let field = field.replace(".host", ".subset");
                         let defined = if known.is_empty() {
                             "no DestinationRule for it defines subsets".to_string()
                         } else {
@@ -919,8 +919,8 @@ fn resolve_virtual_services(
                         findings.push(
                             true,
                             &file,
-                            *at,
-                            &field,
+                            at.subset,
+                            &format!("{}.subset", at.path),
                             format!("{host} has no subset `{subset}`: {defined}"),
                         );
                         ok = false;

@@ -1522,7 +1522,7 @@ fn virtual_service_mistakes_are_refused_at_their_line() {
     let errors = errors_of(&[("aura-api.yaml", AURA_API), ("vs.yaml", &vs)]);
     assert!(
         errors[0].to_string().starts_with(
-            "vs.yaml:16:9: spec.http[0].route[0].destination.subset: aura-api.default.svc.cluster.local has no subset `v9`: no DestinationRule for it defines subsets"
+            "vs.yaml:17:9: spec.http[0].route[0].destination.subset: aura-api.default.svc.cluster.local has no subset `v9`: no DestinationRule for it defines subsets"
         ),
         "{errors:#?}"
     );

@@ -25,7 +25,7 @@ pub struct VirtualServiceSpec {
     pub http: Vec<HttpRoute>,
     /// Where each route's destinations (then mirrors) are written, for checks across
     /// documents.
-    pub destination_positions: Vec<Vec<(Position, String)>>,
+    pub destination_positions: Vec<Vec<TargetAt>>,
 }
 
 /// A gateway reference as Istio qualifies it: `mesh`, `ns/name`, or `name` in the
@@ -95,7 +95,16 @@ pub fn decode_virtual_service(doc: &Object, report: &mut Report) -> Option<Virtu
     Some(service)
 }
 
-type Positions = Vec<(Position, String)>;
+/// Where a destination (or mirror) is written: its `host` and `subset` (the host's position
+/// when it has none), and its field path.
+#[derive(Debug, Clone)]
+pub struct TargetAt {
+    pub host: Position,
+    pub subset: Position,
+    pub path: String,
+}
+
+type Positions = Vec<TargetAt>;
 
 /// A percentage (`{value: 0-100}`) in millionths.
 fn percentage(object: &Object, key: &str, report: &mut Report) -> Option<u32> {
@@ -144,8 +153,12 @@ fn decode_http_route(
     let mut positions = Vec::new();
     for (dest_path, dest_node) in object.list("route", report) {
         match decode_destination(dest_node, &dest_path, report) {
-            Some((destination, at)) => {
-                positions.push((at, format!("{dest_path}.destination.host")));
+            Some((destination, (host, subset))) => {
+                positions.push(TargetAt {
+                    host,
+                    subset,
+                    path: format!("{dest_path}.destination"),
+                });
                 route.destinations.push(destination);
             }
             None => ok = false,
@@ -248,8 +261,17 @@ fn decode_http_route(
             })
             .unwrap_or(PER_MILLION);
         match decode_destination_ref(node, &mirror_path, report) {
-            Some((host, port, subset, at)) => {
-                positions.push((at, format!("{mirror_path}.host")));
+            Some(DestinationRef {
+                host,
+                port,
+                subset,
+                at: (host_at, subset_at),
+            }) => {
+                positions.push(TargetAt {
+                    host: host_at,
+                    subset: subset_at,
+                    path: mirror_path.clone(),
+                });
                 route.mirrors.push(HttpMirror {
                     host,
                     port,
@@ -271,8 +293,17 @@ fn decode_http_route(
             .required("destination", report)
             .and_then(|n| decode_destination_ref(n, &destination_path, report))
         {
-            Some((host, port, subset, at)) => {
-                positions.push((at, format!("{destination_path}.host")));
+            Some(DestinationRef {
+                host,
+                port,
+                subset,
+                at: (host_at, subset_at),
+            }) => {
+                positions.push(TargetAt {
+                    host: host_at,
+                    subset: subset_at,
+                    path: destination_path.clone(),
+                });
                 route.mirrors.push(HttpMirror {
                     host,
                     port,
@@ -295,14 +326,22 @@ fn decode_http_route(
     ok.then_some((route, positions))
 }
 
-/// `host`, `port.number` and `subset` of a Destination.
-fn decode_destination_ref(
-    node: &Node,
-    path: &str,
-    report: &mut Report,
-) -> Option<(String, Option<u16>, Option<String>, Position)> {
+/// A Destination as written: `host`, `port.number`, `subset`, and where host and subset are.
+struct DestinationRef {
+    host: String,
+    port: Option<u16>,
+    subset: Option<String>,
+    at: (Position, Position),
+}
+
+fn decode_destination_ref(node: &Node, path: &str, report: &mut Report) -> Option<DestinationRef> {
     let destination = Object::of(node, path, report)?;
     let host_position = destination.position_of("host");
+    let subset_position = if destination.has("subset") {
+        destination.position_of("subset")
+    } else {
+        host_position
+    };
     let host = destination.required_string("host", report);
     let port = destination.object("port", report).and_then(|p| {
         let number = p
@@ -313,7 +352,12 @@ fn decode_destination_ref(
     });
     let subset = destination.string("subset", report);
     destination.finish(report);
-    Some((host?, port, subset, host_position))
+    Some(DestinationRef {
+        host: host?,
+        port,
+        subset,
+        at: (host_position, subset_position),
+    })
 }
 
 fn decode_redirect(redirect: Object, report: &mut Report) -> Option<HttpRedirect> {
@@ -736,7 +780,7 @@ fn decode_destination(
     node: &Node,
     path: &str,
     report: &mut Report,
-) -> Option<(RouteDestination, Position)> {
+) -> Option<(RouteDestination, (Position, Position))> {
     let item = Object::of(node, path, report)?;
     let weight = item
         .get("weight")
@@ -751,7 +795,12 @@ fn decode_destination(
         .map(|h| decode_header_operations(h, report))
         .unwrap_or_default();
     item.finish(report);
-    let (host, port, subset, at) = destination?;
+    let DestinationRef {
+        host,
+        port,
+        subset,
+        at,
+    } = destination?;
     Some((
         RouteDestination {
             host,

@@ -414,7 +414,6 @@ fn fault(fault: &ward_config::model::HttpFault) -> HttpFault {
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration_ms(
                 d.fixed_ms,
             ))),
-            ..Default::default()
         }),
         abort: fault.abort.as_ref().map(|a| FaultAbort {
             percentage: Some(per_million(a.per_million)),
@@ -554,6 +553,10 @@ pub fn virtual_service_routes(
     }
     routes
 }
+
+#[cfg(test)]
+#[path = "routing_tests.rs"]
+mod bookinfo_tests;
 
 #[cfg(test)]
 mod tests {

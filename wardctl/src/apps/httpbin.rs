@@ -1,7 +1,7 @@
 //! `kong/httpbin`, `kennethreitz/httpbin`, `mccutchen/go-httpbin`: the app of Istio's
 //! security tasks (`curl httpbin.foo:8000/headers`). The endpoints those tasks read: the
 //! request's headers as the app received them (what the sidecar added or removed is visible),
-//! `/status/CODE`, `/ip`, `/get` and `/anything`.
+//! `/status/CODE`, `/ip`, `/get`, `/anything` and `/delay/SECONDS` (Istio's timeout tasks).
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -61,6 +61,13 @@ fn pretty(status: StatusCode, value: Value) -> HttpResponse {
     respond(status, "application/json", body)
 }
 
+/// httpbin's `/delay/N`: N seconds (fractions allowed), at most 10, before answering.
+pub(super) fn delay_of(path: &str) -> Option<std::time::Duration> {
+    let seconds: f64 = path.strip_prefix("/delay/")?.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| std::time::Duration::from_secs_f64(seconds.min(10.0)))
+}
+
 pub(super) fn answer(request: &Request<Incoming>) -> HttpResponse {
     let path = request.uri().path();
     let url = format!(
@@ -88,6 +95,10 @@ pub(super) fn answer(request: &Request<Incoming>) -> HttpResponse {
     match path {
         "/headers" => pretty(StatusCode::OK, json!({ "headers": headers(request) })),
         "/ip" => pretty(StatusCode::OK, json!({ "origin": origin })),
+        _ if delay_of(path).is_some() => pretty(
+            StatusCode::OK,
+            json!({ "args": args(request), "headers": headers(request), "origin": origin, "url": url }),
+        ),
         "/get" => pretty(
             StatusCode::OK,
             json!({ "args": args(request), "headers": headers(request), "origin": origin, "url": url }),
@@ -132,6 +143,19 @@ pub(super) fn answer(request: &Request<Incoming>) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn delays_are_seconds_capped_at_ten() {
+        use std::time::Duration;
+        assert_eq!(super::delay_of("/delay/3"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            super::delay_of("/delay/0.5"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(super::delay_of("/delay/60"), Some(Duration::from_secs(10)));
+        assert_eq!(super::delay_of("/delay/x"), None);
+        assert_eq!(super::delay_of("/headers"), None);
+    }
+
     #[test]
     fn header_names_are_shown_title_cased() {
         assert_eq!(super::title_case("x-jwt-payload"), "X-Jwt-Payload");
