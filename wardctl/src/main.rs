@@ -327,6 +327,10 @@ struct XdsBenchArgs {
     /// production: each proxy presents a certificate for its workload's identity).
     #[arg(long)]
     plaintext_xds: bool,
+    /// Give every service a DestinationRule with 3 subsets and a VirtualService with 5
+    /// routes.
+    #[arg(long)]
+    traffic_rules: bool,
 }
 
 #[derive(clap::Args)]
@@ -722,6 +726,7 @@ async fn bench_xds(args: XdsBenchArgs) -> anyhow::Result<()> {
         renew_after,
         server_args,
         plaintext_xds,
+        traffic_rules,
     } = args;
     init_tracing();
     let work_dir = std::env::temp_dir().join(format!("ward-bench-{}", std::process::id()));
@@ -733,6 +738,7 @@ async fn bench_xds(args: XdsBenchArgs) -> anyhow::Result<()> {
         renew_after,
         server_args,
         plaintext: plaintext_xds,
+        traffic_rules,
     };
     let report = wardctl::bench::xds::run_xds_bench(&options).await;
     let _ = std::fs::remove_dir_all(&work_dir);

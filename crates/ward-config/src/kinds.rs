@@ -119,6 +119,7 @@ pub enum Document {
     RequestAuthentication(RequestAuthenticationSpec),
     ServiceProfile(ServiceProfileSpec),
     VirtualService(VirtualServiceSpec),
+    TrafficRoute(crate::kuma::TrafficRouteSpec),
 }
 
 /// What became of one YAML document.
@@ -146,6 +147,7 @@ impl Document {
             Document::RequestAuthentication(_) => "RequestAuthentication",
             Document::ServiceProfile(_) => "ServiceProfile",
             Document::VirtualService(_) => "VirtualService",
+            Document::TrafficRoute(_) => "TrafficRoute",
         }
     }
 
@@ -160,6 +162,7 @@ impl Document {
             Document::RequestAuthentication(r) => Some(&r.meta),
             Document::ServiceProfile(p) => Some(&p.meta),
             Document::VirtualService(v) => Some(&v.meta),
+            Document::TrafficRoute(r) => Some(&r.meta),
             Document::MeshConfig(_) => None,
         }
     }
@@ -208,6 +211,9 @@ pub fn decode_document(node: &Node, report: &mut Report) -> Decoded {
         }
         (v, "VirtualService") if istio::NETWORKING_VERSIONS.contains(&v) => {
             virtual_service::decode_virtual_service(&doc, report).map(Document::VirtualService)
+        }
+        (v, "TrafficRoute") if crate::kuma::VERSIONS.contains(&v) => {
+            crate::kuma::decode_traffic_route(&doc, report).map(Document::TrafficRoute)
         }
         (v, "ServiceProfile") if linkerd::SERVICE_PROFILE_VERSIONS.contains(&v) => {
             linkerd::decode_service_profile(&doc, report).map(Document::ServiceProfile)

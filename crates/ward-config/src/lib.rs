@@ -20,6 +20,7 @@ mod decode;
 mod diagnostic;
 mod istio;
 mod kinds;
+mod kuma;
 mod linkerd;
 mod names;
 mod placement;

@@ -40,7 +40,14 @@ pub struct Findings {
 }
 
 impl Findings {
-    fn push(&mut self, error: bool, file: &str, at: Position, field: &str, message: String) {
+    pub(crate) fn push(
+        &mut self,
+        error: bool,
+        file: &str,
+        at: Position,
+        field: &str,
+        message: String,
+    ) {
         let d = Diagnostic {
             file: file.to_string(),
             line: at.line,
@@ -74,6 +81,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
     let mut request_authentications: Vec<(String, RequestAuthenticationSpec)> = Vec::new();
     let mut service_profiles: Vec<(String, ServiceProfileSpec)> = Vec::new();
     let mut virtual_services: Vec<(String, VirtualServiceSpec)> = Vec::new();
+    let mut traffic_routes: Vec<(String, crate::kuma::TrafficRouteSpec)> = Vec::new();
     let mut seen: BTreeMap<(&'static str, String, String), (String, usize)> = BTreeMap::new();
 
     for Located {
@@ -148,6 +156,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             Document::RequestAuthentication(r) => request_authentications.push((file, r)),
             Document::ServiceProfile(p) => service_profiles.push((file, p)),
             Document::VirtualService(v) => virtual_services.push((file, v)),
+            Document::TrafficRoute(r) => traffic_routes.push((file, r)),
         }
     }
 
@@ -210,6 +219,12 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
         }
     }
     resolved.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    // Kuma's routes become what Istio would write for them.
+    let (kuma_virtual_services, kuma_rules) =
+        crate::kuma::to_istio(traffic_routes, &resolved, findings);
+    virtual_services.extend(kuma_virtual_services);
+    destination_rules.extend(kuma_rules);
 
     let peer_authentications =
         resolve_peer_authentications(peer_authentications, &workloads, &root_namespace, findings);

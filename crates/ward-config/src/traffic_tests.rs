@@ -420,3 +420,123 @@ spec:
     assert_eq!(http[1].redirect.as_ref().unwrap().code, 302);
     assert_eq!(http[2].direct_response.as_ref().unwrap().status, 418);
 }
+
+#[test]
+fn protocols_are_selected_as_istio_selects_them() {
+    use crate::model::{port_protocol, PortProtocol, ServicePort};
+    let port = |name: Option<&str>, app: Option<&str>| ServicePort {
+        name: name.map(str::to_string),
+        port: 80,
+        target_port: 80,
+        protocol: "TCP".into(),
+        app_protocol: app.map(str::to_string),
+    };
+    for (name, app, expected) in [
+        (Some("http"), None, PortProtocol::Http),
+        (Some("http-web"), None, PortProtocol::Http),
+        (Some("grpc"), None, PortProtocol::Http2),
+        (Some("grpc-echo"), None, PortProtocol::Http2),
+        (Some("grpc-web"), None, PortProtocol::Http),
+        (Some("grpc-web-ui"), None, PortProtocol::Http),
+        (Some("http2-api"), None, PortProtocol::Http2),
+        (Some("tcp-db"), None, PortProtocol::Tcp),
+        (Some("mongo"), None, PortProtocol::Tcp),
+        (Some("https"), None, PortProtocol::Tcp),
+        (Some("web"), None, PortProtocol::Http),
+        (None, None, PortProtocol::Http),
+        (Some("http"), Some("grpc"), PortProtocol::Http2),
+        (Some("tcp"), Some("kubernetes.io/h2c"), PortProtocol::Http2),
+        (Some("grpc"), Some("tcp"), PortProtocol::Tcp),
+    ] {
+        assert_eq!(
+            port_protocol(&port(name, app)),
+            expected,
+            "{name:?} {app:?}"
+        );
+    }
+}
+
+const KUMA_ROUTE: &str = "apiVersion: kuma.io/v1alpha1
+kind: TrafficRoute
+mesh: default
+metadata:
+  name: reviews-canary
+spec:
+  sources:
+  - match:
+      kuma.io/service: '*'
+  destinations:
+  - match:
+      kuma.io/service: reviews_default_svc_9080
+  conf:
+    split:
+    - weight: 90
+      destination:
+        kuma.io/service: reviews_default_svc_9080
+        version: v1
+    - weight: 10
+      destination:
+        kuma.io/service: reviews_default_svc_9080
+        version: v2
+";
+
+#[test]
+fn a_kuma_traffic_route_splits_by_version_tags() {
+    let files = vec![
+        sample("bookinfo/platform/kube/bookinfo.yaml"),
+        ("route.yaml".to_string(), KUMA_ROUTE.to_string()),
+    ];
+    let loaded = load_sources(&files).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let mesh = &loaded.mesh;
+    let reviews = mesh.services.iter().find(|s| s.name == "reviews").unwrap();
+    let vs = mesh.virtual_service(reviews).unwrap();
+    assert_eq!(vs.name, "kuma-reviews-canary");
+    let split: Vec<(Option<&str>, u32)> = vs.http[0]
+        .destinations
+        .iter()
+        .map(|d| (d.subset.as_deref(), d.weight))
+        .collect();
+    assert_eq!(split, [(Some("version-v1"), 90), (Some("version-v2"), 10)]);
+    assert_eq!(mesh.subsets_of(reviews)[1].labels["version"], "v2");
+
+    // Kuma's default route-all changes nothing; a tag naming no service is an error.
+    let route_all = "apiVersion: kuma.io/v1alpha1
+kind: TrafficRoute
+mesh: default
+metadata:
+  name: route-all-default
+spec:
+  sources:
+  - match:
+      kuma.io/service: '*'
+  destinations:
+  - match:
+      kuma.io/service: '*'
+  conf:
+    destination:
+      kuma.io/service: '*'
+";
+    let files = vec![
+        sample("bookinfo/platform/kube/bookinfo.yaml"),
+        ("all.yaml".to_string(), route_all.to_string()),
+    ];
+    assert!(load_sources(&files)
+        .unwrap()
+        .mesh
+        .virtual_services
+        .is_empty());
+    let wrong = KUMA_ROUTE.replace(
+        "reviews_default_svc_9080\n  conf",
+        "reviews_default_svc_80\n  conf",
+    );
+    let files = vec![
+        sample("bookinfo/platform/kube/bookinfo.yaml"),
+        ("route.yaml".to_string(), wrong),
+    ];
+    let error = load_sources(&files).unwrap_err().to_string();
+    assert!(
+        error.contains("route.yaml:12:7: spec.destinations[0].match: `reviews_default_svc_80`: Service default/reviews has no port 80"),
+        "{error}"
+    );
+}

@@ -7,16 +7,18 @@ use envoy_types::pb::envoy::config::core::v3::{Address, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use ward_config::model::{
-    selects, service_fqdn, Instance, LoadBalancer, Mesh, Service, ServicePort, Subset, Workload,
+    port_protocol, selects, service_fqdn, Instance, LoadBalancer, Mesh, PortProtocol, Service,
+    ServicePort, Subset, Workload,
 };
 use ward_snapshot::Resource;
 
 use crate::mesh_sni;
 use crate::resilience;
 use crate::tls;
-use crate::{ads_config_source, duration_ms, socket_address};
+use crate::{ads_config_source, any, duration_ms, socket_address};
 
 /// `outbound|<port>||<fqdn>`: a service port's cluster, every endpoint.
 pub fn outbound_cluster_name(service: &Service, port: &ServicePort) -> String {
@@ -30,9 +32,40 @@ pub fn inbound_cluster_name(port: u16) -> String {
 /// A cluster with no endpoints: connections to ports a pod does not serve end there.
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 
-pub(crate) fn inbound_cluster(instance: &Instance, port: u16) -> Resource {
+/// Envoy's upstream options for HTTP/2 (gRPC and `http2` ports): set on a cluster, every
+/// request to it goes out over HTTP/2, whatever the client spoke.
+pub(crate) fn http2_upstream() -> std::collections::HashMap<String, Any> {
+    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    [(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        any(&options),
+    )]
+    .into()
+}
+
+/// The cluster to the app behind the sidecar on `port`; `http2` for gRPC and `http2` ports.
+pub(crate) fn inbound_cluster(instance: &Instance, port: u16, http2: bool) -> Resource {
     let name = inbound_cluster_name(port);
     let cluster = Cluster {
+        typed_extension_protocol_options: if http2 {
+            http2_upstream()
+        } else {
+            Default::default()
+        },
         name: name.clone(),
         connect_timeout: Some(duration_ms(1000)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -95,6 +128,9 @@ pub(crate) fn outbound_cluster(
         lb_policy: cluster::LbPolicy::RoundRobin as i32,
         ..Default::default()
     };
+    if port_protocol(port) == PortProtocol::Http2 {
+        cluster.typed_extension_protocol_options = http2_upstream();
+    }
     match &policy.load_balancer {
         None | Some(LoadBalancer::RoundRobin) => {}
         Some(LoadBalancer::LeastRequest) => {

@@ -56,7 +56,7 @@ use extension::{retry_budget_extension_config, wasm_enforces, wasm_extension_con
 use listener::{inbound_capture_listener, inbound_listener, outbound_listener};
 use route::outbound_route_config;
 use routing::RouteClient;
-use ward_config::model::{is_tcp_port, Instance, Mesh, Workload};
+use ward_config::model::{is_tcp_port, port_protocol, Instance, Mesh, PortProtocol, Workload};
 use ward_snapshot::{Resource, ResourceLayer, Snapshot};
 
 /// What the translation needs besides the mesh.
@@ -189,8 +189,21 @@ pub fn proxy_snapshot(
                 .map(|p| p.target_port)
         })
         .collect();
+    let http2_inbound_ports: Vec<u16> = mesh
+        .services_of(workload)
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .filter(|p| port_protocol(p) == PortProtocol::Http2)
+                .map(|p| p.target_port)
+        })
+        .collect();
     for port in mesh.inbound_ports(workload) {
-        clusters.push(inbound_cluster(instance, port));
+        clusters.push(inbound_cluster(
+            instance,
+            port,
+            http2_inbound_ports.contains(&port),
+        ));
         let tcp = tcp_inbound_ports.contains(&port);
         let (listener, route) = inbound_listener(mesh, workload, instance, port, tcp, options);
         listeners.push(listener);

@@ -42,6 +42,9 @@ pub struct BenchOptions {
     pub server_args: Vec<String>,
     /// The proxies and the server speak plaintext gRPC instead of mutual TLS.
     pub plaintext: bool,
+    /// Every service also gets a DestinationRule with 3 subsets and a VirtualService with
+    /// 5 routes (Istio's traffic tasks at scale).
+    pub traffic_rules: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +58,8 @@ pub struct Percentiles {
 pub struct BenchReport {
     pub proxies: usize,
     pub services: usize,
+    /// Each service with a DestinationRule (3 subsets) and a VirtualService (5 routes).
+    pub traffic_rules: bool,
     /// "mutual TLS" or "plaintext".
     pub xds_transport: &'static str,
     /// All proxies connected and SYNCED on every type they subscribe to, from the first connect.
@@ -84,13 +89,46 @@ pub struct RenewalReport {
     pub bytes_received_per_proxy: u64,
 }
 
+/// A DestinationRule with subsets v1–v3 (the service's pods are one of them) and a
+/// VirtualService with 5 routes: a header match, a prefix, a timeout with retries, an 90/10
+/// split and the default.
+fn traffic_rules(i: usize) -> String {
+    let rule = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: svc-{i}\nspec:\n  host: svc-{i}\n  subsets:\n  - name: v1\n    labels: {{version: v1}}\n  - name: v2\n    labels: {{version: v2}}\n  - name: v3\n    labels: {{version: v3}}\n---\n"
+    );
+    let to = |subset: &str| format!("{{destination: {{host: svc-{i}, subset: {subset}}}}}");
+    let routes = [
+        format!(
+            "  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{}]\n",
+            to("v2")
+        ),
+        format!(
+            "  - match: [{{uri: {{prefix: /api/v3}}}}]\n    route: [{}]\n",
+            to("v3")
+        ),
+        format!(
+            "  - match: [{{uri: {{prefix: /slow}}}}]\n    timeout: 2s\n    retries: {{attempts: 2, perTryTimeout: 1s}}\n    route: [{}]\n",
+            to("v1")
+        ),
+        format!(
+            "  - match: [{{uri: {{exact: /canary}}}}]\n    route:\n    - {{destination: {{host: svc-{i}, subset: v1}}, weight: 90}}\n    - {{destination: {{host: svc-{i}, subset: v2}}, weight: 10}}\n"
+        ),
+        format!("  - route: [{}]\n", to("v1")),
+    ];
+    format!(
+        "{rule}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: svc-{i}\nspec:\n  hosts: [svc-{i}]\n  http:\n{}---\n",
+        routes.concat()
+    )
+}
+
 /// One Deployment (with `proxies / services` replicas, at least 1) and one Service per
 /// service index; the last Deployment takes the remainder so that there are `proxies`
-/// instances in all.
+/// instances in all. With `rules`, each service's [`traffic_rules`] too.
 fn write_mesh(
     dir: &Path,
     proxies: usize,
     services: usize,
+    rules: bool,
     extra_replica: bool,
 ) -> anyhow::Result<()> {
     // Replicas per Deployment first; the extra replica (the config change) adds an instance
@@ -113,8 +151,12 @@ fn write_mesh(
     let mut text = String::new();
     for (i, replicas) in counts.into_iter().enumerate() {
         text.push_str(&format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc-{i}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: svc-{i}}}\n  template:\n    metadata:\n      labels: {{app: svc-{i}}}\n    spec:\n      containers:\n      - name: app\n        image: hashicorp/http-echo\n        args: [\"-text=svc-{i}\"]\n        ports:\n        - containerPort: 8080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  selector: {{app: svc-{i}}}\n  ports:\n  - port: 80\n    targetPort: 8080\n---\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc-{i}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: svc-{i}}}\n  template:\n    metadata:\n      labels: {{app: svc-{i}, version: v{}}}\n    spec:\n      containers:\n      - name: app\n        image: hashicorp/http-echo\n        args: [\"-text=svc-{i}\"]\n        ports:\n        - containerPort: 8080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  selector: {{app: svc-{i}}}\n  ports:\n  - port: 80\n    targetPort: 8080\n---\n",
+            1 + i % 3
         ));
+        if rules {
+            text.push_str(&traffic_rules(i));
+        }
     }
     let tmp = dir.join(".mesh.yaml.tmp");
     std::fs::write(&tmp, text)?;
@@ -497,7 +539,13 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     ward_ads::listener::raise_fd_limit();
     let config_dir = options.work_dir.join("config");
     std::fs::create_dir_all(&config_dir)?;
-    write_mesh(&config_dir, options.proxies, options.services, false)?;
+    write_mesh(
+        &config_dir,
+        options.proxies,
+        options.services,
+        options.traffic_rules,
+        false,
+    )?;
     let mesh = ward_config::load_path(&config_dir)?.mesh;
     let node_ids: Vec<String> = mesh
         .workloads
@@ -627,7 +675,13 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
 
     // One config change: svc-0 gets one more replica, so every proxy's endpoints change.
     let change_start = Instant::now();
-    write_mesh(&config_dir, options.proxies, options.services, true)?;
+    write_mesh(
+        &config_dir,
+        options.proxies,
+        options.services,
+        options.traffic_rules,
+        true,
+    )?;
     wait_until(
         Duration::from_secs(300),
         "every proxy to ACK the change",
@@ -698,6 +752,7 @@ pub async fn run_xds_bench(options: &BenchOptions) -> anyhow::Result<BenchReport
     Ok(BenchReport {
         proxies: node_ids.len(),
         services: options.services,
+        traffic_rules: options.traffic_rules,
         xds_transport: if options.plaintext {
             "plaintext"
         } else {
@@ -772,7 +827,7 @@ impl BenchReport {
             )
         });
         let base = format!(
-            "proxies {} services {} (xDS over {})\n\
+            "proxies {} services {}{} (xDS over {})\n\
              initial sync (all proxies SYNCED on every type they subscribe to): {:.0} ms\n\
              config change -> ACK: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the 100 ms debounce)\n\
              server CPU: {:.2} s initial sync, {:.2} s for the change\n\
@@ -781,6 +836,11 @@ impl BenchReport {
              stream openings refused (rate limit) or failed, and retried, during the initial sync: {}\n",
             self.proxies,
             self.services,
+            if self.traffic_rules {
+                ", each with a DestinationRule (3 subsets) and a VirtualService (5 routes)"
+            } else {
+                ""
+            },
             self.xds_transport,
             self.initial_sync_ms,
             self.change_to_ack.p50_ms,

@@ -1010,17 +1010,44 @@ pub fn service_fqdn(service: &Service) -> String {
     )
 }
 
+/// How a service port's traffic is carried, by Istio's protocol selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// HTTP/1.1 to the app (and whatever the client speaks between the sidecars).
+    Http,
+    /// HTTP/2 end to end: `http2`, `grpc` (and h2c `appProtocol`s).
+    Http2,
+    /// Bytes: `tcp`, `tls`, `https` (TLS the sidecar does not terminate), `mongo`, `mysql`,
+    /// `redis`.
+    Tcp,
+}
+
+/// Istio's protocol selection: the port's `appProtocol`, else its name's prefix
+/// (`<protocol>[-<suffix>]`); ports with neither are HTTP.
+pub fn port_protocol(port: &ServicePort) -> PortProtocol {
+    fn of(word: &str) -> Option<PortProtocol> {
+        match word.to_ascii_lowercase().as_str() {
+            "http" | "grpc-web" => Some(PortProtocol::Http),
+            "http2" | "grpc" | "kubernetes.io/h2c" => Some(PortProtocol::Http2),
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kubernetes.io/ws"
+            | "kubernetes.io/wss" => Some(PortProtocol::Tcp),
+            _ => None,
+        }
+    }
+    let by_app_protocol = port.app_protocol.as_deref().and_then(of);
+    let by_name = port.name.as_deref().and_then(|name| {
+        of(name).or_else(|| {
+            // `grpc-web-x` before `grpc-x`.
+            name.strip_suffix(name.rsplit('-').next().unwrap_or_default())
+                .map(|p| p.trim_end_matches('-'))
+                .and_then(of)
+                .or_else(|| of(name.split('-').next().unwrap_or(name)))
+        })
+    });
+    by_app_protocol.or(by_name).unwrap_or(PortProtocol::Http)
+}
+
 /// Ports whose traffic is plain TCP rather than HTTP, by Istio's naming conventions.
 pub fn is_tcp_port(port: &ServicePort) -> bool {
-    let by_app_protocol = port.app_protocol.as_deref().map(|p| {
-        matches!(
-            p.to_ascii_lowercase().as_str(),
-            "tcp" | "tls" | "mongo" | "mysql" | "redis"
-        )
-    });
-    let by_name = port.name.as_deref().map(|n| {
-        let prefix = n.split('-').next().unwrap_or(n).to_ascii_lowercase();
-        matches!(prefix.as_str(), "tcp" | "tls" | "mongo" | "mysql" | "redis")
-    });
-    by_app_protocol.or(by_name).unwrap_or(false)
+    port_protocol(port) == PortProtocol::Tcp
 }
