@@ -295,7 +295,7 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
         findings,
     );
 
-    Mesh {
+    let mut mesh = Mesh {
         virtual_services,
         service_profiles,
         fetched_jwks: BTreeMap::new(),
@@ -313,8 +313,11 @@ pub fn resolve(documents: Vec<Located>, complete: bool, findings: &mut Findings)
             .collect(),
         workloads,
         services_by_workload: crate::model::ServicesByWorkload::new(&resolved),
+        hosts: Default::default(),
         services: resolved,
-    }
+    };
+    mesh.hosts = crate::model::HostIndex::new(&mesh);
+    mesh
 }
 
 fn selects(selector: &BTreeMap<String, String>, workload: &Workload) -> bool {
@@ -595,16 +598,32 @@ fn resolve_destination_rules(
     findings: &mut Findings,
 ) -> Vec<DestinationRule> {
     let mut rules: Vec<DestinationRule> = Vec::new();
+    let fqdns: Vec<(String, &Service)> = services
+        .iter()
+        .map(|s| (crate::model::service_fqdn(s), s))
+        .collect();
+    let by_fqdn: HashMap<&str, &Service> = fqdns.iter().map(|(f, s)| (f.as_str(), *s)).collect();
+    // (namespace, host) → the rule later ones for the same host merge into.
+    let mut merge_into: HashMap<(String, String), usize> = HashMap::new();
+    let by_name: HashMap<(&str, &str), &Workload> = workloads
+        .iter()
+        .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
+        .collect();
     for (file, r) in specs {
         let host = qualify_host(&r.host, &r.meta.namespace);
         let source = SourceRef {
             file: file.clone(),
             line: r.meta.position.line,
         };
-        let matched: Vec<&Service> = services
-            .iter()
-            .filter(|s| crate::model::host_match(&host, &crate::model::service_fqdn(s)).is_some())
-            .collect();
+        let matched: Vec<&Service> = if host.starts_with('*') {
+            fqdns
+                .iter()
+                .filter(|(fqdn, _)| crate::model::host_match(&host, fqdn).is_some())
+                .map(|(_, s)| *s)
+                .collect()
+        } else {
+            by_fqdn.get(host.as_str()).copied().into_iter().collect()
+        };
         if matched.is_empty() && !host.starts_with('*') {
             findings.push(
                 false,
@@ -627,11 +646,9 @@ fn resolve_destination_rules(
         for (i, (subset, at)) in r.subsets.iter().enumerate() {
             let selects_a_pod = matched.iter().any(|service| {
                 service.backends.iter().any(|(ns, name)| {
-                    workloads.iter().any(|w| {
-                        &w.namespace == ns
-                            && &w.name == name
-                            && crate::model::selects(&subset.labels, &w.labels)
-                    })
+                    by_name
+                        .get(&(ns.as_str(), name.as_str()))
+                        .is_some_and(|w| crate::model::selects(&subset.labels, &w.labels))
                 })
             });
             if !matched.is_empty() && !selects_a_pod {
@@ -648,9 +665,9 @@ fn resolve_destination_rules(
                 );
             }
         }
-        let earlier = rules
-            .iter_mut()
-            .find(|e| e.namespace == r.meta.namespace && e.host == host);
+        let earlier = merge_into
+            .get(&(r.meta.namespace.clone(), host.clone()))
+            .map(|&i| &mut rules[i]);
         match earlier {
             Some(first) => {
                 let first_at = format!(
@@ -684,15 +701,18 @@ fn resolve_destination_rules(
                 }
                 first.merged.push(source);
             }
-            None => rules.push(DestinationRule {
-                host,
-                name: r.meta.name,
-                namespace: r.meta.namespace,
-                policy: r.policy,
-                subsets: r.subsets.into_iter().map(|(s, _)| s).collect(),
-                merged: Vec::new(),
-                source,
-            }),
+            None => {
+                merge_into.insert((r.meta.namespace.clone(), host.clone()), rules.len());
+                rules.push(DestinationRule {
+                    host,
+                    name: r.meta.name,
+                    namespace: r.meta.namespace,
+                    policy: r.policy,
+                    subsets: r.subsets.into_iter().map(|(s, _)| s).collect(),
+                    merged: Vec::new(),
+                    source,
+                });
+            }
         }
     }
     rules.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -797,24 +817,34 @@ fn resolve_virtual_services(
     root_namespace: &str,
     findings: &mut Findings,
 ) -> Vec<VirtualService> {
-    let by_fqdn = |fqdn: &str| {
-        services
-            .iter()
-            .find(|s| crate::model::service_fqdn(s) == fqdn)
-    };
-    // The subsets a host's routes can name: its DestinationRule's, as the mesh picks it.
+    let services_by_fqdn: HashMap<String, &Service> = services
+        .iter()
+        .map(|s| (crate::model::service_fqdn(s), s))
+        .collect();
+    let by_fqdn = |fqdn: &str| services_by_fqdn.get(fqdn).copied();
+    let exact_rules: HashMap<(&str, &str), &DestinationRule> = destination_rules
+        .iter()
+        .filter(|r| !r.host.starts_with('*'))
+        .map(|r| ((r.namespace.as_str(), r.host.as_str()), r))
+        .collect();
+    // The subsets a host's routes can name: its DestinationRule's, as the mesh picks it
+    // (`Mesh::destination_rule_for`: exact host, else the closest wildcard; the service's
+    // namespace, then the root namespace).
     let subsets_of = |service: &Service| -> Vec<&str> {
         let fqdn = crate::model::service_fqdn(service);
-        [&service.namespace, root_namespace]
+        [service.namespace.as_str(), root_namespace]
             .into_iter()
             .find_map(|ns| {
-                destination_rules
-                    .iter()
-                    .filter(|r| r.namespace == *ns)
-                    .filter_map(|r| r.host_match(&fqdn).map(|score| (score, r)))
-                    .max_by_key(|(score, _)| *score)
-                    .map(|(_, r)| r.subsets.iter().map(|s| s.name.as_str()).collect())
+                exact_rules.get(&(ns, fqdn.as_str())).copied().or_else(|| {
+                    destination_rules
+                        .iter()
+                        .filter(|r| r.namespace == ns && r.host.starts_with('*'))
+                        .filter_map(|r| r.host_match(&fqdn).map(|score| (score, r)))
+                        .max_by_key(|(score, _)| *score)
+                        .map(|(_, r)| r)
+                })
             })
+            .map(|r| r.subsets.iter().map(|s| s.name.as_str()).collect())
             .unwrap_or_default()
     };
     let mut sorted = specs;

@@ -540,3 +540,62 @@ spec:
         "{error}"
     );
 }
+
+#[test]
+fn the_closest_destination_rule_applies_exact_then_wildcard_then_root() {
+    let rules = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: everything
+  namespace: istio-system
+spec:
+  host: '*'
+  trafficPolicy:
+    loadBalancer:
+      simple: RANDOM
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: namespace-wide
+spec:
+  host: '*.default.svc.cluster.local'
+  trafficPolicy:
+    loadBalancer:
+      simple: LEAST_REQUEST
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+";
+    let files = vec![
+        sample("bookinfo/platform/kube/bookinfo.yaml"),
+        ("rules.yaml".to_string(), rules.to_string()),
+    ];
+    let mesh = load_sources(&files).unwrap().mesh;
+    let lb = |name: &str| {
+        let service = mesh.services.iter().find(|s| s.name == name).unwrap();
+        mesh.traffic_policy(service, 9080, None).load_balancer
+    };
+    assert_eq!(lb("reviews"), Some(LoadBalancer::RoundRobin));
+    assert_eq!(lb("ratings"), Some(LoadBalancer::LeastRequest));
+    let mesh_wide_only = vec![
+        sample("bookinfo/platform/kube/bookinfo.yaml"),
+        (
+            "rules.yaml".to_string(),
+            rules.split("---").next().unwrap().to_string(),
+        ),
+    ];
+    let mesh = load_sources(&mesh_wide_only).unwrap().mesh;
+    let ratings = mesh.services.iter().find(|s| s.name == "ratings").unwrap();
+    assert_eq!(
+        mesh.traffic_policy(ratings, 9080, None).load_balancer,
+        Some(LoadBalancer::Random)
+    );
+}

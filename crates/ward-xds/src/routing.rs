@@ -193,7 +193,7 @@ fn destination_port<'m>(
     port: Option<u16>,
     request_port: u16,
 ) -> Option<(&'m Service, &'m ServicePort)> {
-    let service = mesh.services.iter().find(|s| service_fqdn(s) == host)?;
+    let service = mesh.service_by_fqdn(host)?;
     let chosen = port
         .or_else(|| {
             service

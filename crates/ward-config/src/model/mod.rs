@@ -50,7 +50,67 @@ pub struct Mesh {
     /// Which services select each workload, derived from `services` (build it with
     /// [`ServicesByWorkload::new`] whenever `services` is set).
     pub services_by_workload: ServicesByWorkload,
+    /// Services, DestinationRules and VirtualServices by host, derived from them (build it
+    /// with [`HostIndex::new`] whenever they are set).
+    pub hosts: HostIndex,
 }
+
+/// Lookups by host: translation asks for every cluster and route which service, rule and
+/// route a host has, which would otherwise be scans (with a string built per element) of
+/// thousands of rules, per cluster, on every config change.
+#[derive(Debug, Clone, Default)]
+pub struct HostIndex {
+    /// Service FQDN → index in `Mesh::services`.
+    services: HashMap<String, usize>,
+    /// (namespace, exact host) → index in `Mesh::destination_rules` (one per pair: the
+    /// loader merges rules for one host).
+    exact_rules: HashMap<(String, String), usize>,
+    /// Indices of the rules whose host is a wildcard, by namespace.
+    wildcard_rules: HashMap<String, Vec<usize>>,
+    /// Service FQDN → index in `Mesh::virtual_services` of the first one bound to the mesh
+    /// that routes it.
+    mesh_routes: HashMap<String, usize>,
+}
+
+impl HostIndex {
+    pub fn new(mesh: &Mesh) -> Self {
+        let mut index = HostIndex::default();
+        for (i, service) in mesh.services.iter().enumerate() {
+            index.services.insert(service_fqdn(service), i);
+        }
+        for (i, rule) in mesh.destination_rules.iter().enumerate() {
+            if rule.host.starts_with('*') {
+                index
+                    .wildcard_rules
+                    .entry(rule.namespace.clone())
+                    .or_default()
+                    .push(i);
+            } else {
+                index
+                    .exact_rules
+                    .entry((rule.namespace.clone(), rule.host.clone()))
+                    .or_insert(i);
+            }
+        }
+        for (i, route) in mesh.virtual_services.iter().enumerate() {
+            if route.binds_mesh() {
+                for host in &route.hosts {
+                    index.mesh_routes.entry(host.clone()).or_insert(i);
+                }
+            }
+        }
+        index
+    }
+}
+
+/// Derived data: two meshes with equal sources have equal indices.
+impl PartialEq for HostIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HostIndex {}
 
 /// Indices into `Mesh::services` by backend workload (namespace, name): translation asks for
 /// every proxy which services select it, which would otherwise be a scan of all services per
@@ -730,10 +790,14 @@ impl Mesh {
     /// to the mesh by (namespace, name), as Istio merges none for sidecars (the loader warns
     /// about the others). Routes bound only to gateways never touch sidecars.
     pub fn virtual_service(&self, service: &Service) -> Option<&VirtualService> {
-        let fqdn = service_fqdn(service);
-        self.virtual_services
-            .iter()
-            .find(|v| v.binds_mesh() && v.hosts.contains(&fqdn))
+        let i = *self.hosts.mesh_routes.get(&service_fqdn(service))?;
+        self.virtual_services.get(i)
+    }
+
+    /// The service whose FQDN is `fqdn`.
+    pub fn service_by_fqdn(&self, fqdn: &str) -> Option<&Service> {
+        let i = *self.hosts.services.get(fqdn)?;
+        self.services.get(i)
     }
 
     /// Failure accrual for `service`: Linkerd turns it off when a ServiceProfile exists.
@@ -800,9 +864,15 @@ impl Mesh {
         [&service.namespace, &self.root_namespace]
             .into_iter()
             .find_map(|ns| {
-                self.destination_rules
+                let exact = self.hosts.exact_rules.get(&(ns.clone(), fqdn.to_string()));
+                if let Some(&i) = exact {
+                    return self.destination_rules.get(i);
+                }
+                self.hosts
+                    .wildcard_rules
+                    .get(ns)?
                     .iter()
-                    .filter(|r| &r.namespace == ns)
+                    .map(|&i| &self.destination_rules[i])
                     .filter_map(|r| r.host_match(fqdn).map(|score| (score, r)))
                     .max_by_key(|(score, _)| *score)
                     .map(|(_, r)| r)
@@ -940,9 +1010,14 @@ impl Mesh {
     }
 
     pub fn workload(&self, namespace: &str, name: &str) -> Option<&Workload> {
+        // `workloads` is sorted by (namespace, name): translation asks this for every backend
+        // of every cluster.
+        let first = self
+            .workloads
+            .partition_point(|w| (w.namespace.as_str(), w.name.as_str()) < (namespace, name));
         self.workloads
-            .iter()
-            .find(|w| w.namespace == namespace && w.name == name)
+            .get(first)
+            .filter(|w| w.namespace == namespace && w.name == name)
     }
 
     /// The node id a sidecar uses: `<instance>.<namespace>`, e.g. `exam-scheduler-0.default`.
