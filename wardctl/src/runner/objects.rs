@@ -71,13 +71,19 @@ fn field<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
 
 fn key_of(node: &Node) -> Option<ObjectKey> {
     let kind = field(node, "kind")?.text()?.to_string();
-    let metadata = field(node, "metadata")?;
-    let name = field(metadata, "name")?.text()?.to_string();
+    let metadata = field(node, "metadata");
+    // Unnamed: a singleton such as Ward's MeshConfig, identified by its kind alone.
+    let name = metadata
+        .and_then(|m| field(m, "name"))
+        .and_then(Node::text)
+        .unwrap_or_default()
+        .to_string();
     let namespace = if CLUSTER_SCOPED.contains(&kind.as_str()) {
         None
     } else {
         Some(
-            field(metadata, "namespace")
+            metadata
+                .and_then(|m| field(m, "namespace"))
                 .and_then(Node::text)
                 .unwrap_or("default")
                 .to_string(),
@@ -367,6 +373,24 @@ mod tests {
             panic!("{changes:?}")
         };
         assert!(text.contains("name: reviews") && !text.contains("name: ratings"));
+    }
+
+    #[test]
+    fn an_unnamed_singleton_replaces_the_one_before_it() {
+        let dir = PathBuf::from("/c");
+        let engine = |e: &str| {
+            format!("apiVersion: ward.dev/v1alpha1\nkind: MeshConfig\nspec:\n  authorizationEngine: {e}\n")
+        };
+        let existing = vec![(
+            dir.join("mesh.yaml"),
+            split("mesh.yaml", &engine("wasm")).unwrap(),
+        )];
+        let applied = split("mesh.yaml", &engine("native")).unwrap();
+        let changes = apply_changes(&existing, &dir.join("mesh.yaml"), &applied);
+        assert_eq!(
+            changes,
+            [FileChange::Write(dir.join("mesh.yaml"), engine("native"))]
+        );
     }
 
     #[test]
