@@ -807,11 +807,15 @@ fn decode_container(
     let image = c.required_string("image", report);
     let command = c.string_list("command", report);
     let args = c.string_list("args", report);
-    let env = c
-        .list("env", report)
-        .into_iter()
-        .filter_map(|(path, node)| decode_env(node, &path, report))
-        .collect();
+    let mut env = Vec::new();
+    let mut field_env = Vec::new();
+    for (path, node) in c.list("env", report) {
+        match decode_env(node, &path, report) {
+            Some(EnvVar::Value(name, value)) => env.push((name, value)),
+            Some(EnvVar::Field(name, field)) => field_env.push((name, field)),
+            None => {}
+        }
+    }
     let ports: Vec<ContainerPort> = c
         .list("ports", report)
         .into_iter()
@@ -833,6 +837,7 @@ fn decode_container(
         command,
         args,
         env,
+        field_env,
         ports,
         probes,
     })
@@ -893,23 +898,80 @@ fn decode_http_probe(
     })
 }
 
-fn decode_env(node: &Node, path: &str, report: &mut Report) -> Option<(String, String)> {
+/// A container's variable: a value, or a pod field (the downward API) the runner fills in
+/// per pod.
+enum EnvVar {
+    Value(String, String),
+    Field(String, String),
+}
+
+/// The downward API's `fieldRef.fieldPath`s Ward fills in.
+const POD_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "status.podIP",
+    "status.podIPs",
+    "status.hostIP",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+];
+
+fn decode_env(node: &Node, path: &str, report: &mut Report) -> Option<EnvVar> {
     let e = Object::of(node, path, report)?;
     let name = e.required_string("name", report);
     let value = e.string("value", report);
-    if e.get("valueFrom").is_some() {
-        report.warn(
-            e.position_of("valueFrom"),
-            &e.field_path("valueFrom"),
-            format!("{IGNORED}: Ward cannot read Secrets, ConfigMaps or pod fields, so the variable is not set"),
-        );
-        if value.is_none() {
-            e.finish(report);
-            return None;
+    let mut field = None;
+    if let Some(from) = e.object("valueFrom", report) {
+        if let Some(field_ref) = from.object("fieldRef", report) {
+            let field_path = field_ref.required_string("fieldPath", report);
+            field_ref.skip(&["apiVersion"]);
+            let known = field_path.as_deref().is_some_and(|p| {
+                POD_FIELDS.contains(&p)
+                    || p.starts_with("metadata.labels['")
+                    || p.starts_with("metadata.annotations['")
+            });
+            if known {
+                field = field_path;
+            } else if let Some(p) = &field_path {
+                report.warn(
+                    field_ref.position_of("fieldPath"),
+                    &field_ref.field_path("fieldPath"),
+                    format!("{IGNORED}: Ward fills in {} and metadata.labels/annotations['…'], not `{p}`; the variable is not set", POD_FIELDS.join(", ")),
+                );
+            }
+            field_ref.finish(report);
         }
+        from.ignore(
+            &[
+                (
+                    "secretKeyRef",
+                    "Ward cannot read Secrets, so the variable is not set",
+                ),
+                (
+                    "configMapKeyRef",
+                    "Ward cannot read ConfigMaps, so the variable is not set",
+                ),
+                (
+                    "resourceFieldRef",
+                    "pods have no resource limits here, so the variable is not set",
+                ),
+            ],
+            report,
+        );
+        from.finish(report);
     }
     e.finish(report);
-    Some((name?, value.unwrap_or_default()))
+    match (name?, field, value) {
+        (name, Some(path), _) => Some(EnvVar::Field(name, path)),
+        (name, None, Some(value)) => Some(EnvVar::Value(name, value)),
+        (name, None, None) if !has_value_from(node) => Some(EnvVar::Value(name, String::new())),
+        _ => None,
+    }
+}
+
+/// Whether an env entry has `valueFrom` (one Ward could not fill in is left unset).
+fn has_value_from(node: &Node) -> bool {
+    matches!(&node.value, Value::Mapping(entries) if entries.iter().any(|(k, _, _)| k == "valueFrom"))
 }
 
 fn decode_container_port(node: &Node, path: &str, report: &mut Report) -> Option<ContainerPort> {

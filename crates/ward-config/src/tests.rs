@@ -515,11 +515,60 @@ fn unsupported_fields_are_warned_about_one_by_one() {
         vec![
             "d.yaml:16:9: spec.template.spec.containers[0].livenessProbe: ignored: not supported by Ward",
             "d.yaml:18:9: spec.template.spec.containers[0].resources: ignored: not supported by Ward",
-            "d.yaml:22:11: spec.template.spec.containers[0].env[0].valueFrom: ignored: not supported by Ward: Ward cannot read Secrets, ConfigMaps or pod fields, so the variable is not set",
+            "d.yaml:23:13: spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef: ignored: not supported by Ward: Ward cannot read Secrets, so the variable is not set",
         ]
     );
     let mesh = load_str("d.yaml", &text).unwrap().mesh;
     assert!(mesh.workloads[0].containers[0].env.is_empty());
+}
+
+#[test]
+fn the_downward_api_fills_pod_fields_per_pod() {
+    // As the Gateway API's echo manifests set POD_NAME and NAMESPACE.
+    let text = DEPLOYMENT.replace(
+        "        image: hashicorp/http-echo\n",
+        "        image: hashicorp/http-echo
+        env:
+        - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        - name: APP
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.labels['app']
+        - name: LIMIT
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.generation
+",
+    );
+    let loaded = load_str("d.yaml", &text).unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("d.yaml:31:15: spec.template.spec.containers[0].env[3].valueFrom.fieldRef.fieldPath: ignored"),
+        "{warnings:?}"
+    );
+    let workload = &loaded.mesh.workloads[0];
+    let instance = &workload.instances[0];
+    let values: Vec<(String, Option<String>)> = workload.containers[0]
+        .field_env
+        .iter()
+        .map(|(name, field)| (name.clone(), workload.pod_field(instance, field)))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("POD_NAME".to_string(), Some(instance.name.clone())),
+            ("NAMESPACE".to_string(), Some("default".to_string())),
+            ("APP".to_string(), workload.labels.get("app").cloned()),
+        ]
+    );
 }
 
 #[test]

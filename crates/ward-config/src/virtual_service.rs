@@ -179,6 +179,8 @@ fn decode_http_route(
     ];
     match actions.iter().filter(|a| **a).count() {
         1 => {}
+        // A delegating route has no action of its own (and is refused above).
+        0 if object.has("delegate") => {}
         0 => {
             report.error(
                 object.position,

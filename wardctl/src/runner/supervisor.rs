@@ -870,6 +870,17 @@ pub fn app_env(workload: &Workload, instance: &Instance) -> Vec<(String, String)
         .first()
         .map(|c| c.env.clone())
         .unwrap_or_default();
+    // The downward API (`POD_NAME`, `NAMESPACE` in the Gateway API's echo manifests).
+    for (name, field) in workload
+        .containers
+        .first()
+        .into_iter()
+        .flat_map(|c| &c.field_env)
+    {
+        if let Some(value) = workload.pod_field(instance, field) {
+            env.push((name.clone(), value));
+        }
+    }
     // Kubernetes sets the pod name as the hostname; apps report it (Bookinfo's reviews
     // `podname`, helloworld's `instance`).
     if !env.iter().any(|(k, _)| k == "HOSTNAME") {

@@ -252,11 +252,42 @@ pub struct Container {
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Variables from the downward API: (name, `fieldRef.fieldPath`), filled in per pod
+    /// ([`Workload::pod_field`]).
+    pub field_env: Vec<(String, String)>,
     pub ports: Vec<ContainerPort>,
     /// The kubelet's HTTP probes (readiness, liveness, startup) of a pod's container: under
     /// STRICT mTLS the sidecar still serves these paths in plaintext, as Linkerd authorizes
     /// probes, or the pod could never become Ready.
     pub probes: Vec<HttpProbe>,
+}
+
+impl Workload {
+    /// The value of a downward API `fieldPath` for one of this workload's pods (None for a
+    /// label or annotation the pod does not have).
+    pub fn pod_field(&self, instance: &Instance, field_path: &str) -> Option<String> {
+        let keyed = |prefix: &str| {
+            field_path
+                .strip_prefix(prefix)?
+                .strip_suffix("']")
+                .map(str::to_string)
+        };
+        if let Some(key) = keyed("metadata.labels['") {
+            return self.labels.get(&key).cloned();
+        }
+        if let Some(key) = keyed("metadata.annotations['") {
+            return self.annotations.get(&key).cloned();
+        }
+        Some(match field_path {
+            "metadata.name" => instance.name.clone(),
+            "metadata.namespace" => self.namespace.clone(),
+            "status.podIP" | "status.podIPs" => instance.address.to_string(),
+            "status.hostIP" => "127.0.0.1".to_string(),
+            "spec.nodeName" => "localhost".to_string(),
+            "spec.serviceAccountName" => self.service_account.clone(),
+            _ => return None,
+        })
+    }
 }
 
 /// A container's `httpGet` probe (HTTP, not HTTPS), its port resolved to a number.
