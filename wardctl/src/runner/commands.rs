@@ -376,14 +376,22 @@ pub async fn apply(state_dir: &Path, file: &Path) -> anyhow::Result<()> {
     let applied = objects::split(&applied_name, &text)?;
     let target = state.config_dir.join(name);
     let existing = objects::read_dir(&state.config_dir)?;
-    let changes = objects::apply_changes(&existing, &target, &applied);
-    // Validate with the applied file under its own name, so messages point at it.
+    let changes = objects::apply_changes(&existing, &target, &text, &applied);
+    // Validate what will be written, the target under the applied file's name so messages
+    // point at the file the user gave (its documents come first in the target, so lines
+    // match).
     let target_name = target.display().to_string();
     let mut sources: Vec<(String, String)> = objects::sources_after(&existing, &changes)
         .into_iter()
-        .filter(|(f, _)| *f != target_name)
+        .map(|(f, t)| {
+            if f == target_name {
+                (applied_name.clone(), t)
+            } else {
+                (f, t)
+            }
+        })
         .collect();
-    sources.push((applied_name.clone(), text.clone()));
+    sources.sort();
     let loaded = match ward_config::load_sources(&sources) {
         Ok(loaded) => loaded,
         Err(e) => bail!("{} not applied:\n{e}", file.display()),

@@ -178,37 +178,43 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<Document>)>, ObjectsErro
         .collect()
 }
 
-/// `kubectl apply -f`: the applied documents go to `target`; every object they name is
-/// taken out of the other files it was written in (a file left empty is removed). Objects of
-/// `target` the applied file does not name stay in it, after the applied ones.
+/// `kubectl apply -f`: the applied file (`text`, split into `applied`) goes to `target` as
+/// written, so lines in messages match the user's file; every object it names is taken out of
+/// the other files it was written in (a file left empty is removed). Objects of `target` the
+/// applied file does not name stay in it, after the applied text.
 pub fn apply_changes(
     existing: &[(PathBuf, Vec<Document>)],
     target: &Path,
+    text: &str,
     applied: &[Document],
 ) -> Vec<FileChange> {
     let keys: Vec<&ObjectKey> = applied.iter().filter_map(|d| d.key.as_ref()).collect();
     let mut changes = Vec::new();
-    let mut target_documents: Vec<Document> = applied.to_vec();
+    let mut target_text = text.to_string();
     for (path, documents) in existing {
         let kept: Vec<Document> = documents
             .iter()
             .filter(|d| d.key.as_ref().is_none_or(|k| !keys.contains(&k)))
+            .filter(|d| d.key.is_some() || path != target)
             .cloned()
             .collect();
         if path == target {
-            target_documents.extend(kept);
+            if !kept.is_empty() {
+                if !target_text.ends_with('\n') {
+                    target_text.push('\n');
+                }
+                target_text.push_str("---\n");
+                target_text.push_str(&join(&kept));
+            }
         } else if kept.len() != documents.len() {
-            changes.push(if kept.is_empty() {
+            changes.push(if kept.iter().all(|d| d.key.is_none()) {
                 FileChange::Remove(path.clone())
             } else {
                 FileChange::Write(path.clone(), join(&kept))
             });
         }
     }
-    changes.push(FileChange::Write(
-        target.to_path_buf(),
-        join(&target_documents),
-    ));
+    changes.push(FileChange::Write(target.to_path_buf(), target_text));
     changes
 }
 
@@ -341,7 +347,7 @@ mod tests {
         let existing = vec![(dir.join("all.yaml"), split("all.yaml", ALL_V1).unwrap())];
         let new_reviews = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n  namespace: default\nspec:\n  hosts: [reviews]\n";
         let applied = split("test-v2.yaml", new_reviews).unwrap();
-        let changes = apply_changes(&existing, &dir.join("test-v2.yaml"), &applied);
+        let changes = apply_changes(&existing, &dir.join("test-v2.yaml"), new_reviews, &applied);
         let FileChange::Write(path, text) = &changes[0] else {
             panic!("{changes:?}")
         };
@@ -358,7 +364,7 @@ mod tests {
             .map(|(f, t)| (PathBuf::from(f), split(f, t).unwrap()))
             .collect();
         let applied = split("all.yaml", ALL_V1).unwrap();
-        let changes = apply_changes(&existing, &dir.join("all.yaml"), &applied);
+        let changes = apply_changes(&existing, &dir.join("all.yaml"), ALL_V1, &applied);
         assert!(changes.contains(&FileChange::Remove(dir.join("test-v2.yaml"))));
     }
 
@@ -386,11 +392,26 @@ mod tests {
             split("mesh.yaml", &engine("wasm")).unwrap(),
         )];
         let applied = split("mesh.yaml", &engine("native")).unwrap();
-        let changes = apply_changes(&existing, &dir.join("mesh.yaml"), &applied);
+        let changes = apply_changes(
+            &existing,
+            &dir.join("mesh.yaml"),
+            &engine("native"),
+            &applied,
+        );
         assert_eq!(
             changes,
             [FileChange::Write(dir.join("mesh.yaml"), engine("native"))]
         );
+    }
+
+    #[test]
+    fn the_applied_file_is_written_as_given() {
+        // Kubernetes manifests often start with `---`: lines in messages must still match.
+        let text = format!("---\n{ALL_V1}");
+        let applied = split("x.yaml", &text).unwrap();
+        assert_eq!(applied[0].line, 2);
+        let changes = apply_changes(&[], Path::new("/c/x.yaml"), &text, &applied);
+        assert_eq!(changes, [FileChange::Write("/c/x.yaml".into(), text)]);
     }
 
     #[test]
