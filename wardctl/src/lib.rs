@@ -5,6 +5,7 @@
 //! It links the control plane's crates it needs (config, identity, xds, ads) but not the
 //! daemon, so it builds without kube-rs.
 
+pub mod accept;
 pub mod apps;
 pub mod bench;
 pub mod check;

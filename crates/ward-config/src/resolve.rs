@@ -822,28 +822,12 @@ fn resolve_virtual_services(
         .map(|s| (crate::model::service_fqdn(s), s))
         .collect();
     let by_fqdn = |fqdn: &str| services_by_fqdn.get(fqdn).copied();
-    let exact_rules: HashMap<(&str, &str), &DestinationRule> = destination_rules
-        .iter()
-        .filter(|r| !r.host.starts_with('*'))
-        .map(|r| ((r.namespace.as_str(), r.host.as_str()), r))
-        .collect();
-    // The subsets a host's routes can name: its DestinationRule's, as the mesh picks it
-    // (`Mesh::destination_rule_for`: exact host, else the closest wildcard; the service's
-    // namespace, then the root namespace).
+    // The subsets a host's routes can name: its DestinationRule's, as the mesh picks it.
+    let rules = crate::model::RuleIndex::new(destination_rules);
     let subsets_of = |service: &Service| -> Vec<&str> {
         let fqdn = crate::model::service_fqdn(service);
-        [service.namespace.as_str(), root_namespace]
-            .into_iter()
-            .find_map(|ns| {
-                exact_rules.get(&(ns, fqdn.as_str())).copied().or_else(|| {
-                    destination_rules
-                        .iter()
-                        .filter(|r| r.namespace == ns && r.host.starts_with('*'))
-                        .filter_map(|r| r.host_match(&fqdn).map(|score| (score, r)))
-                        .max_by_key(|(score, _)| *score)
-                        .map(|(_, r)| r)
-                })
-            })
+        rules
+            .closest(destination_rules, &service.namespace, root_namespace, &fqdn)
             .map(|r| r.subsets.iter().map(|s| s.name.as_str()).collect())
             .unwrap_or_default()
     };

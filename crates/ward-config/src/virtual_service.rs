@@ -117,12 +117,34 @@ fn percentage(object: &Object, key: &str, report: &mut Report) -> Option<u32> {
     Some((value * (PER_MILLION as f64 / 100.0)).round() as u32)
 }
 
-/// Istio's deprecated integer `percent` (0-100), in millionths.
-fn integer_percent(object: &Object, report: &mut Report) -> Option<u32> {
+/// Istio's deprecated integer percentages (`percent`, `mirrorPercent`: 0-100), in millionths.
+fn integer_percent(object: &Object, key: &str, report: &mut Report) -> Option<u32> {
     object
-        .get("percent")
-        .and_then(|n| integer(n, &object.field_path("percent"), 0, 100, report))
+        .get(key)
+        .and_then(|n| integer(n, &object.field_path(key), 0, 100, report))
         .map(|p| p as u32 * (PER_MILLION / 100))
+}
+
+/// Adds a mirror read from `mirror` or `mirrors[]`, with where it is written (`path`);
+/// false when it could not be read.
+fn add_mirror(
+    route: &mut HttpRoute,
+    positions: &mut Positions,
+    destination: Option<DestinationRef>,
+    path: String,
+    per_million: u32,
+) -> bool {
+    let Some(destination) = destination else {
+        return false;
+    };
+    positions.push(destination.target_at(path));
+    route.mirrors.push(HttpMirror {
+        host: destination.host,
+        port: destination.port,
+        subset: destination.subset,
+        per_million,
+    });
+    true
 }
 
 fn decode_http_route(
@@ -153,12 +175,8 @@ fn decode_http_route(
     let mut positions = Vec::new();
     for (dest_path, dest_node) in object.list("route", report) {
         match decode_destination(dest_node, &dest_path, report) {
-            Some((destination, (host, subset))) => {
-                positions.push(TargetAt {
-                    host,
-                    subset,
-                    path: format!("{dest_path}.destination"),
-                });
+            Some((destination, at)) => {
+                positions.push(at);
                 route.destinations.push(destination);
             }
             None => ok = false,
@@ -255,34 +273,16 @@ fn decode_http_route(
     if let Some(node) = object.get("mirror") {
         let mirror_path = object.field_path("mirror");
         let per_million = percentage(&object, "mirrorPercentage", report)
-            .or_else(|| {
-                object.get("mirrorPercent").and_then(|n| {
-                    integer(n, &object.field_path("mirrorPercent"), 0, 100, report)
-                        .map(|p| p as u32 * (PER_MILLION / 100))
-                })
-            })
+            .or_else(|| integer_percent(&object, "mirrorPercent", report))
             .unwrap_or(PER_MILLION);
-        match decode_destination_ref(node, &mirror_path, report) {
-            Some(DestinationRef {
-                host,
-                port,
-                subset,
-                at: (host_at, subset_at),
-            }) => {
-                positions.push(TargetAt {
-                    host: host_at,
-                    subset: subset_at,
-                    path: mirror_path.clone(),
-                });
-                route.mirrors.push(HttpMirror {
-                    host,
-                    port,
-                    subset,
-                    per_million,
-                });
-            }
-            None => ok = false,
-        }
+        let destination = decode_destination_ref(node, &mirror_path, report);
+        ok &= add_mirror(
+            &mut route,
+            &mut positions,
+            destination,
+            mirror_path,
+            per_million,
+        );
     }
     for (mirror_path, mirror_node) in object.list("mirrors", report) {
         let Some(mirror) = Object::of(mirror_node, &mirror_path, report) else {
@@ -291,30 +291,16 @@ fn decode_http_route(
         };
         let per_million = percentage(&mirror, "percentage", report).unwrap_or(PER_MILLION);
         let destination_path = mirror.field_path("destination");
-        match mirror
+        let destination = mirror
             .required("destination", report)
-            .and_then(|n| decode_destination_ref(n, &destination_path, report))
-        {
-            Some(DestinationRef {
-                host,
-                port,
-                subset,
-                at: (host_at, subset_at),
-            }) => {
-                positions.push(TargetAt {
-                    host: host_at,
-                    subset: subset_at,
-                    path: destination_path.clone(),
-                });
-                route.mirrors.push(HttpMirror {
-                    host,
-                    port,
-                    subset,
-                    per_million,
-                });
-            }
-            None => ok = false,
-        }
+            .and_then(|n| decode_destination_ref(n, &destination_path, report));
+        ok &= add_mirror(
+            &mut route,
+            &mut positions,
+            destination,
+            destination_path,
+            per_million,
+        );
         mirror.finish(report);
     }
     if let Some(headers) = object.object("headers", report) {
@@ -334,6 +320,17 @@ struct DestinationRef {
     port: Option<u16>,
     subset: Option<String>,
     at: (Position, Position),
+}
+
+impl DestinationRef {
+    /// Where this destination is written, under the field path `path`.
+    fn target_at(&self, path: String) -> TargetAt {
+        TargetAt {
+            host: self.at.0,
+            subset: self.at.1,
+            path,
+        }
+    }
 }
 
 fn decode_destination_ref(node: &Node, path: &str, report: &mut Report) -> Option<DestinationRef> {
@@ -496,8 +493,8 @@ fn decode_fault(fault: Object, report: &mut Report) -> Option<HttpFault> {
     let mut ok = true;
     // Istio: without a percentage, a fault applies to no request.
     let share = |object: &Object, report: &mut Report| {
-        let per_million =
-            percentage(object, "percentage", report).or_else(|| integer_percent(object, report));
+        let per_million = percentage(object, "percentage", report)
+            .or_else(|| integer_percent(object, "percent", report));
         if per_million.is_none() {
             report.warn(
                 object.position,
@@ -778,11 +775,12 @@ fn decode_match(
     ok.then_some(result)
 }
 
+/// A `route[]` entry, and where its destination is written.
 fn decode_destination(
     node: &Node,
     path: &str,
     report: &mut Report,
-) -> Option<(RouteDestination, (Position, Position))> {
+) -> Option<(RouteDestination, TargetAt)> {
     let item = Object::of(node, path, report)?;
     let weight = item
         .get("weight")
@@ -797,17 +795,13 @@ fn decode_destination(
         .map(|h| decode_header_operations(h, report))
         .unwrap_or_default();
     item.finish(report);
-    let DestinationRef {
-        host,
-        port,
-        subset,
-        at,
-    } = destination?;
+    let destination = destination?;
+    let at = destination.target_at(destination_path);
     Some((
         RouteDestination {
-            host,
-            port,
-            subset,
+            host: destination.host,
+            port: destination.port,
+            subset: destination.subset,
             weight,
             headers,
         },

@@ -56,7 +56,7 @@ use extension::{retry_budget_extension_config, wasm_enforces, wasm_extension_con
 use listener::{inbound_capture_listener, inbound_listener, outbound_listener};
 use route::outbound_route_config;
 use routing::RouteClient;
-use ward_config::model::{is_tcp_port, port_protocol, Instance, Mesh, PortProtocol, Workload};
+use ward_config::model::{port_protocol, Instance, Mesh, PortProtocol, Workload};
 use ward_snapshot::{Resource, ResourceLayer, Snapshot};
 
 /// What the translation needs besides the mesh.
@@ -180,31 +180,19 @@ pub fn proxy_snapshot(
     let mut clusters = Vec::new();
     let mut listeners = Vec::new();
     let mut inbound_routes = Vec::new();
-    let tcp_inbound_ports: Vec<u16> = mesh
+    // The protocol of each target port, by the Service ports that send to it.
+    let inbound_protocols: Vec<(u16, PortProtocol)> = mesh
         .services_of(workload)
-        .flat_map(|s| {
-            s.ports
-                .iter()
-                .filter(|p| is_tcp_port(p))
-                .map(|p| p.target_port)
-        })
+        .flat_map(|s| s.ports.iter().map(|p| (p.target_port, port_protocol(p))))
         .collect();
-    let http2_inbound_ports: Vec<u16> = mesh
-        .services_of(workload)
-        .flat_map(|s| {
-            s.ports
-                .iter()
-                .filter(|p| port_protocol(p) == PortProtocol::Http2)
-                .map(|p| p.target_port)
-        })
-        .collect();
+    let serves = |port: u16, protocol| inbound_protocols.contains(&(port, protocol));
     for port in mesh.inbound_ports(workload) {
         clusters.push(inbound_cluster(
             instance,
             port,
-            http2_inbound_ports.contains(&port),
+            serves(port, PortProtocol::Http2),
         ));
-        let tcp = tcp_inbound_ports.contains(&port);
+        let tcp = serves(port, PortProtocol::Tcp);
         let (listener, route) = inbound_listener(mesh, workload, instance, port, tcp, options);
         listeners.push(listener);
         inbound_routes.extend(route);

@@ -474,14 +474,7 @@ fn set_echo_headers(request: &HeaderMap, response: &mut HeaderMap) {
 /// `false`, `PING` → `PONG`; anything else is ignored.
 async fn serve_tcp(state: Arc<State>, listener: TcpListener) -> anyhow::Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, _) = crate::accept::next_connection(&listener, "echo-basic tcp").await;
         let state = state.clone();
         tokio::spawn(async move {
             if let Err(e) = tcp_connection(&state, stream).await {
@@ -543,7 +536,7 @@ async fn tcp_connection(state: &State, stream: TcpStream) -> std::io::Result<()>
 /// `grpc/grpc.go`: `gateway_api_conformance.echo_basic.grpcecho.GrpcEcho` over h2c.
 const GRPC_SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
 
-mod pb {
+pub(super) mod pb {
     //! The messages of `echo-basic/grpcecho.proto`.
 
     #[derive(Clone, PartialEq, prost::Message)]

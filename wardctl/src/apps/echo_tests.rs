@@ -17,21 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::echo_basic::{self, go};
 use super::istio_echo;
+use super::tests::{env, strings};
 use super::*;
 
 fn listen() -> SocketAddr {
     "127.0.0.9:5000".parse().unwrap()
-}
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 async fn port0() -> (TcpListener, SocketAddr) {
@@ -664,43 +654,6 @@ async fn echo_basic_tcp_mode() {
     );
 }
 
-mod grpcecho {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Header {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Context {
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        #[prost(string, tag = "2")]
-        pub ingress: String,
-        #[prost(string, tag = "3")]
-        pub service_name: String,
-        #[prost(string, tag = "4")]
-        pub pod: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Assertions {
-        #[prost(string, tag = "1")]
-        pub fully_qualified_method: String,
-        #[prost(message, repeated, tag = "2")]
-        pub headers: Vec<Header>,
-        #[prost(string, tag = "3")]
-        pub authority: String,
-        #[prost(message, optional, tag = "4")]
-        pub context: Option<Context>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct EchoResponse {
-        #[prost(message, optional, tag = "1")]
-        pub assertions: Option<Assertions>,
-    }
-}
-
 #[tokio::test]
 async fn echo_basic_grpc_mode() {
     let (listener, address) = port0().await;
@@ -713,7 +666,8 @@ async fn echo_basic_grpc_mode() {
     assert_eq!(parts.status, 200);
     assert_eq!(parts.headers["content-type"], "application/grpc");
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
-    let response = <grpcecho::EchoResponse as prost::Message>::decode(unframe(&body)).unwrap();
+    let response =
+        <super::echo_basic::pb::EchoResponse as prost::Message>::decode(unframe(&body)).unwrap();
     let assertions = response.assertions.unwrap();
     assert_eq!(
         assertions.fully_qualified_method,

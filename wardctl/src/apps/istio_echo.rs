@@ -553,14 +553,7 @@ const TCP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 async fn serve_tcp(app: Arc<IstioEcho>, port: u16, listener: TcpListener) -> anyhow::Result<()> {
     let server_first = app.server_first_ports.contains(&port);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::accept::next_connection(&listener, "echo tcp").await;
         let app = app.clone();
         tokio::spawn(async move {
             let mut stream = stream;

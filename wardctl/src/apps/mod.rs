@@ -21,7 +21,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -313,15 +312,7 @@ where
     F: Future<Output = HttpResponse> + Send + 'static,
 {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::accept::next_connection(&listener, "stand-in").await;
         let handle = handle.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
@@ -434,14 +425,7 @@ where
         Protocols::H2c => builder.http2_only(),
     };
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::accept::next_connection(&listener, "stand-in").await;
         // A second descriptor of the socket, so a handler can still set SO_LINGER on it
         // while hyper owns the stream.
         let (stream, spare) = match split_descriptor(stream) {

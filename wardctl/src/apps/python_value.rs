@@ -120,12 +120,22 @@ impl PyValue {
 
     /// Flask's `jsonify` in production: compact, keys sorted, non-ASCII escaped.
     pub(super) fn to_flask_json(&self) -> String {
+        self.to_json(&FLASK_JSONIFY)
+    }
+
+    /// Python's `json.dumps` (as `simplejson.dumps` with its defaults): `, ` and `: `
+    /// separators, the parsed key order, non-ASCII escaped.
+    pub(super) fn to_json_dumps(&self) -> String {
+        self.to_json(&JSON_DUMPS)
+    }
+
+    fn to_json(&self, layout: &JsonLayout) -> String {
         let mut out = String::new();
-        self.write_flask_json(&mut out);
+        self.write_json(layout, &mut out);
         out
     }
 
-    fn write_flask_json(&self, out: &mut String) {
+    fn write_json(&self, layout: &JsonLayout, out: &mut String) {
         match self {
             PyValue::None => out.push_str("null"),
             PyValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -136,30 +146,51 @@ impl PyValue {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
-                        out.push(',');
+                        out.push_str(layout.item_separator);
                     }
-                    item.write_flask_json(out);
+                    item.write_json(layout, out);
                 }
                 out.push(']');
             }
             PyValue::Dict(entries) => {
-                let mut sorted: Vec<&(String, PyValue)> = entries.iter().collect();
-                // Python sorts str by code point, which is UTF-8 byte order.
-                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut ordered: Vec<&(String, PyValue)> = entries.iter().collect();
+                if layout.sort_keys {
+                    // Python sorts str by code point, which is UTF-8 byte order.
+                    ordered.sort_by(|a, b| a.0.cmp(&b.0));
+                }
                 out.push('{');
-                for (i, (key, value)) in sorted.into_iter().enumerate() {
+                for (i, (key, value)) in ordered.into_iter().enumerate() {
                     if i > 0 {
-                        out.push(',');
+                        out.push_str(layout.item_separator);
                     }
                     write_json_ascii_str(key, out);
-                    out.push(':');
-                    value.write_flask_json(out);
+                    out.push_str(layout.key_separator);
+                    value.write_json(layout, out);
                 }
                 out.push('}');
             }
         }
     }
 }
+
+/// How one of Python's JSON encoders lays a value out.
+struct JsonLayout {
+    item_separator: &'static str,
+    key_separator: &'static str,
+    sort_keys: bool,
+}
+
+const FLASK_JSONIFY: JsonLayout = JsonLayout {
+    item_separator: ",",
+    key_separator: ":",
+    sort_keys: true,
+};
+
+const JSON_DUMPS: JsonLayout = JsonLayout {
+    item_separator: ", ",
+    key_separator: ": ",
+    sort_keys: false,
+};
 
 /// Python's `float.__repr__`: shortest round-trip digits, scientific below 1e-4 and from 1e16,
 /// with a signed two-digit exponent (`1e+16`, `1e-05`). Rust's `{:?}` has the same digits and

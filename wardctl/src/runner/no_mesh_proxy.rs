@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use ward_config::model::Mesh;
 
@@ -182,15 +182,7 @@ pub async fn serve_no_mesh_proxy(
     directory: Arc<RwLock<ServiceDirectory>>,
 ) -> anyhow::Result<()> {
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                warn!(error = %e, "no-mesh proxy: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (client, peer) = crate::accept::next_connection(&listener, "no-mesh proxy").await;
         let directory = directory.clone();
         tokio::spawn(async move {
             if let Err(e) = handle_client(client, &directory).await {

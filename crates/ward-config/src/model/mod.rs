@@ -62,11 +62,7 @@ pub struct Mesh {
 pub struct HostIndex {
     /// Service FQDN → index in `Mesh::services`.
     services: HashMap<String, usize>,
-    /// (namespace, exact host) → index in `Mesh::destination_rules` (one per pair: the
-    /// loader merges rules for one host).
-    exact_rules: HashMap<(String, String), usize>,
-    /// Indices of the rules whose host is a wildcard, by namespace.
-    wildcard_rules: HashMap<String, Vec<usize>>,
+    rules: RuleIndex,
     /// Service FQDN → index in `Mesh::virtual_services` of the first one bound to the mesh
     /// that routes it.
     mesh_routes: HashMap<String, usize>,
@@ -78,20 +74,7 @@ impl HostIndex {
         for (i, service) in mesh.services.iter().enumerate() {
             index.services.insert(service_fqdn(service), i);
         }
-        for (i, rule) in mesh.destination_rules.iter().enumerate() {
-            if rule.host.starts_with('*') {
-                index
-                    .wildcard_rules
-                    .entry(rule.namespace.clone())
-                    .or_default()
-                    .push(i);
-            } else {
-                index
-                    .exact_rules
-                    .entry((rule.namespace.clone(), rule.host.clone()))
-                    .or_insert(i);
-            }
-        }
+        index.rules = RuleIndex::new(&mesh.destination_rules);
         for (i, route) in mesh.virtual_services.iter().enumerate() {
             if route.binds_mesh() {
                 for host in &route.hosts {
@@ -100,6 +83,61 @@ impl HostIndex {
             }
         }
         index
+    }
+}
+
+/// DestinationRules by host: exact hosts by (namespace, host), wildcards by namespace.
+#[derive(Debug, Clone, Default)]
+pub struct RuleIndex {
+    /// (namespace, exact host) → index in the rules (the first for the pair; the loader
+    /// merges rules for one host).
+    exact: HashMap<(String, String), usize>,
+    /// Indices of the rules whose host is a wildcard, by namespace.
+    wildcard: HashMap<String, Vec<usize>>,
+}
+
+impl RuleIndex {
+    pub fn new(rules: &[DestinationRule]) -> Self {
+        let mut index = RuleIndex::default();
+        for (i, rule) in rules.iter().enumerate() {
+            if rule.host.starts_with('*') {
+                index
+                    .wildcard
+                    .entry(rule.namespace.clone())
+                    .or_default()
+                    .push(i);
+            } else {
+                index
+                    .exact
+                    .entry((rule.namespace.clone(), rule.host.clone()))
+                    .or_insert(i);
+            }
+        }
+        index
+    }
+
+    /// Istio's choice of rule for `fqdn` (a service of `namespace`), among the `rules` this
+    /// index was built from: the most specific host among the service namespace's rules, then
+    /// among the root namespace's.
+    pub fn closest<'r>(
+        &self,
+        rules: &'r [DestinationRule],
+        namespace: &str,
+        root_namespace: &str,
+        fqdn: &str,
+    ) -> Option<&'r DestinationRule> {
+        [namespace, root_namespace].into_iter().find_map(|ns| {
+            if let Some(&i) = self.exact.get(&(ns.to_string(), fqdn.to_string())) {
+                return rules.get(i);
+            }
+            self.wildcard
+                .get(ns)?
+                .iter()
+                .map(|&i| &rules[i])
+                .filter_map(|r| r.host_match(fqdn).map(|score| (score, r)))
+                .max_by_key(|(score, _)| *score)
+                .map(|(_, r)| r)
+        })
     }
 }
 
@@ -892,22 +930,12 @@ impl Mesh {
     /// The DestinationRule for a service: the most specific host match among rules in the
     /// service's namespace, then in the root namespace.
     pub fn destination_rule_for(&self, service: &Service, fqdn: &str) -> Option<&DestinationRule> {
-        [&service.namespace, &self.root_namespace]
-            .into_iter()
-            .find_map(|ns| {
-                let exact = self.hosts.exact_rules.get(&(ns.clone(), fqdn.to_string()));
-                if let Some(&i) = exact {
-                    return self.destination_rules.get(i);
-                }
-                self.hosts
-                    .wildcard_rules
-                    .get(ns)?
-                    .iter()
-                    .map(|&i| &self.destination_rules[i])
-                    .filter_map(|r| r.host_match(fqdn).map(|score| (score, r)))
-                    .max_by_key(|(score, _)| *score)
-                    .map(|(_, r)| r)
-            })
+        self.hosts.rules.closest(
+            &self.destination_rules,
+            &service.namespace,
+            &self.root_namespace,
+            fqdn,
+        )
     }
 
     /// The traffic policy a client applies to `service`'s `port` (and `subset`), Istio's

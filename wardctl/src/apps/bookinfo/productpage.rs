@@ -388,43 +388,6 @@ fn url_segment(id: &str) -> String {
     out
 }
 
-/// Python's `json.dumps` (as `simplejson.dumps` with its defaults): `, ` and `: ` separators,
-/// the parsed key order, non-ASCII escaped.
-pub(super) fn json_dumps(value: &PyValue) -> String {
-    let mut out = String::new();
-    write_json_dumps(value, &mut out);
-    out
-}
-
-fn write_json_dumps(value: &PyValue, out: &mut String) {
-    match value {
-        PyValue::List(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_json_dumps(item, out);
-            }
-            out.push(']');
-        }
-        PyValue::Dict(entries) => {
-            out.push('{');
-            for (i, (key, value)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&PyValue::Str(key.clone()).to_flask_json());
-                out.push_str(": ");
-                write_json_dumps(value, out);
-            }
-            out.push('}');
-        }
-        // Scalars print the same in both encoders.
-        scalar => out.push_str(&scalar.to_flask_json()),
-    }
-}
-
 fn products() -> PyValue {
     PyValue::List(vec![PyValue::Dict(vec![
         ("id".into(), PyValue::Int(0)),
@@ -491,7 +454,11 @@ impl State {
             Route::Login => self.login(request).await,
             Route::Logout => self.logout(request.headers()),
             Route::ProductPage => self.front(request.headers()).await,
-            Route::Products => respond(StatusCode::OK, "application/json", json_dumps(&products())),
+            Route::Products => respond(
+                StatusCode::OK,
+                "application/json",
+                products().to_json_dumps(),
+            ),
             Route::Product(id) => self.api(Upstream::Details, id, request.headers()).await,
             Route::ProductReviews(id) => self.api(Upstream::Reviews, id, request.headers()).await,
             Route::ProductRatings(id) => self.api(Upstream::Ratings, id, request.headers()).await,
@@ -545,7 +512,7 @@ impl State {
     async fn api(&self, upstream: Upstream, id: &str, incoming: &HeaderMap) -> HttpResponse {
         let forward = self.forward_headers(incoming);
         match self.fetch(upstream, &url_segment(id), &forward).await {
-            Ok(answer) => json(answer.status, json_dumps(&answer.body)),
+            Ok(answer) => json(answer.status, answer.body.to_json_dumps()),
             Err(NotJson) => internal_error(),
         }
     }
@@ -760,7 +727,7 @@ mod tests {
     #[test]
     fn dumps_like_python() {
         assert_eq!(
-            json_dumps(&products()),
+            products().to_json_dumps(),
             format!(
                 r#"[{{"id": 0, "title": "The Comedy of Errors", "descriptionHtml": "{}"}}]"#,
                 DESCRIPTION_HTML.replace('"', "\\\"")
@@ -769,7 +736,7 @@ mod tests {
         let value: PyValue =
             serde_json::from_str(r#"{"z": 1, "a": [true, null, 1.5, "é"]}"#).unwrap();
         assert_eq!(
-            json_dumps(&value),
+            value.to_json_dumps(),
             r#"{"z": 1, "a": [true, null, 1.5, "\u00e9"]}"#
         );
     }

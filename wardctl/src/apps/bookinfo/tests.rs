@@ -15,14 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::outbound::{Outbound, Timeouts};
 use super::*;
+use crate::apps::tests::env;
 use crate::apps::{image_repository, respond, stand_in_for, StandIn};
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// The app for `image` with `HOSTNAME` and `http_proxy` as the runner sets them.
 fn app(image: &str, container_env: &[(&str, &str)], pod: &str, proxy: Option<SocketAddr>) -> App {
